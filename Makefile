@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both build .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-beauty clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# CPU torch first so pip never resolves a multi-GB CUDA build for torch>=2.4.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,faiss]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shopformer demo --out runs/demo
+
+test: $(STAMP)
+	bash scripts/ensure_redis.sh
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench-beauty: $(STAMP)
+	$(BIN)/python bench/beauty.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,194 @@
+"""Frozen, typed configuration.
+
+Every section rejects unknown keys and values of the wrong type (pydantic strict mode), so a
+typo such as ``lr`` for ``learning_rate`` fails loudly with the key named instead of being
+silently ignored. The fully resolved config is saved as JSON next to every trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(_Section):
+    name: str = "sasrec"
+    dim: int = Field(64, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    emb_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    ffn_mult: int = Field(4, ge=1)
+    # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
+    use_behaviour: bool = True
+    use_time_gap: bool = True
+    use_category: bool = False
+    time_buckets: int = Field(32, ge=2)
+    # BERT4Rec: probability of masking an item during training.
+    mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
+    # LoRA adapters (pre-train -> fine-tune), 0 disables.
+    lora_rank: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        return self
+
+
+class LossConfig(_Section):
+    kind: Literal["ce", "sampled"] = "ce"
+    negatives: int = Field(256, ge=1)
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    logq_correction: bool = True
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TaskConfig(_Section):
+    """Which heads are trained and with what weight (multi-task on one encoder)."""
+
+    kind: Literal["next-item", "next-purchase", "next-action", "intent", "multi"] = "next-item"
+    target_behaviour: str | None = None  # e.g. "buy"; None means the data's most valuable type
+    intent_horizon: int = Field(10, ge=1)  # purchase within the next N events
+    w_item: float = Field(1.0, ge=0.0)
+    w_target: float = Field(1.0, ge=0.0)
+    w_action: float = Field(0.2, ge=0.0)
+    w_intent: float = Field(0.2, ge=0.0)
+
+
+class AugmentConfig(_Section):
+    crop: float = Field(0.0, ge=0.0, le=1.0)
+    mask: float = Field(0.0, ge=0.0, le=1.0)
+    reorder: float = Field(0.0, ge=0.0, le=1.0)
+    substitute: float = Field(0.0, ge=0.0, le=1.0)
+    ratio: float = Field(0.2, gt=0.0, le=1.0)  # fraction of a sequence each operator touches
+    contrastive_weight: float = Field(0.0, ge=0.0)
+    contrastive_temperature: float = Field(1.0, gt=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(5.0, gt=0.0)
+    patience: int = Field(10, ge=1)
+    monitor: str = "ndcg@10"
+    eval_every: int = Field(1, ge=1)
+    max_minutes: float | None = Field(None, gt=0.0)
+    seed: int = 42
+    threads: int | None = Field(None, ge=1)
+    sliding_window: bool = True
+
+
+class EvalConfig(_Section):
+    ks: tuple[int, ...] = (5, 10, 20)
+    exclude_seen: bool = True
+    batch_size: int = Field(512, ge=1)
+    bootstrap: int = Field(1000, ge=0)
+    max_users: int | None = Field(None, ge=1)
+
+
+class SplitConfig(_Section):
+    kind: Literal["loo", "temporal"] = "loo"
+    # Temporal split boundaries, as Unix seconds or as fractions (0..1) of the event time range.
+    valid_start: float | None = None
+    test_start: float | None = None
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    task: TaskConfig = TaskConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    split: SplitConfig = SplitConfig()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def override(self, **sections: dict[str, Any]) -> Config:
+        """Return a copy with some section fields replaced, re-validated."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            if section not in data:
+                raise ConfigError(f"unknown config section {section!r}")
+            data[section].update(values)
+        return config_from_dict(data)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names each bad key."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    # JSON has no tuples; accept lists for tuple fields by converting in lax mode only there.
+    try:
+        return Config.model_validate(data, strict=False) if _only_lists_differ(data) else Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def _only_lists_differ(data: dict[str, Any]) -> bool:
+    """True when strict validation would only fail on list-vs-tuple (JSON round trips)."""
+    try:
+        Config.model_validate(data)
+        return False
+    except ValidationError as err:
+        return all(e["type"] == "tuple_type" for e in err.errors())
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a TOML or JSON config; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{p}: cannot parse: {err}") from None
+    return config_from_dict(data, source=str(p))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value`` (value as JSON, else a plain string) for CLI overrides."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return section, key, value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    grouped: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        grouped.setdefault(section, {})[key] = value
+    return cfg.override(**grouped) if grouped else cfg

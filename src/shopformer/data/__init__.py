@@ -1,0 +1,1 @@
+"""Event data: schema, ingestion, vocabularies, splits and batches."""

@@ -1,0 +1,159 @@
+"""Left-padded windows and the typed ``Batch`` every model consumes.
+
+Sequences are right-aligned (padding on the left, most recent event last), so "the next item
+after this history" is always read from the last position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from shopformer.data.schema import PAD
+from shopformer.data.sequences import Sequences, gap_buckets
+from shopformer.data.split import EvalExamples
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mini-batch. All tensors are (B, L) int64 and 0 at padding."""
+
+    items: torch.Tensor
+    behaviours: torch.Tensor
+    gaps: torch.Tensor  # time-gap bucket of each event (1 = first event / unknown)
+    categories: torch.Tensor
+    # Training targets: the next event at each position (0 = no target there).
+    targets: torch.Tensor | None = None
+    target_behaviours: torch.Tensor | None = None
+
+    @property
+    def padding_mask(self) -> torch.Tensor:
+        """(B, L) True at real events."""
+        return self.items != PAD
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None},
+        )
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+
+def gather_windows(arr: np.ndarray, ends: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """(W, length) slices ``arr[max(start, end - length):end]``, left-padded with 0."""
+    idx = ends[:, None] - length + np.arange(length)[None, :]  # (W, length)
+    valid = idx >= starts[:, None]
+    out = arr[np.clip(idx, 0, max(len(arr) - 1, 0))] if len(arr) else np.zeros(idx.shape, arr.dtype)
+    return np.where(valid, out, 0)
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Flat per-event feature arrays shared by training and evaluation batches."""
+
+    items: np.ndarray
+    behaviours: np.ndarray
+    gaps: np.ndarray
+    categories: np.ndarray
+
+    @classmethod
+    def from_sequences(cls, seq: Sequences, n_time_buckets: int) -> EventArrays:
+        return cls(
+            items=seq.items.astype(np.int64),
+            behaviours=seq.behaviours.astype(np.int64),
+            gaps=gap_buckets(seq, n_time_buckets),
+            categories=seq.categories.astype(np.int64),
+        )
+
+    def windows(self, ends: np.ndarray, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        return {
+            name: gather_windows(getattr(self, name), ends, starts, length)
+            for name in ("items", "behaviours", "gaps", "categories")
+        }
+
+
+def training_windows(
+    seq: Sequences, train_end: np.ndarray, max_len: int, sliding: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window (end, start) flat indices covering each user's training prefix.
+
+    A window holds ``max_len + 1`` events: inputs are the first ``max_len``, targets the last
+    ``max_len``. With ``sliding`` long histories are cut into consecutive windows ending at
+    ``train_end, train_end - max_len, ...``; otherwise only the most recent window is used.
+    """
+    starts = seq.offsets[:-1]
+    n = np.maximum(train_end - starts, 0)
+    usable = n >= 2
+    k = np.where(usable, np.ceil((n - 1) / max_len).astype(np.int64), 0)
+    if not sliding:
+        k = np.minimum(k, 1)
+    user = np.repeat(np.arange(seq.n_users), k)
+    step = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)  # 0..k-1 within user
+    ends = train_end[user] - step * max_len
+    return ends.astype(np.int64), starts[user].astype(np.int64)
+
+
+class TrainLoader:
+    """Shuffled mini-batches of training windows; one pass = one epoch."""
+
+    def __init__(
+        self,
+        arrays: EventArrays,
+        ends: np.ndarray,
+        starts: np.ndarray,
+        max_len: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.arrays, self.ends, self.starts = arrays, ends, starts
+        self.max_len, self.batch_size = max_len, batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return (len(self.ends) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def n_targets(self) -> int:
+        return int(np.minimum(self.ends - self.starts - 1, self.max_len).clip(min=0).sum())
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.rng.permutation(len(self.ends))
+        for i in range(0, len(order), self.batch_size):
+            sel = order[i : i + self.batch_size]
+            w = self.arrays.windows(self.ends[sel], self.starts[sel], self.max_len + 1)
+            t = {k: torch.from_numpy(v) for k, v in w.items()}
+            yield Batch(
+                items=t["items"][:, :-1],
+                behaviours=t["behaviours"][:, :-1],
+                gaps=t["gaps"][:, :-1],
+                categories=t["categories"][:, :-1],
+                targets=t["items"][:, 1:] * (t["items"][:, :-1] != PAD),
+                target_behaviours=t["behaviours"][:, 1:] * (t["items"][:, :-1] != PAD),
+            )
+
+
+def history_batches(
+    seq: Sequences, arrays: EventArrays, examples: EvalExamples, max_len: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Yield (example indices, Batch of the last ``max_len`` events before each target)."""
+    starts = seq.offsets[:-1][examples.rows]
+    for i in range(0, len(examples), batch_size):
+        sl = slice(i, i + batch_size)
+        w = arrays.windows(examples.pos[sl], starts[sl], max_len)
+        t = {k: torch.from_numpy(v) for k, v in w.items()}
+        yield np.arange(i, min(i + batch_size, len(examples))), Batch(**t)
+
+
+def seen_pairs(seq: Sequences, examples: EvalExamples, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(batch row, item) pairs of every item in the full histories of ``examples[idx]``."""
+    starts = seq.offsets[:-1][examples.rows[idx]]
+    ends = examples.pos[idx]
+    lens = ends - starts
+    row = np.repeat(np.arange(len(idx)), lens)
+    flat = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
+    return row, seq.items[flat].astype(np.int64)

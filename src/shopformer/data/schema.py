@@ -1,0 +1,50 @@
+"""The one canonical event schema used everywhere (prepare, training, serving).
+
+Raw ids stay strings until ``vocab.py`` encodes them; dense id 0 is padding in every
+vocabulary, so a left-padded sequence is simply zeros on the left. Behaviour types form an
+open vocabulary read from the data: nothing in the package hard-codes "pv" or "buy".
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+PAD = 0  # dense id of padding in every vocabulary (items, behaviours, categories)
+
+# Raw canonical columns (what `prepare` reads, after the column mapping).
+USER = "user_id"
+ITEM = "item_id"
+TIME = "timestamp"
+EVENT = "event_type"
+SESSION = "session_id"
+CATEGORY = "category_id"
+PRICE = "price"
+
+REQUIRED = (USER, ITEM)
+OPTIONAL = (TIME, EVENT, SESSION, CATEGORY, PRICE)
+CANONICAL = REQUIRED + OPTIONAL
+
+# Dense columns written by `prepare` next to the raw ones.
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+EVENT_IDX = "event_idx"
+CATEGORY_IDX = "category_idx"
+ROW = "row"  # 1-based line/row of the event in its source file: ties keep file order
+SOURCE = "source"
+
+# The single behaviour type used when a data set has no event_type column.
+DEFAULT_EVENT = "interaction"
+
+EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    USER: pl.String(),
+    ITEM: pl.String(),
+    TIME: pl.Int64(),
+    EVENT: pl.String(),
+    SESSION: pl.String(),
+    CATEGORY: pl.String(),
+    PRICE: pl.Float64(),
+    USER_IDX: pl.Int32(),
+    ITEM_IDX: pl.Int32(),
+    EVENT_IDX: pl.Int8(),
+    CATEGORY_IDX: pl.Int32(),
+}

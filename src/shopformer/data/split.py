@@ -1,0 +1,128 @@
+"""Train / validation / test splits without leakage. Pure functions of ``Sequences``.
+
+An evaluation example is one flat event index ``pos`` (the target); its history is every
+earlier event of the same user, ``[offsets[u], pos)``, so a prediction can never see the
+target or anything after it. Training uses each user's prefix ``[offsets[u], train_end[u])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shopformer.data.sequences import Sequences
+
+
+@dataclass(frozen=True)
+class EvalExamples:
+    rows: np.ndarray  # (E,) user row (0..U-1)
+    pos: np.ndarray  # (E,) flat index of the target event; history is [offsets[row], pos)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def head(self, n: int | None) -> EvalExamples:
+        return self if n is None else EvalExamples(self.rows[:n], self.pos[:n])
+
+
+@dataclass(frozen=True)
+class Split:
+    train_end: np.ndarray  # (U,) exclusive flat end of each user's training events
+    valid: EvalExamples
+    test: EvalExamples
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def _last_candidates(seq: Sequences, mask: np.ndarray, k: int) -> np.ndarray:
+    """(U,) flat index of each user's k-th last event where mask is True, -1 if none.
+
+    Vectorised: cumulative counts of candidates from the end of each user's segment.
+    """
+    rows = seq.user_row_of_event()
+    m = mask.astype(np.int64)
+    # reverse cumulative count within each user: how many candidates at or after each event
+    csum = np.cumsum(m[::-1])[::-1]
+    seg_end = seq.offsets[1:]
+    after = csum - np.append(csum, 0)[seg_end[rows]]
+    hit = mask & (after == k)
+    out = np.full(seq.n_users, -1, dtype=np.int64)
+    out[rows[hit]] = np.flatnonzero(hit)
+    return out
+
+
+def leave_one_out(seq: Sequences, target_behaviour: int | None = None) -> Split:
+    """Last target event -> test, second-to-last -> validation, everything before -> train.
+
+    With ``target_behaviour`` the targets are the user's last two events of that type
+    (e.g. purchases) and all behaviour before them is context.
+    """
+    mask = np.ones(len(seq.items), bool) if target_behaviour is None else seq.behaviours == target_behaviour
+    test_pos = _last_candidates(seq, mask, 1)
+    valid_pos = _last_candidates(seq, mask, 2)
+    starts = seq.offsets[:-1]
+    train_end = np.where(valid_pos >= 0, valid_pos, np.where(test_pos >= 0, test_pos, seq.offsets[1:]))
+    ok_valid = (valid_pos >= 0) & (valid_pos > starts)  # needs a non-empty history
+    ok_test = test_pos >= 0
+    rows = np.arange(seq.n_users)
+    excluded = {
+        "valid_no_target_or_history": int((~ok_valid).sum()),
+        "test_no_target": int((~ok_test).sum()),
+    }
+    return Split(
+        train_end=train_end.astype(np.int64),
+        valid=EvalExamples(rows[ok_valid], valid_pos[ok_valid]),
+        test=EvalExamples(rows[ok_test & ok_valid], test_pos[ok_test & ok_valid]),
+        excluded=excluded,
+    )
+
+
+def resolve_boundary(seq: Sequences, value: float) -> int:
+    """A boundary in (0, 1) is a quantile of event times; anything else is Unix seconds."""
+    if 0.0 < value < 1.0:
+        return int(np.quantile(seq.times, value, method="lower"))
+    return int(value)
+
+
+def temporal_split(
+    seq: Sequences, t1: int, t2: int, target_behaviour: int | None = None
+) -> Split:
+    """Global temporal split: train < t1 <= validation < t2 <= test.
+
+    Each user contributes at most one validation example (the first target event in
+    [t1, t2)) and one test example (the first target event at or after t2). Histories are cut
+    at the prediction time: every event before the target, including earlier events in the
+    same window, and never anything after it.
+    """
+    if not t1 < t2:
+        raise ValueError(f"temporal split needs valid_start < test_start, got {t1} >= {t2}")
+    times = seq.times
+    is_target = np.ones(len(times), bool) if target_behaviour is None else seq.behaviours == target_behaviour
+    rows = seq.user_row_of_event()
+    starts = seq.offsets[:-1]
+
+    def first_in(mask: np.ndarray) -> np.ndarray:
+        out = np.full(seq.n_users, -1, dtype=np.int64)
+        idx = np.flatnonzero(mask)
+        # first occurrence per user: reverse assignment keeps the smallest index
+        out[rows[idx[::-1]]] = idx[::-1]
+        return out
+
+    valid_pos = first_in(is_target & (times >= t1) & (times < t2))
+    test_pos = first_in(is_target & (times >= t2))
+    # train_end: first event at/after t1 (all earlier events are training data)
+    first_after = first_in(times >= t1)
+    train_end = np.where(first_after >= 0, first_after, seq.offsets[1:])
+    ok_valid = (valid_pos >= 0) & (valid_pos > starts)
+    ok_test = (test_pos >= 0) & (test_pos > starts)
+    all_rows = np.arange(seq.n_users)
+    excluded = {
+        "valid_no_target_or_history": int((~ok_valid).sum()),
+        "test_no_target_or_history": int((~ok_test).sum()),
+    }
+    return Split(
+        train_end=train_end.astype(np.int64),
+        valid=EvalExamples(all_rows[ok_valid], valid_pos[ok_valid]),
+        test=EvalExamples(all_rows[ok_test], test_pos[ok_test]),
+        excluded=excluded,
+    )

@@ -1,0 +1,71 @@
+"""Raw id <-> dense id vocabularies. Dense id 0 is padding; real ids start at 1."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+PAD_TOKEN = "<pad>"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """One vocabulary: ``tokens[i]`` is the raw id of dense id ``i`` (``tokens[0]`` = padding)."""
+
+    tokens: tuple[str, ...]
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.tokens or self.tokens[0] != PAD_TOKEN:
+            raise ValueError("a vocabulary must start with the padding token")
+        object.__setattr__(self, "index", {t: i for i, t in enumerate(self.tokens)})
+        if len(self.index) != len(self.tokens):
+            raise ValueError("duplicate tokens in vocabulary")
+
+    def __len__(self) -> int:
+        """Number of real tokens (padding excluded)."""
+        return len(self.tokens) - 1
+
+    @classmethod
+    def build(cls, values: pl.Series) -> Vocab:
+        """Deterministic: most frequent first, ties broken by the raw id string."""
+        counts = values.drop_nulls().value_counts(name="n")
+        counts = counts.sort(["n", values.name], descending=[True, False])
+        return cls((PAD_TOKEN, *counts[values.name].cast(pl.String).to_list()))
+
+    def encode(self, raw: list[str]) -> list[int]:
+        """Dense ids, 0 for unknown raw ids (callers decide whether to skip or fail)."""
+        return [self.index.get(r, 0) for r in raw]
+
+    def decode(self, ids: np.ndarray | list[int]) -> list[str]:
+        return [self.tokens[int(i)] for i in ids]
+
+    def mapping_frame(self, name: str, dense_name: str, dtype: pl.DataType) -> pl.DataFrame:
+        return pl.DataFrame(
+            {name: list(self.tokens[1:]), dense_name: np.arange(1, len(self.tokens))},
+            schema={name: pl.String, dense_name: dtype},
+        )
+
+
+@dataclass(frozen=True)
+class Vocabs:
+    users: Vocab
+    items: Vocab
+    behaviours: Vocab
+    categories: Vocab
+
+    def to_json(self) -> str:
+        return json.dumps({k: list(getattr(self, k).tokens) for k in ("users", "items", "behaviours", "categories")})
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabs:
+        data = json.loads(text)
+        return cls(**{k: Vocab(tuple(data[k])) for k in ("users", "items", "behaviours", "categories")})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabs:
+        return cls.from_json(Path(path).read_text())

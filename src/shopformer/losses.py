@@ -1,0 +1,76 @@
+"""Next-item losses. Pure functions of tensors, computed only at real (non-padding) targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shopformer.data.schema import PAD
+
+
+def full_cross_entropy(
+    hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Softmax over the whole catalogue.
+
+    hidden: (M, D) states at real positions only; targets: (M,) item ids >= 1;
+    item_emb: (V, D) with row 0 = padding, which is never a valid class.
+    """
+    logits = hidden @ item_emb.T  # (M, V)
+    logits[:, PAD] = float("-inf")
+    if label_smoothing:
+        # smoothing must not put mass on the padding class (log 0 = -inf)
+        logits = logits[:, 1:]
+        return F.cross_entropy(logits, targets - 1, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, targets)
+
+
+class NegativeSampler:
+    """Draws shared negatives for sampled softmax, uniform or by popularity.
+
+    ``log_q`` is the log-probability of drawing each item; subtracting it from the logits
+    (logQ correction) makes the sampled softmax an unbiased estimate of the full one.
+    """
+
+    def __init__(self, item_counts: np.ndarray, kind: str, seed: int = 0) -> None:
+        counts = np.asarray(item_counts, dtype=np.float64).copy()
+        counts[PAD] = 0.0
+        if kind == "uniform":
+            probs = (counts >= 0).astype(np.float64)
+            probs[PAD] = 0.0
+        elif kind == "popularity":
+            probs = counts + 1e-12
+            probs[PAD] = 0.0
+        else:
+            raise ValueError(f"unknown sampler {kind!r}; use 'uniform' or 'popularity'")
+        probs /= probs.sum()
+        self.probs = torch.from_numpy(probs).float()
+        self.log_q = torch.log(self.probs.clamp_min(1e-30))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return torch.multinomial(self.probs, n, replacement=True, generator=self.generator)
+
+
+def sampled_softmax(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    item_emb: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax over the target and N shared negatives, with optional logQ correction.
+
+    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) or None.
+    A negative equal to the row's own target is masked (an "accidental hit").
+    """
+    pos = (hidden * item_emb[targets]).sum(-1, keepdim=True)  # (M, 1)
+    neg = hidden @ item_emb[negatives].T  # (M, N)
+    if log_q is not None:
+        log_q = log_q.to(hidden.device)
+        pos = pos - log_q[targets].unsqueeze(-1)
+        neg = neg - log_q[negatives].unsqueeze(0)
+    neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(-1), float("-inf"))
+    logits = torch.cat([pos, neg], dim=-1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))

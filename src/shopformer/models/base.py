@@ -1,0 +1,154 @@
+"""The model contract every sequence model implements, and shared input embeddings.
+
+A model maps a left-padded ``Batch`` to hidden states (``encode``), and scores the whole
+catalogue from them through its (tied) output item embeddings. ``loss`` and ``score_all``
+are shared here, so a new architecture only writes ``encode`` (and, for a masked model,
+its own ``loss``/``score_all``). Models never touch numpy or pick devices themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from shopformer.config import LossConfig, ModelConfig
+from shopformer.data.dataset import Batch
+from shopformer.data.schema import PAD
+from shopformer.losses import NegativeSampler, full_cross_entropy, sampled_softmax
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Vocabulary sizes a model is built for (saved with the artifact)."""
+
+    n_items: int  # real items are 1..n_items
+    n_behaviours: int  # behaviour ids 1..n_behaviours
+    n_categories: int = 0
+    has_time: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    parts: dict[str, float]
+
+
+class SequenceModel(nn.Module):
+    """Base class: subclasses set ``name`` and implement ``encode``."""
+
+    name: ClassVar[str]
+    causal: ClassVar[bool] = True  # False for bidirectional (masked) models
+    has_attention: ClassVar[bool] = True
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        # +2: padding row 0 and a [MASK] row at n_items + 1 (used by masked models).
+        self.item_emb = nn.Embedding(spec.n_items + 2, cfg.dim, padding_idx=PAD)
+        nn.init.normal_(self.item_emb.weight, std=cfg.dim**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+
+    @property
+    def mask_id(self) -> int:
+        return self.spec.n_items + 1
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """(B, L) batch -> (B, L, D) hidden states; position t summarises events <= t."""
+        raise NotImplementedError
+
+    def output_embeddings(self) -> torch.Tensor:
+        """(n_items + 1, D) item vectors used for scoring (row 0 = padding, no [MASK])."""
+        return self.item_emb.weight[: self.spec.n_items + 1]
+
+    def last_hidden(self, batch: Batch) -> torch.Tensor:
+        """(B, D) state that predicts the event after the last one."""
+        return self.encode(batch)[:, -1]
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """(B, n_items + 1) score of every item as the next event; column 0 is -inf."""
+        scores = self.last_hidden(batch) @ self.output_embeddings().T
+        scores[:, PAD] = float("-inf")
+        return scores
+
+    def item_loss(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        loss_cfg: LossConfig,
+        sampler: NegativeSampler | None = None,
+    ) -> torch.Tensor:
+        """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none."""
+        real = targets != PAD
+        h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
+        emb = self.output_embeddings()
+        if loss_cfg.kind == "sampled":
+            if sampler is None:
+                raise ValueError("loss.kind='sampled' needs a NegativeSampler")
+            neg = sampler.sample(loss_cfg.negatives).to(h.device)
+            return sampled_softmax(h, t, emb, neg, sampler.log_q if loss_cfg.logq_correction else None)
+        return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing)
+
+    def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
+        if batch.targets is None:
+            raise ValueError("a training batch needs targets")
+        loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler)
+        return LossOutput(loss, {"item": float(loss.detach())})
+
+
+class InputEmbedding(nn.Module):
+    """Item + position (+ behaviour, time-gap, category) embeddings of each event.
+
+    Positions count from the first real event of the window, so extra left padding never
+    changes a representation, and nothing about later events leaks into earlier positions.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.use_behaviour = cfg.use_behaviour and spec.n_behaviours > 1
+        self.use_gap = cfg.use_time_gap and spec.has_time
+        self.use_category = cfg.use_category and spec.n_categories > 0
+        if self.use_behaviour:
+            self.beh_emb = nn.Embedding(spec.n_behaviours + 1, cfg.dim, padding_idx=PAD)
+        if self.use_gap:
+            self.gap_emb = nn.Embedding(cfg.time_buckets, cfg.dim, padding_idx=PAD)
+        if self.use_category:
+            self.cat_emb = nn.Embedding(spec.n_categories + 1, cfg.dim, padding_idx=PAD)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.dropout = nn.Dropout(cfg.emb_dropout)
+        self.max_len = cfg.max_len
+
+    def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
+        """item_vectors: (B, L, D) looked up by the model from its (tied) item table."""
+        real = batch.items != PAD  # (B, L)
+        pos = (real.long().cumsum(-1) - 1).clamp(0, self.max_len - 1)  # 0 at the first real event
+        x = item_vectors + self.pos_emb(pos)  # (B, L, D)
+        if self.use_behaviour:
+            x = x + self.beh_emb(batch.behaviours)
+        if self.use_gap:
+            x = x + self.gap_emb(batch.gaps.clamp(max=self.gap_emb.num_embeddings - 1))
+        if self.use_category:
+            x = x + self.cat_emb(batch.categories)
+        x = self.dropout(self.norm(x))
+        return x * real.unsqueeze(-1)  # padding stays exactly zero
+
+
+def attention_mask(real: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask, True where query i may attend to key j.
+
+    Keys at padding are hidden; every query may see itself, so padded rows never turn
+    into an all-masked softmax (NaN).
+    """
+    _, length = real.shape
+    allowed = real.unsqueeze(1).expand(-1, length, -1)  # (B, L, L) keys that are real
+    if causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
+    return allowed.unsqueeze(1)
