@@ -56,9 +56,9 @@ def test_shapes(model) -> None:
 
 @pytest.mark.parametrize("kind", ["ce", "sampled"])
 def test_finite_loss_and_gradients(model, kind: str) -> None:
-    from shopformer.losses import NegativeSampler
-
     import numpy as np
+
+    from shopformer.losses import NegativeSampler
 
     model.train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)
@@ -74,14 +74,7 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
 def test_no_future_leakage(model) -> None:
     """Changing events after position t must not change what the model predicts from <= t."""
     if not model.causal:
-        # Masked models read the whole window; their next-item prediction comes from a [MASK]
-        # appended after the history, so leakage is checked on score_all instead.
-        batch = make_batch(pad=(0, 0, 0, 0))
-        model.eval()
-        hist = Batch(batch.items[:, :-1], batch.behaviours[:, :-1], batch.gaps[:, :-1], batch.categories[:, :-1])
-        s1 = model.score_all(hist)
-        s2 = model.score_all(hist)
-        assert torch.allclose(s1, s2)
+        _check_masked_model_leakage(model)
         return
     model.eval()
     batch = make_batch(pad=(0, 0, 0, 0))
@@ -94,6 +87,57 @@ def test_no_future_leakage(model) -> None:
     h1 = model.encode(batch)[:, : t + 1]
     h2 = model.encode(other)[:, : t + 1]
     assert torch.allclose(h1, h2, atol=1e-5)
+
+
+def _check_masked_model_leakage(model) -> None:
+    """Masked (non-causal) models see the whole window, so leakage is checked on what they are
+    given. Contract: ``model.corrupt(batch, generator) -> (inputs, targets)`` masks the full
+    training window ``items + [targets[:, -1]]`` (right-aligned, possibly cut on the left); a
+    target is the original item at its own position and nothing about it stays in the inputs.
+    """
+    batch = make_batch()
+    full = torch.cat([batch.items, batch.targets[:, -1:]], dim=1)
+    inputs, targets = model.corrupt(batch, torch.Generator().manual_seed(0))
+    n = targets.shape[1]
+    full = full[:, -n:]
+    m = targets != 0
+    assert m.any(), "no position was masked"
+    assert (m <= (full != 0)).all(), "a padding position became a target"
+    assert torch.equal(targets[m], full[m]), "the target at a masked position must be the item there"
+    assert (inputs.items[m] == model.mask_id).all(), "a masked item is still visible"
+    for side in (inputs.behaviours, inputs.gaps, inputs.categories):
+        assert (side[m] == 0).all(), "a masked event still shows its behaviour/gap/category"
+    assert torch.equal(inputs.items[~m], full[~m]), "unmasked events must be the window's own"
+
+    # Replacing exactly the masked events must leave the model's inputs and states unchanged.
+    swapped = torch.where(m, 1 + full % SPEC.n_items, full)  # a different item at every target
+    assert not torch.equal(swapped, full)
+    full2 = torch.cat([batch.items[:, : batch.items.shape[1] + 1 - n], swapped], dim=1)
+    real = batch.items != 0
+    other = Batch(full2[:, :-1], batch.behaviours, batch.gaps, batch.categories,
+                  full2[:, 1:] * real, batch.target_behaviours)
+    inputs2, targets2 = model.corrupt(other, torch.Generator().manual_seed(0))
+    assert torch.equal(targets2 != 0, m) and not torch.equal(targets2, targets)
+    model.eval()
+    assert torch.allclose(model.encode(inputs), model.encode(inputs2))
+
+    # The training loss is the item loss on exactly these corrupted inputs (global torch RNG).
+    torch.manual_seed(1)
+    loss = model.loss(batch, LossConfig()).total
+    torch.manual_seed(1)
+    inputs, targets = model.corrupt(batch)
+    assert torch.allclose(loss, model.item_loss(model.encode(inputs), targets, LossConfig()))
+
+    # Inference: score_all reads only the history, wherever it sits in the window.
+    hist = Batch(batch.items, batch.behaviours, batch.gaps, batch.categories)
+    wider = Batch(*(torch.nn.functional.pad(t, (3, 0)) for t in (hist.items, hist.behaviours, hist.gaps,
+                                                                 hist.categories)))
+    assert torch.allclose(model.score_all(hist), model.score_all(wider), atol=1e-5)
+    # ...and does read it: changing the most recent event changes the scores.
+    last = hist.items.clone()
+    last[:, -1] = 1 + last[:, -1] % SPEC.n_items
+    changed = Batch(last, hist.behaviours, hist.gaps, hist.categories)
+    assert not torch.allclose(model.score_all(hist), model.score_all(changed), atol=1e-5), "history ignored"
 
 
 def test_left_padding_invariance(model) -> None:

@@ -122,10 +122,21 @@ class TrainLoader:
         return int(np.minimum(self.ends - self.starts - 1, self.max_len).clip(min=0).sum())
 
     def __iter__(self) -> Iterator[Batch]:
+        # Length bucketing: shuffle, sort each chunk of ~50 batches by window length, cut it
+        # into batches and shuffle the batches. Each batch is then trimmed to its longest
+        # window, so short sequences (most of Beauty) do not pay for 50 positions of padding.
+        lengths = np.minimum(self.ends - self.starts, self.max_len + 1)
         order = self.rng.permutation(len(self.ends))
-        for i in range(0, len(order), self.batch_size):
-            sel = order[i : i + self.batch_size]
-            w = self.arrays.windows(self.ends[sel], self.starts[sel], self.max_len + 1)
+        chunk = self.batch_size * 50
+        batches = []
+        for c in range(0, len(order), chunk):
+            part = order[c : c + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        for b in self.rng.permutation(len(batches)):
+            sel = batches[b]
+            width = int(lengths[sel].max())
+            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
             t = {k: torch.from_numpy(v) for k, v in w.items()}
             yield Batch(
                 items=t["items"][:, :-1],

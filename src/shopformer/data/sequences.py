@@ -67,6 +67,35 @@ class Sequences:
         )
 
     @classmethod
+    def from_lists(
+        cls,
+        items: list[list[int]],
+        behaviours: list[list[int]],
+        times: list[list[int]] | None,
+        categories: list[list[int]] | None = None,
+    ) -> Sequences:
+        """Ragged Python lists (one list per history) -> Sequences; used at inference time."""
+        lengths = np.array([len(x) for x in items], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+        def flat(lists: list[list[int]] | None, dtype: type) -> np.ndarray:
+            if lists is None:
+                return np.zeros(int(lengths.sum()), dtype)
+            return np.fromiter((v for x in lists for v in x), dtype=dtype, count=int(lengths.sum()))
+
+        has_time = times is not None
+        t = flat(times, np.int64) if has_time else np.arange(int(lengths.sum())) - np.repeat(offsets[:-1], lengths)
+        return cls(
+            users=np.arange(len(items), dtype=np.int32),
+            offsets=offsets,
+            items=flat(items, np.int32),
+            behaviours=flat(behaviours, np.int8),
+            times=t.astype(np.int64),
+            categories=flat(categories, np.int32),
+            has_time=has_time,
+        )
+
+    @classmethod
     def load(cls, dataset_dir: str | Path) -> Sequences:
         import json
 

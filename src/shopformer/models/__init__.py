@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from shopformer.config import ModelConfig
 from shopformer.models.base import DataSpec, SequenceModel
+from shopformer.models.bert4rec import BERT4Rec
+from shopformer.models.gru4rec import GRU4Rec
+from shopformer.models.hstu import HSTU
+from shopformer.models.lstm import LSTMRec
 from shopformer.models.sasrec import SASRec
 
 REGISTRY: dict[str, type[SequenceModel]] = {
     SASRec.name: SASRec,
+    BERT4Rec.name: BERT4Rec,
+    GRU4Rec.name: GRU4Rec,
+    LSTMRec.name: LSTMRec,
+    HSTU.name: HSTU,
 }
 
 

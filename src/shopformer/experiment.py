@@ -1,0 +1,162 @@
+"""One experiment end to end: prepared dataset -> split -> fit -> full-ranking test -> run dir.
+
+The CLI, the demo and the benchmarks all call ``run_experiment`` so they share one protocol:
+model selection on validation only, then a single test evaluation of the model and of the
+popularity and Markov baselines on the same examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shopformer.artifacts import save_run, sha256_file, write_metrics
+from shopformer.baselines import Markov, Popularity, item_counts
+from shopformer.config import Config
+from shopformer.data.dataset import EventArrays
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import Split, leave_one_out, resolve_boundary, temporal_split
+from shopformer.data.vocab import Vocabs
+from shopformer.evaluate import evaluate, model_scorer
+from shopformer.models import build_model
+from shopformer.models.base import DataSpec, SequenceModel
+from shopformer.report import write_report
+from shopformer.train import FitResult, fit
+
+
+@dataclass
+class Dataset:
+    path: Path
+    seq: Sequences
+    vocabs: Vocabs
+    stats: dict
+    fingerprint: str
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(
+            n_items=len(self.vocabs.items),
+            n_behaviours=len(self.vocabs.behaviours),
+            n_categories=len(self.vocabs.categories),
+            has_time=self.seq.has_time,
+        )
+
+    def behaviour_id(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        if name not in self.vocabs.behaviours.index:
+            known = ", ".join(self.vocabs.behaviours.tokens[1:])
+            raise ValueError(f"target behaviour {name!r} never occurs in {self.path}; known: {known}")
+        return self.vocabs.behaviours.index[name]
+
+    def item_category(self) -> np.ndarray:
+        """(n_items + 1,) the category of each item (last seen), 0 when unknown."""
+        out = np.zeros(len(self.vocabs.items) + 1, dtype=np.int64)
+        out[self.seq.items] = self.seq.categories
+        return out
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    p = Path(path)
+    for name in ("events.parquet", "vocab.json", "stats.json"):
+        if not (p / name).exists():
+            raise FileNotFoundError(f"{p}: missing {name}; run `shopformer prepare` first")
+    return Dataset(
+        path=p,
+        seq=Sequences.load(p),
+        vocabs=Vocabs.load(p / "vocab.json"),
+        stats=json.loads((p / "stats.json").read_text()),
+        fingerprint=sha256_file(p / "events.parquet"),
+    )
+
+
+def make_split(ds: Dataset, cfg: Config, target_behaviour: int | None = None) -> Split:
+    sc = cfg.split
+    if sc.kind == "loo":
+        return leave_one_out(ds.seq, target_behaviour)
+    if sc.valid_start is None or sc.test_start is None:
+        raise ValueError("split.kind='temporal' needs split.valid_start and split.test_start")
+    t1, t2 = resolve_boundary(ds.seq, sc.valid_start), resolve_boundary(ds.seq, sc.test_start)
+    return temporal_split(ds.seq, t1, t2, target_behaviour)
+
+
+def protocol_text(cfg: Config, split: Split, n_items: int) -> str:
+    seen = "removed from the ranking" if cfg.eval.exclude_seen else "kept in the ranking"
+    kind = "leave-one-out" if cfg.split.kind == "loo" else "global temporal"
+    return (
+        f"Protocol: {kind} split; full ranking over all {n_items:,} items (no sampled negatives); "
+        f"items already in the user's history are {seen}; ties count against the system; "
+        f"model selected on validation ({cfg.train.monitor}), test used once. "
+        f"Test examples: {len(split.test):,} (excluded: {split.excluded}). 95% CIs by bootstrap over users."
+    )
+
+
+@dataclass
+class ExperimentResult:
+    run_dir: Path
+    fit: FitResult
+    test: dict[str, dict]  # system -> metrics
+    valid: dict[str, float]
+    table: str
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_systems(
+    model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays
+) -> dict[str, dict]:
+    """Test metrics of the model and both baselines on the same examples."""
+    n_items = ds.spec.n_items
+    counts = item_counts(ds.seq, split.train_end, n_items)
+    systems = {
+        cfg.model.name: model_scorer(model),
+        "popularity": Popularity(counts),
+        "markov": Markov(ds.seq, split.train_end, n_items),
+    }
+    return {
+        name: evaluate(fn, ds.seq, arrays, split.test, n_items, cfg.model.max_len, cfg.eval).metrics
+        for name, fn in systems.items()
+    }
+
+
+def run_experiment(
+    dataset: str | Path | Dataset, cfg: Config, out_dir: str | Path, progress: bool = True
+) -> ExperimentResult:
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    out = Path(out_dir)
+    split = make_split(ds, cfg)
+    if len(split.valid) == 0 or len(split.test) == 0:
+        raise ValueError(f"split leaves no validation or test examples (excluded: {split.excluded})")
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
+    model = build_model(cfg.model, ds.spec)
+    t0 = time.perf_counter()
+    result = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=out, progress=progress)
+    wall = time.perf_counter() - t0
+    valid = evaluate(model_scorer(model), ds.seq, arrays, split.valid, ds.spec.n_items, cfg.model.max_len,
+                     cfg.eval, bootstrap=False).metrics
+    test = evaluate_systems(model, ds, split, cfg, arrays)
+    protocol = protocol_text(cfg, split, ds.spec.n_items)
+    table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol)
+    metrics = {
+        "protocol": protocol,
+        "valid": valid,
+        "test": test,
+        "fit": {"best_epoch": result.best_epoch, "epochs": result.epochs, "stopped_by": result.stopped_by,
+                "train_seconds": result.train_seconds, "wall_seconds": wall,
+                "tokens_per_second": result.tokens_per_second},
+    }
+    run_dir = save_run(
+        out / "model", model, cfg, ds.vocabs, counts, ds.item_category(), metrics,
+        data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()),
+    )
+    write_metrics(out, metrics)
+    return ExperimentResult(run_dir, result, test, valid, table)
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:12]

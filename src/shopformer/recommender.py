@@ -1,0 +1,159 @@
+"""Artifact -> top-k recommendations. No web imports: serving/ is a thin adapter over this.
+
+>>> rec = Recommender.load("runs/demo/model")
+>>> rec.recommend(["2268318", "2333346"], k=10).items
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shopformer.artifacts import Run, load_run
+from shopformer.data.dataset import Batch, EventArrays
+from shopformer.data.schema import PAD
+from shopformer.data.sequences import Sequences
+
+
+@dataclass(frozen=True)
+class History:
+    """One user's events, oldest first, in raw ids. Behaviours/timestamps are optional."""
+
+    items: list[str]
+    behaviours: list[str] | None = None
+    timestamps: list[int] | None = None
+
+
+@dataclass
+class Recommendations:
+    items: list[str]
+    scores: list[float]
+    fallback: bool = False  # True when the history had no known item (popularity answer)
+    skipped: list[str] = field(default_factory=list)  # unknown item ids ignored in the history
+
+    def pairs(self) -> list[tuple[str, float]]:
+        return list(zip(self.items, self.scores, strict=True))
+
+
+class Recommender:
+    """Thread-safe inference over one run directory."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.model = run.model.eval()
+        self.spec, self.cfg, self.vocabs = run.spec, run.config, run.vocabs
+        self.max_len = self.cfg.model.max_len
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+        pop = torch.as_tensor(run.item_counts, dtype=torch.float32).clone()
+        pop[PAD] = float("-inf")
+        self.popularity = pop
+        self._default_behaviour = 1  # the most frequent type (vocabularies are frequency-sorted)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Recommender:
+        return cls(load_run(run_dir))
+
+    @property
+    def version(self) -> str:
+        return self.run.version
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _encode(self, h: History) -> tuple[list[int], list[int], list[int] | None, list[str]]:
+        iv, bv = self.vocabs.items.index, self.vocabs.behaviours.index
+        items, behs, times, skipped = [], [], [], []
+        for pos, raw in enumerate(h.items):
+            idx = iv.get(str(raw), 0)
+            if idx == PAD:
+                skipped.append(str(raw))
+                continue
+            items.append(idx)
+            b = h.behaviours[pos] if h.behaviours is not None else None
+            behs.append(bv.get(str(b), self._default_behaviour) if b is not None else self._default_behaviour)
+            if h.timestamps is not None:
+                times.append(int(h.timestamps[pos]))
+        return items, behs, (times if h.timestamps is not None else None), skipped
+
+    def make_batch(self, encoded: list[tuple[list[int], list[int], list[int] | None]]) -> Batch:
+        """Left-padded Batch of the last ``max_len`` events of each encoded history."""
+        has_time = self.spec.has_time and all(t is not None for _, _, t in encoded)
+        items = [e[0] for e in encoded]
+        cats = [self.run.item_category[np.asarray(x, dtype=np.int64)].tolist() for x in items]
+        seq = Sequences.from_lists(items, [e[1] for e in encoded], [e[2] for e in encoded] if has_time else None,
+                                   cats)
+        arrays = EventArrays.from_sequences(seq, self.cfg.model.time_buckets)
+        w = arrays.windows(seq.offsets[1:], seq.offsets[:-1], self.max_len)
+        return Batch(**{k: torch.from_numpy(v) for k, v in w.items()})
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score_histories(self, histories: list[History]) -> tuple[torch.Tensor, list[list[int]], list[list[str]]]:
+        """(B, n_items + 1) scores for many histories in one forward pass."""
+        encoded = [self._encode(h) for h in histories]
+        skipped = [e[3] for e in encoded]
+        seen = [e[0] for e in encoded]
+        known = [i for i, e in enumerate(encoded) if e[0]]
+        scores = self.popularity.unsqueeze(0).repeat(len(histories), 1)
+        if known:
+            batch = self.make_batch([encoded[i][:3] for i in known])
+            with self._lock, torch.inference_mode():
+                scores[torch.tensor(known)] = self.model.score_all(batch).float()
+        return scores, seen, skipped
+
+    def recommend_many(
+        self, histories: list[History], k: int = 10, exclude_seen: bool | None = None
+    ) -> list[Recommendations]:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        exclude = self.cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
+        scores, seen, skipped = self.score_histories(histories)
+        if exclude:
+            rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+            cols = np.fromiter((i for s in seen for i in s), dtype=np.int64, count=len(rows))
+            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
+        k = min(k, self.spec.n_items)
+        top = scores.topk(k, dim=1)
+        out = []
+        for r in range(len(histories)):
+            ids, vals = top.indices[r].tolist(), top.values[r].tolist()
+            keep = [j for j, v in enumerate(vals) if v != float("-inf")]
+            if skipped[r]:
+                warnings.warn(f"skipped {len(skipped[r])} unknown item id(s): {skipped[r][:5]}", stacklevel=2)
+            out.append(Recommendations(
+                items=self.vocabs.items.decode([ids[j] for j in keep]),
+                scores=[float(vals[j]) for j in keep],
+                fallback=not seen[r],
+                skipped=skipped[r],
+            ))
+        return out
+
+    def recommend(
+        self,
+        items: list[str],
+        k: int = 10,
+        behaviours: list[str] | None = None,
+        timestamps: list[int] | None = None,
+        exclude_seen: bool | None = None,
+    ) -> Recommendations:
+        """Top-k next items for one history of raw item ids (oldest first)."""
+        return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen)[0]
+
+    def popular(self, k: int = 10) -> Recommendations:
+        top = self.popularity.topk(min(k, self.spec.n_items))
+        return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist(), fallback=True)
+
+    def similar_items(self, item: str, k: int = 10) -> Recommendations:
+        """Nearest items by cosine similarity of the model's output item embeddings."""
+        idx = self.vocabs.items.index.get(str(item), 0)
+        if idx == PAD:
+            raise KeyError(f"unknown item id {item!r}")
+        with torch.inference_mode():
+            emb = torch.nn.functional.normalize(self.model.output_embeddings().float(), dim=-1)
+            sims = emb @ emb[idx]
+        sims[PAD] = float("-inf")
+        sims[idx] = float("-inf")
+        top = sims.topk(min(k, self.spec.n_items - 1))
+        return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist())

@@ -1,0 +1,201 @@
+"""Fit a model with AdamW and early stopping on the validation split only.
+
+The test split is never touched here: the best epoch is chosen on validation, and its
+weights are restored before returning.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from shopformer.config import Config
+from shopformer.data.dataset import EventArrays, TrainLoader, training_windows
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import EvalExamples
+from shopformer.evaluate import evaluate, model_scorer
+from shopformer.losses import NegativeSampler
+from shopformer.models.base import SequenceModel
+
+
+def early_stopping(scores: list[float], patience: int) -> tuple[bool, int]:
+    """Pure rule on a history of validation scores (higher is better).
+
+    Returns (stop, best_index): stop once ``patience`` evaluations passed without a new best.
+    """
+    if not scores:
+        return False, -1
+    best = int(np.argmax(scores))  # first index of the maximum: ties keep the earlier model
+    return len(scores) - 1 - best >= patience, best
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then constant or cosine decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def set_seed(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = float("-inf")
+    epochs: int = 0
+    train_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    stopped_by: str = "epochs"
+
+
+Hook = Callable[[int, dict], None]
+
+
+def fit(
+    model: SequenceModel,
+    cfg: Config,
+    seq: Sequences,
+    train_end: np.ndarray,
+    valid: EvalExamples,
+    arrays: EventArrays | None = None,
+    item_counts: np.ndarray | None = None,
+    log_dir: str | Path | None = None,
+    progress: bool = True,
+    on_epoch: Hook | None = None,
+    loader: TrainLoader | None = None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-on-validation weights."""
+    tc = cfg.train
+    set_seed(tc.seed)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    arrays = arrays or EventArrays.from_sequences(seq, cfg.model.time_buckets)
+    if loader is None:
+        ends, starts = training_windows(seq, train_end, cfg.model.max_len, tc.sliding_window)
+        loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, tc.batch_size, tc.seed)
+    if len(loader) == 0:
+        raise ValueError("no training windows: every user has fewer than 2 training events")
+    sampler = None
+    if cfg.loss.kind == "sampled":
+        counts = item_counts if item_counts is not None else np.ones(model.spec.n_items + 1)
+        sampler = NegativeSampler(counts, cfg.loss.sampler, seed=tc.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    total_steps = tc.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, tc.warmup_steps, total_steps, tc.schedule)
+    )
+    result = FitResult()
+    scores: list[float] = []
+    best_state: dict | None = None
+    log_path = Path(log_dir) / "train_log.csv" if log_dir else None
+    start = time.perf_counter()
+    train_time = 0.0
+    tokens = 0
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
+    )
+    with bar:
+        task = bar.add_task("train", total=tc.epochs, info="")
+        for epoch in range(1, tc.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum, n_batches = 0.0, 0
+            for batch in loader:
+                out = model.loss(batch, cfg.loss, sampler)
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                opt.step()
+                sched.step()
+                loss_sum += float(out.total.detach())
+                n_batches += 1
+                tokens += int((batch.targets != 0).sum()) if batch.targets is not None else 0
+            train_time += time.perf_counter() - t0
+            row: dict = {"epoch": epoch, "loss": loss_sum / max(n_batches, 1),
+                         "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
+            if epoch % tc.eval_every == 0 or epoch in (1, tc.epochs):
+                res = evaluate(model_scorer(model), seq, arrays, valid, model.spec.n_items,
+                               cfg.model.max_len, cfg.eval, bootstrap=False)
+                score = float(res.metrics[tc.monitor])
+                row.update({f"valid_{k}": v for k, v in res.metrics.items() if isinstance(v, float)})
+                scores.append(score)
+                stop, best = early_stopping(scores, tc.patience)
+                if best == len(scores) - 1:
+                    best_state = copy.deepcopy(model.state_dict())
+                    result.best_epoch, result.best_score = epoch, score
+            else:
+                stop = False
+            result.history.append(row)
+            _append_csv(log_path, row)
+            if on_epoch:
+                on_epoch(epoch, row)
+            bar.update(task, advance=1, info=f"loss {row['loss']:.4f} {tc.monitor} {scores[-1] if scores else 0:.4f}"
+                       f" (best {result.best_score:.4f}@{result.best_epoch})")
+            result.epochs = epoch
+            if stop:
+                result.stopped_by = "early_stopping"
+                break
+            if tc.max_minutes and (time.perf_counter() - start) / 60 >= tc.max_minutes:
+                result.stopped_by = "time_budget"
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.train_seconds = train_time
+    result.tokens_per_second = tokens / max(train_time, 1e-9)
+    if log_dir:
+        plot_training_curve(result.history, Path(log_dir) / "training_curve.png", tc.monitor)
+    return result
+
+
+def _append_csv(path: Path | None, row: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def plot_training_curve(history: list[dict], path: Path, monitor: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    key = f"valid_{monitor}"
+    pts = [(r["epoch"], r[key]) for r in history if key in r]
+    if pts:
+        ax2 = ax1.twinx()
+        ax2.plot(*zip(*pts, strict=True), color="tab:orange", marker=".", label=f"validation {monitor}")
+        ax2.set_ylabel(f"validation {monitor}", color="tab:orange")
+    ax1.set_title("Training curve (best epoch chosen on validation)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
