@@ -124,6 +124,14 @@ class InputEmbedding(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.dropout = nn.Dropout(cfg.emb_dropout)
         self.max_len = cfg.max_len
+        # Same scale as the item table: with N(0, 1) defaults the side embeddings would be ~8x
+        # larger than the item vectors and drown the item signal after the LayerNorm.
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=cfg.dim**-0.5)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
 
     def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
         """item_vectors: (B, L, D) looked up by the model from its (tied) item table."""

@@ -1,0 +1,122 @@
+"""``shopformer prepare``: raw event logs -> a validated, encoded dataset directory.
+
+Registered in ``cli.py`` as ``app.command("prepare")(prepare_command)``. Examples for every bundled
+data set are in ``data/demo/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from shopformer.data.ingest import (
+    FORMATS,
+    DataValidationError,
+    IngestOptions,
+    load_mapping_file,
+    parse_event_names,
+    parse_mapping,
+)
+from shopformer.data.prepare import CleanOptions, prepare
+
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+
+
+def _split_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _mapping(map_items: list[str], mapping_file: Path | None) -> dict[str, str | int]:
+    """The mapping file's entries, overridden by ``--map`` options."""
+    mapping = load_mapping_file(mapping_file) if mapping_file else {}
+    mapping.update(parse_mapping(map_items))
+    return mapping
+
+
+def _order_by(text: str | None) -> str | int | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _summary(stats: dict[str, object], out: Path) -> Table:
+    table = Table(title=f"prepared {out}", show_header=False)
+    keys = (
+        "rows_read", "rows_rejected", "errors", "blank_lines", "duplicates_dropped", "outside_time_window",
+        "kcore_dropped", "events", "users", "items", "categories", "users_with_one_event", "has_time",
+        "time_min_utc", "time_max_utc", "behaviours",
+    )  # fmt: skip
+    for key in keys:
+        table.add_row(key, str(stats.get(key)))
+    return table
+
+
+def prepare_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Raw event files (CSV/TSV/Parquet/JSONL/sequences).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")],
+    fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "auto",
+    delimiter: Annotated[
+        str | None, typer.Option(help="Field delimiter (default: by extension / sniffed); 'tab' for TSV.")
+    ] = None,
+    header: Annotated[
+        bool | None,
+        typer.Option("--header/--no-header", help="Whether line 1 is a header (default: guessed)."),
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Names of a headerless file's columns, e.g. user_id,item_id,timestamp.")
+    ] = None,
+    map_items: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="canonical=source column (name or 0-based index); repeatable."),
+    ] = None,
+    mapping_file: Annotated[Path | None, typer.Option(help="JSON/TOML file with canonical = source.")] = None,
+    order_by: Annotated[
+        str | None, typer.Option(help="Numeric column ordering events with equal timestamps (e.g. timeframe).")
+    ] = None,
+    time_format: Annotated[
+        str | None, typer.Option(help="Force s/ms/us/ns or a strftime format (default: detected per value).")
+    ] = None,
+    event_types: Annotated[
+        str | None, typer.Option(help="Fixed behaviour vocabulary, e.g. view,cart,buy; others are rejected.")
+    ] = None,
+    event_name: Annotated[
+        list[str] | None, typer.Option("--event-name", help="Rename a behaviour code, e.g. 4=buy; repeatable.")
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad rows instead of quarantining them.")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate events.")] = True,
+    min_user_events: Annotated[int, typer.Option(min=0, help="k-core: minimum events per user.")] = 0,
+    min_item_events: Annotated[int, typer.Option(min=0, help="k-core: minimum events per item.")] = 0,
+    start: Annotated[str | None, typer.Option(help="Keep events at or after this time.")] = None,
+    end: Annotated[str | None, typer.Option(help="Keep events before this time.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset directory.")] = False,
+) -> None:
+    """Validate, clean and encode raw event logs into a dataset directory."""
+    console = Console(stderr=True)
+    try:
+        if fmt not in FORMATS:
+            raise DataValidationError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        ingest_options = IngestOptions(
+            format=fmt,  # type: ignore[arg-type]
+            delimiter=_DELIMITER_NAMES.get(delimiter, delimiter) if delimiter else None,
+            has_header=header,
+            columns=_split_list(columns),
+            mapping=_mapping(map_items or [], mapping_file),
+            order_by=_order_by(order_by),
+            time_format=time_format,
+            event_types=_split_list(event_types),
+            event_names=parse_event_names(event_name or []),
+            strict=strict,
+        )
+        clean_options = CleanOptions(dedup, min_user_events, min_item_events, start, end)
+        result = prepare(inputs, out, ingest_options, clean_options, overwrite=overwrite)
+    except (DataValidationError, FileExistsError) as err:
+        console.print(Text.assemble(("prepare failed: ", "bold red"), str(err)), soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    Console().print(_summary(result.stats, result.out_dir))
