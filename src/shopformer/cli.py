@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -65,7 +66,6 @@ def evaluate(
     """Re-evaluate a saved model and the baselines on the test split."""
     from shopformer.artifacts import ArtifactError, load_run
     from shopformer.config import apply_overrides
-    from shopformer.data.dataset import EventArrays
     from shopformer.experiment import evaluate_systems, load_dataset, make_split
     from shopformer.report import markdown_table
 
@@ -74,7 +74,7 @@ def evaluate(
         cfg = apply_overrides(loaded.config, list(overrides or []))
         ds = load_dataset(dataset or loaded.manifest.get("dataset_dir") or "")
         split = make_split(ds, cfg)
-        results = evaluate_systems(loaded.model, ds, split, cfg, EventArrays.from_sequences(ds.seq, cfg.model.time_buckets))
+        results = evaluate_systems(loaded.model, ds, split, cfg)
     except (ArtifactError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
@@ -101,7 +101,10 @@ def recommend(
         _fail("give exactly one of --user or --history")
     try:
         rec = Recommender.load(_model_dir(run))
-        h = user_history(rec, user) if user is not None else History([s.strip() for s in history.split(",") if s.strip()])
+        if user is not None:
+            h = user_history(rec, user)
+        else:
+            h = History([s.strip() for s in (history or "").split(",") if s.strip()])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen)[0]
@@ -139,7 +142,7 @@ def models() -> None:
     from shopformer.models import REGISTRY
 
     for name, cls in sorted(REGISTRY.items()):
-        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip().splitlines()
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         console.print(f"{name:10s} {doc[0] if doc else ''}")
 
 
@@ -154,23 +157,20 @@ def demo(
     run_demo(out, max_minutes, console)
 
 
-def _register_optional() -> None:
-    """Sub-commands that live beside their feature (kept out of this file's imports)."""
-    try:
-        from shopformer.commands_prepare import prepare_command
+def _register_feature_commands() -> None:
+    """Sub-commands defined beside their feature; they import heavy modules lazily."""
+    from shopformer.commands_prepare import prepare_command
 
-        app.command("prepare")(prepare_command)
-    except ImportError:  # pragma: no cover - during development only
-        pass
+    app.command("prepare")(prepare_command)
     try:
         from shopformer.serving.cli import serve_command
 
         app.command("serve")(serve_command)
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - serving is still being written
         pass
 
 
-_register_optional()
+_register_feature_commands()
 
 if __name__ == "__main__":
     app()

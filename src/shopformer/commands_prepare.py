@@ -119,4 +119,4 @@ def prepare_command(
     except (DataValidationError, FileExistsError) as err:
         console.print(Text.assemble(("prepare failed: ", "bold red"), str(err)), soft_wrap=True)
         raise typer.Exit(code=2) from None
-    Console().print(_summary(result.stats, result.out_dir))
+    Console().print(_summary(result.stats, result.path))

@@ -107,9 +107,10 @@ class ExperimentResult:
 
 
 def evaluate_systems(
-    model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays
+    model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None
 ) -> dict[str, dict]:
     """Test metrics of the model and both baselines on the same examples."""
+    arrays = arrays or EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     n_items = ds.spec.n_items
     counts = item_counts(ds.seq, split.train_end, n_items)
     systems = {

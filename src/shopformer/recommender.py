@@ -10,6 +10,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from shopformer.artifacts import Run, load_run
 from shopformer.data.dataset import Batch, EventArrays
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
+from shopformer.models.base import SequenceModel
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,24 @@ class Recommendations:
 
     def pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.items, self.scores, strict=True))
+
+
+@dataclass(frozen=True)
+class RecRequest:
+    """One request of a micro-batch: each may want its own k / exclusion (serving)."""
+
+    history: History
+    k: int = 10
+    exclude_seen: bool | None = None  # None: the run's eval.exclude_seen
+    behaviour: str | None = None  # rank for this next-event type; see Recommender.target_behaviours
+
+
+class ItemIndex(Protocol):
+    """Top-k inner-product search over the model's output item embeddings (dense ids)."""
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) float queries -> (scores, ids), each (B, k); id -1 pads a short row."""
+        ...
 
 
 class Recommender:
@@ -140,6 +160,83 @@ class Recommender:
     ) -> Recommendations:
         """Top-k next items for one history of raw item ids (oldest first)."""
         return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen)[0]
+
+    # -- serving: per-request k / exclusion in one forward pass, optional item index ---------------
+    @property
+    def target_behaviours(self) -> tuple[str, ...]:
+        """Next-event types this model can rank for; empty: next-item only (no behaviour head yet)."""
+        return ()
+
+    @property
+    def supports_index(self) -> bool:
+        """True when scores are ``last_hidden @ output_embeddings().T`` (so an ItemIndex is exact)."""
+        return type(self.model).score_all is SequenceModel.score_all
+
+    def recommend_requests(self, requests: list[RecRequest], index: ItemIndex | None = None) -> list[Recommendations]:
+        """Top-k for many requests with one forward pass; no warnings (callers report ``skipped``).
+
+        Without ``index`` the whole catalogue is scored (exact); with one, the user vectors are
+        searched in it, asking for ``k`` plus the number of seen items so exclusion still leaves k.
+        """
+        for r in requests:
+            if r.k < 1:
+                raise ValueError("k must be >= 1")
+            if r.behaviour is not None and r.behaviour not in self.target_behaviours:
+                raise ValueError(f"behaviour {r.behaviour!r}: model {self.version} has no behaviour-specific head")
+        if index is not None and not self.supports_index:
+            raise ValueError(f"model {self.cfg.model.name} overrides score_all; an item index would change its scores")
+        encoded = [self._encode(r.history) for r in requests]
+        known = [i for i, e in enumerate(encoded) if e[0]]
+        out: list[Recommendations | None] = [None] * len(requests)
+        if known:
+            batch = self.make_batch([encoded[i][:3] for i in known])
+            with self._lock, torch.inference_mode():
+                if index is None:
+                    rows = self._exact_top(batch, [requests[i] for i in known], [encoded[i][0] for i in known])
+                else:
+                    hidden = self.model.last_hidden(batch).float()
+                    rows = self._index_top(index, hidden, [requests[i] for i in known],
+                                           [encoded[i][0] for i in known])
+            for i, (ids, vals) in zip(known, rows, strict=True):
+                out[i] = Recommendations(self.vocabs.items.decode(ids), vals, skipped=encoded[i][3])
+        for i, r in enumerate(requests):
+            if out[i] is None:
+                pop = self.popular(r.k)
+                out[i] = Recommendations(pop.items, pop.scores, fallback=True, skipped=encoded[i][3])
+        return out  # type: ignore[return-value]
+
+    def _exclude(self, r: RecRequest) -> bool:
+        return self.cfg.eval.exclude_seen if r.exclude_seen is None else r.exclude_seen
+
+    def _exact_top(
+        self, batch: Batch, reqs: list[RecRequest], seen: list[list[int]]
+    ) -> list[tuple[list[int], list[float]]]:
+        scores = self.model.score_all(batch).float()
+        for row, (r, s) in enumerate(zip(reqs, seen, strict=True)):
+            if self._exclude(r):
+                scores[row, torch.tensor(s, dtype=torch.long)] = float("-inf")
+        kmax = min(max(r.k for r in reqs), self.spec.n_items)
+        top = scores.topk(kmax, dim=1)
+        ids, vals = top.indices.tolist(), top.values.tolist()
+        out = []
+        for row, r in enumerate(reqs):
+            keep = [j for j in range(min(r.k, kmax)) if vals[row][j] != float("-inf")]
+            out.append(([ids[row][j] for j in keep], [vals[row][j] for j in keep]))
+        return out
+
+    def _index_top(
+        self, index: ItemIndex, hidden: torch.Tensor, reqs: list[RecRequest], seen: list[list[int]]
+    ) -> list[tuple[list[int], list[float]]]:
+        excluded = [set(s) if self._exclude(r) else set() for r, s in zip(reqs, seen, strict=True)]
+        want = min(max(r.k + len(e) for r, e in zip(reqs, excluded, strict=True)), self.spec.n_items)
+        vals, ids = index.search(hidden, want)
+        out = []
+        for row, (r, ex) in enumerate(zip(reqs, excluded, strict=True)):
+            pairs = [(i, v) for i, v in zip(ids[row].tolist(), vals[row].tolist(), strict=True)
+                     if i > PAD and i not in ex]
+            pairs = pairs[: r.k]
+            out.append(([i for i, _ in pairs], [float(v) for _, v in pairs]))
+        return out
 
     def popular(self, k: int = 10) -> Recommendations:
         top = self.popularity.topk(min(k, self.spec.n_items))

@@ -19,12 +19,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shopformer.config import Config
-from shopformer.data.dataset import EventArrays, TrainLoader, training_windows
+from shopformer.data.dataset import Batch, EventArrays, TrainLoader, training_windows
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
 from shopformer.evaluate import evaluate, model_scorer
 from shopformer.losses import NegativeSampler
-from shopformer.models.base import SequenceModel
+from shopformer.models.base import LossOutput, SequenceModel
 
 
 def early_stopping(scores: list[float], patience: int) -> tuple[bool, int]:
@@ -65,6 +65,8 @@ class FitResult:
 
 
 Hook = Callable[[int, dict], None]
+# A training objective maps a batch to a loss; the default is the model's own ``loss``.
+Objective = Callable[[Batch], LossOutput]
 
 
 def fit(
@@ -79,6 +81,7 @@ def fit(
     progress: bool = True,
     on_epoch: Hook | None = None,
     loader: TrainLoader | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights."""
     tc = cfg.train
@@ -95,6 +98,9 @@ def fit(
     if cfg.loss.kind == "sampled":
         counts = item_counts if item_counts is not None else np.ones(model.spec.n_items + 1)
         sampler = NegativeSampler(counts, cfg.loss.sampler, seed=tc.seed)
+    if objective is None:
+        def objective(batch: Batch) -> LossOutput:
+            return model.loss(batch, cfg.loss, sampler)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * len(loader)
@@ -119,7 +125,7 @@ def fit(
             t0 = time.perf_counter()
             loss_sum, n_batches = 0.0, 0
             for batch in loader:
-                out = model.loss(batch, cfg.loss, sampler)
+                out = objective(batch)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)

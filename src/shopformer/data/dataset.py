@@ -6,7 +6,7 @@ after this history" is always read from the last position.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -98,8 +98,16 @@ def training_windows(
     return ends.astype(np.int64), starts[user].astype(np.int64)
 
 
+# An augmentation maps the numpy windows of one batch (each (B, W), left-padded) to new ones.
+Augment = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
+
+
 class TrainLoader:
-    """Shuffled mini-batches of training windows; one pass = one epoch."""
+    """Shuffled mini-batches of training windows; one pass = one epoch.
+
+    ``augment`` (optional) rewrites each batch's windows on the fly, before inputs and
+    next-item targets are derived from them, so targets always follow the augmented order.
+    """
 
     def __init__(
         self,
@@ -109,10 +117,12 @@ class TrainLoader:
         max_len: int,
         batch_size: int,
         seed: int,
+        augment: Augment | None = None,
     ) -> None:
         self.arrays, self.ends, self.starts = arrays, ends, starts
         self.max_len, self.batch_size = max_len, batch_size
         self.rng = np.random.default_rng(seed)
+        self.augment = augment
 
     def __len__(self) -> int:
         return (len(self.ends) + self.batch_size - 1) // self.batch_size
@@ -137,15 +147,23 @@ class TrainLoader:
             sel = batches[b]
             width = int(lengths[sel].max())
             w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
-            t = {k: torch.from_numpy(v) for k, v in w.items()}
-            yield Batch(
-                items=t["items"][:, :-1],
-                behaviours=t["behaviours"][:, :-1],
-                gaps=t["gaps"][:, :-1],
-                categories=t["categories"][:, :-1],
-                targets=t["items"][:, 1:] * (t["items"][:, :-1] != PAD),
-                target_behaviours=t["behaviours"][:, 1:] * (t["items"][:, :-1] != PAD),
-            )
+            if self.augment is not None:
+                w = self.augment(w, self.rng)
+            yield windows_to_batch(w)
+
+
+def windows_to_batch(w: dict[str, np.ndarray]) -> Batch:
+    """(B, W) windows -> Batch of inputs (first W-1 events) and next-event targets."""
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()}
+    real_input = t["items"][:, :-1] != PAD
+    return Batch(
+        items=t["items"][:, :-1],
+        behaviours=t["behaviours"][:, :-1],
+        gaps=t["gaps"][:, :-1],
+        categories=t["categories"][:, :-1],
+        targets=t["items"][:, 1:] * real_input,
+        target_behaviours=t["behaviours"][:, 1:] * real_input,
+    )
 
 
 def history_batches(

@@ -58,6 +58,7 @@ POS = "_pos"  # position within a line (sequence format), 0 otherwise
 RAW = "_raw"  # the raw record, kept for rejects
 BLANK = "_blank"
 ORDER = "_order_by"  # optional numeric tie-break within equal (user, timestamp)
+TIME_US = "_time_us"  # microseconds: sorts and de-duplicates below the written whole seconds
 RECORD = "<record>"  # pseudo column of errors about a whole line (field count, bad JSON)
 ERR = "_err_"
 
@@ -229,9 +230,14 @@ def _resolve(
             )
     missing = [c for c in S.REQUIRED if c not in resolved]
     if missing:
+        hint = (
+            " Only one column was found: check --delimiter, or use --format sequences for `user item1 item2 ...`."
+            if len(names) == 1
+            else ""
+        )
         raise MappingError(
             f"{path}: required column(s) {missing} not found; available columns: {list(names)}. "
-            f"Map them with --map {missing[0]}=<column>"
+            f"Map them with --map {missing[0]}=<column>.{hint}"
         )
     return resolved
 
@@ -320,9 +326,7 @@ def _canonical_columns(values: Mapping[str, pl.Expr]) -> list[pl.Expr]:
     return out
 
 
-def _read_delimited(
-    path: str, file_idx: int, fmt: str, opts: IngestOptions
-) -> tuple[pl.LazyFrame, SourceInfo]:
+def _read_delimited(path: str, file_idx: int, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
     found = _first_line(path)
     if found is None:
         raise DataValidationError(f"{path}: empty file")
@@ -397,19 +401,17 @@ def _read_parquet(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.Laz
 
 
 def _as_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """Typed Parquet values as the text the validator parses; datetimes become Unix seconds."""
+    """Typed Parquet values as the text the validator parses; datetimes become Unix microseconds."""
     if isinstance(dtype, pl.Datetime):
-        return col.dt.epoch("s").cast(pl.String)
+        return col.dt.epoch("us").cast(pl.String)
     if isinstance(dtype, pl.Date):
-        return col.cast(pl.Datetime("us")).dt.epoch("s").cast(pl.String)
+        return col.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.String)
     return col.cast(pl.String)
 
 
 def _read_sequences(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
     if opts.mapping or opts.columns or opts.order_by is not None:
-        raise MappingError(
-            "the sequences format has a fixed layout (user item1 item2 ...): drop --map/--columns"
-        )
+        raise MappingError("the sequences format has a fixed layout (user item1 item2 ...): drop --map/--columns")
     if _first_line(path) is None:
         raise DataValidationError(f"{path}: empty file")
     tokens = pl.col(RAW).str.extract_all(r"\S+")
@@ -419,11 +421,11 @@ def _read_sequences(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.L
         _lines(path, file_idx)
         .with_columns(
             tokens.list.first().alias(S.USER),
-            pl.when(items.list.len() > 0).then(items).alias(S.ITEM),
+            items.alias(S.ITEM),
             pl.int_ranges(0, items.list.len(), dtype=pl.Int32).alias(POS),
             no_items.alias(ERR + RECORD),
         )
-        .explode([S.ITEM, POS])
+        .explode([S.ITEM, POS], empty_as_null=True)
         .with_columns(pl.col(POS).fill_null(0))
     )
     values = {S.USER: pl.col(S.USER), S.ITEM: pl.col(S.ITEM)}
@@ -506,29 +508,20 @@ def _quoted(v: pl.Expr) -> pl.Expr:
     return pl.lit("'") + v.str.slice(0, 60) + pl.lit("'")
 
 
-def timestamp_seconds(t: pl.Expr, time_format: str | None = None, *, numeric_only: bool = False) -> pl.Expr:
-    """Unix seconds (Int64) of a stripped string column; null where it cannot be parsed.
+def timestamp_micros(t: pl.Expr, time_format: str | None = None, *, numeric_only: bool = False) -> pl.Expr:
+    """Unix microseconds (Int64) of a stripped string column; null where it cannot be parsed.
 
-    See the module docstring for the detection rules. ``numeric_only`` skips the (slower) date-string
-    parsers when the caller knows every value is a number.
+    Microseconds, not seconds, so that sub-second order (YOOCHOOSE's ``1396860669.277``) survives for
+    sorting and de-duplication even though the written ``timestamp`` is whole seconds. See the module
+    docstring for the detection rules. ``numeric_only`` skips the (slower) date-string parsers when the
+    caller knows every value is a number.
     """
     if time_format in _NUMERIC_UNITS:
-        f = t.cast(pl.Float64, strict=False)
-        return pl.when(t.str.contains(_NUM_RE)).then((f / _NUMERIC_UNITS[time_format]).floor().cast(pl.Int64))
+        return _numeric_micros(t, pl.lit(_NUMERIC_UNITS[time_format], pl.Int64))
     if time_format is not None:
-        parsed = t.str.to_datetime(time_format, strict=False, time_unit="us")
-        return parsed.dt.epoch("s")
-    numeric = _numeric_seconds(t)
-    if numeric_only:
-        return numeric
-    return pl.coalesce(numeric, _string_seconds(t))
-
-
-def _numeric_seconds(t: pl.Expr) -> pl.Expr:
-    i = t.cast(pl.Int64, strict=False)
-    f = t.cast(pl.Float64, strict=False)
-    a = f.abs()
-    div = (
+        return t.str.to_datetime(time_format, strict=False, time_unit="us").dt.epoch("us")
+    a = t.cast(pl.Float64, strict=False).abs()
+    unit = (
         pl.when(a < 1e11)
         .then(pl.lit(1, pl.Int64))
         .when(a < 1e14)
@@ -537,29 +530,45 @@ def _numeric_seconds(t: pl.Expr) -> pl.Expr:
         .then(pl.lit(1_000_000, pl.Int64))
         .otherwise(pl.lit(1_000_000_000, pl.Int64))
     )
-    yyyymmdd = t.str.to_date("%Y%m%d", strict=False).cast(pl.Datetime("us")).dt.epoch("s")
-    is_int = t.str.contains(_INT_RE)
+    yyyymmdd = t.str.to_date("%Y%m%d", strict=False).cast(pl.Datetime("us")).dt.epoch("us")
+    is_date = t.str.contains(_INT_RE) & (a >= 1e7) & (a < 1e8)
+    numeric = pl.when(is_date).then(yyyymmdd).otherwise(_numeric_micros(t, unit))
+    if numeric_only:
+        return numeric
+    return pl.coalesce(numeric, _string_micros(t))
+
+
+def timestamp_seconds(t: pl.Expr, time_format: str | None = None, *, numeric_only: bool = False) -> pl.Expr:
+    """Whole Unix seconds (floored) of :func:`timestamp_micros`."""
+    return timestamp_micros(t, time_format, numeric_only=numeric_only) // 1_000_000
+
+
+def _numeric_micros(t: pl.Expr, per_second: pl.Expr) -> pl.Expr:
+    """Microseconds of a number given in units of ``1 / per_second`` s; exact for integers."""
+    i = t.cast(pl.Int64, strict=False)
+    f = t.cast(pl.Float64, strict=False)
+    from_int = (
+        pl.when(per_second <= 1_000_000).then(i * (1_000_000 // per_second)).otherwise(i // (per_second // 1_000_000))
+    )
+    from_float = (f * (1e6 / per_second.cast(pl.Float64))).floor().cast(pl.Int64, strict=False)
     return (
-        pl.when(is_int & (a >= 1e7) & (a < 1e8))
-        .then(yyyymmdd)
-        .when(is_int & i.is_not_null())
-        .then(i // div)
+        pl.when(t.str.contains(_INT_RE) & i.is_not_null())
+        .then(from_int)
         .when(t.str.contains(_NUM_RE) & f.is_finite())
-        .then((f / div).floor().cast(pl.Int64))
+        .then(from_float)
     )
 
 
-def _string_seconds(t: pl.Expr) -> pl.Expr:
+def _string_micros(t: pl.Expr) -> pl.Expr:
     norm = (
         t.str.replace(r"(?i)\s*(?:UTC|GMT|Z)$", "")
         .str.replace(r"^(\d{4})/(\d{1,2})/(\d{1,2})", "$1-$2-$3")
         .str.replace(r"^(\d{4}-\d{2}-\d{2})T", "$1 ")
         .str.replace(r"^(\d{4}-\d{2}-\d{2} \d{2})$", "$1:00")
     )
-    parsed = [norm.str.to_datetime(f, strict=False, time_unit="us").dt.epoch("s") for f in _NAIVE_FORMATS]
+    parsed = [norm.str.to_datetime(f, strict=False, time_unit="us").dt.epoch("us") for f in _NAIVE_FORMATS]
     parsed += [
-        norm.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.epoch("s")
-        for f in _AWARE_FORMATS
+        norm.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.epoch("us") for f in _AWARE_FORMATS
     ]
     return pl.coalesce(parsed)
 
@@ -574,24 +583,27 @@ def parse_time_value(value: str | int, time_format: str | None = None) -> int:
 
 
 def _timestamp_checks(opts: IngestOptions, numeric_only: bool) -> tuple[pl.Expr, pl.Expr]:
-    """(seconds, error reason) expressions for the timestamp column."""
+    """(microseconds, error reason) expressions for the timestamp column."""
     now = opts.now if opts.now is not None else int(time.time())
     t = _text(S.TIME)
-    secs = timestamp_seconds(t, opts.time_format, numeric_only=numeric_only)
-    negative = t.str.contains(_NUM_RE) & (t.cast(pl.Float64, strict=False) < 0)
+    micros = timestamp_micros(t, opts.time_format, numeric_only=numeric_only)
+    secs = micros // 1_000_000
+    is_num = t.str.contains(_NUM_RE)
     reason = (
         pl.when(t.is_null())
         .then(pl.lit("missing timestamp"))
-        .when(negative)
+        .when(is_num & (t.cast(pl.Float64, strict=False) < 0))
         .then(pl.lit("negative timestamp ") + _quoted(t))
-        .when(secs.is_null())
+        .when(micros.is_null() & is_num)
+        .then(pl.lit("timestamp ") + _quoted(t) + pl.lit(" is neither a YYYYMMDD date nor a Unix time in range"))
+        .when(micros.is_null())
         .then(pl.lit("unparsable timestamp ") + _quoted(t))
         .when(secs < MIN_TIME)
         .then(pl.lit("timestamp ") + _quoted(t) + pl.lit(" is before 1990-01-01"))
         .when(secs > now + FUTURE_SLACK)
         .then(pl.lit("timestamp ") + _quoted(t) + pl.lit(" is more than 1 day in the future"))
     )
-    return secs, reason
+    return micros, reason
 
 
 def _event_checks(opts: IngestOptions, present: frozenset[str]) -> tuple[pl.Expr, pl.Expr | None]:
@@ -615,21 +627,18 @@ def _number_check(name: str, label: str) -> tuple[pl.Expr, pl.Expr]:
     v = _text(name)
     num = v.cast(pl.Float64, strict=False)
     ok = v.str.contains(_NUM_RE) & num.is_finite()
-    return pl.when(ok).then(num), pl.when(v.is_not_null() & ~ok).then(
-        pl.lit(f"non-numeric {label} ") + _quoted(v)
-    )
+    return pl.when(ok).then(num), pl.when(v.is_not_null() & ~ok).then(pl.lit(f"non-numeric {label} ") + _quoted(v))
 
 
 def _checks(raw: RawEvents, opts: IngestOptions) -> tuple[dict[str, pl.Expr], dict[str, pl.Expr]]:
     """Typed value and error-reason expressions per canonical column."""
     values: dict[str, pl.Expr] = {c: _text(c) for c in S.CANONICAL}
-    reasons: dict[str, pl.Expr] = {
-        c: pl.when(_text(c).is_null()).then(pl.lit(f"missing {c}")) for c in S.REQUIRED
-    }
+    reasons: dict[str, pl.Expr] = {c: pl.when(_text(c).is_null()).then(pl.lit(f"missing {c}")) for c in S.REQUIRED}
     if raw.has_time:
         t = raw.frame[S.TIME].str.strip_chars()
         numeric_only = bool((t.str.contains(_NUM_RE) | (t == "")).fill_null(True).all())
-        values[S.TIME], reasons[S.TIME] = _timestamp_checks(opts, numeric_only)
+        values[TIME_US], reasons[S.TIME] = _timestamp_checks(opts, numeric_only)
+        values[S.TIME] = values[TIME_US] // 1_000_000
     else:
         values[S.TIME] = pl.lit(None, pl.Int64)
     values[S.EVENT], event_reason = _event_checks(opts, raw.present)
@@ -660,7 +669,7 @@ def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> Ing
     rejects = _error_table(checked.filter(bad), err_names, raw.sources)
     if opts.strict and rejects.height:
         raise DataValidationError(format_errors(rejects), rejects)
-    keep = [*S.CANONICAL, *([ORDER] if raw.has_order else [])]
+    keep = [*S.CANONICAL, *([TIME_US] if raw.has_time else []), *([ORDER] if raw.has_order else [])]
     typed = checked.filter(~bad).select(FILE, S.ROW, POS, *[values[c].alias(c) for c in keep])
     events = typed.cast({k: v for k, v in S.EVENTS_SCHEMA.items() if k in S.CANONICAL})
     counts = {

@@ -41,6 +41,7 @@ from shopformer.data.ingest import (
     FILE,
     ORDER,
     POS,
+    TIME_US,
     DataValidationError,
     IngestOptions,
     IngestResult,
@@ -71,25 +72,32 @@ class CleanOptions:
 
 @dataclass(frozen=True)
 class PrepareResult:
-    out_dir: Path
+    path: Path  # the dataset directory
     stats: dict[str, object]
 
 
 def _sort_keys(frame: pl.DataFrame, first: str) -> list[str]:
-    keys = [first, S.TIME]
+    keys = [first, TIME_US if TIME_US in frame.columns else S.TIME]
     if ORDER in frame.columns:
         keys.append(ORDER)
     return [*keys, FILE, S.ROW, POS]
 
 
 def sort_events(frame: pl.DataFrame, by: str = S.USER) -> pl.DataFrame:
-    """Sort by (``by``, timestamp, order-by, file, line, position): a total, reproducible order."""
+    """Sort by (``by``, timestamp, order-by, file, line, position): a total, reproducible order.
+
+    The timestamp key is the microsecond one when present, so sub-second order is kept.
+    """
     return frame.sort(_sort_keys(frame, by), nulls_last=False, maintain_order=True)
 
 
 def drop_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
-    """Keep the first of each group of events equal on every canonical (and order-by) column."""
-    subset = [*S.CANONICAL, *([ORDER] if ORDER in frame.columns else [])]
+    """Keep the first of each group of events equal on every canonical (and order-by) column.
+
+    Times compare at microsecond precision: two clicks 0.3 s apart are not duplicates.
+    """
+    extra = [c for c in (TIME_US, ORDER) if c in frame.columns]
+    subset = [c for c in S.CANONICAL if not (c == S.TIME and TIME_US in frame.columns)] + extra
     return frame.unique(subset=subset, keep="first", maintain_order=True)
 
 

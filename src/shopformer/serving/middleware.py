@@ -1,0 +1,107 @@
+"""Plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path).
+
+- ``BodyLimit``: rejects bodies over ``max_bytes`` with 413, from Content-Length when sent and
+  by counting the stream otherwise, before any JSON is parsed.
+- ``Observe``: request count and latency by route template, and an ``x-model-version`` header
+  on every response (the version that answered, else the one being served).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shopformer.serving.metrics import Metrics
+
+VERSION_KEY = "shopformer.model_version"  # set in the scope by handlers that used a model
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from the counting receive(); an HTTPException so FastAPI's body reader passes it on."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large_detail(max_bytes))
+
+
+def _too_large_detail(max_bytes: int) -> list[dict]:
+    return [{"loc": ["body"], "msg": f"request body larger than {max_bytes} bytes", "type": "body_too_large"}]
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int, version: Callable[[], str]) -> None:
+        self.app, self.max_bytes, self.version = app, max_bytes, version
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps({"detail": _too_large_detail(self.max_bytes), "model_version": self.version()}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, metrics: Metrics, version: Callable[[], str]) -> None:
+        self.app, self.metrics, self.version = app, metrics, version
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_with_version(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                version = scope.get(VERSION_KEY) or self.version()
+                msg["headers"] = [*msg.get("headers", []), (b"x-model-version", version.encode())]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_version)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)

@@ -1,0 +1,107 @@
+"""Request and response bodies of the v1 API (they are also the OpenAPI documentation).
+
+Requests are strict and closed: unknown fields, wrong JSON types (``"5"`` for a number, ``5``
+for an id) and empty ids are 4xx errors that name the field, never silently coerced. Ids are
+strings, exactly as ``prepare`` keeps raw ids.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EventIn(_Closed):
+    """One event in the canonical schema (see ``shopformer.data.schema``)."""
+
+    user_id: Id
+    item_id: Id
+    timestamp: int | None = Field(None, ge=0, description="Unix seconds; the server's clock when omitted")
+    event_type: Id | None = Field(None, description="behaviour, e.g. pv / cart / buy (open vocabulary)")
+    session_id: Id | None = None
+    category_id: Id | None = None
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    event_id: Id | None = Field(None, description="idempotency key: an event_id already stored is not applied again")
+
+
+class EventBatch(_Closed):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsAck(BaseModel):
+    model_version: str
+    accepted: int = Field(description="events newly stored (durable when this answer is sent)")
+    duplicates: int = Field(description="events skipped because their event_id was already stored")
+    duplicate_event_ids: list[str]
+    unknown_items: list[str] = Field(description="item ids the serving model does not know: stored, not scored")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendationsOut(BaseModel):
+    model_version: str
+    user_id: str | None = None
+    items: list[ScoredItem]
+    fallback: bool = Field(description="true when the answer is the popularity ranking")
+    fallback_reason: str | None = Field(None, description="unknown_user | empty_history | no_known_items")
+    skipped_items: list[str] = Field(description="history item ids unknown to the model (not scored)")
+    history_length: int
+
+
+class HistoryEventIn(_Closed):
+    item_id: Id
+    event_type: Id | None = None
+    timestamp: int | None = Field(None, ge=0)
+
+
+class AdHocRequest(_Closed):
+    history: list[HistoryEventIn] = Field(description="events oldest first; nothing is stored")
+    k: int = Field(10, ge=1)
+    exclude_seen: bool | None = None
+    behaviour: Id | None = None
+
+
+class SimilarOut(BaseModel):
+    model_version: str
+    item_id: str
+    items: list[ScoredItem]
+
+
+class ForgetOut(BaseModel):
+    model_version: str
+    user_id: str
+    deleted_events: int
+
+
+class ReloadIn(_Closed):
+    run_dir: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class ReloadOut(BaseModel):
+    model_version: str
+    previous_version: str
+    run_dir: str
+    n_items: int
+    index: str
+    load_seconds: float
+
+
+class HealthOut(BaseModel):
+    status: str
+    model_version: str
+    store: str | None = None
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict]
+    model_version: str
