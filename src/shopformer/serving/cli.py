@@ -1,0 +1,57 @@
+"""``shopformer serve RUN_DIR``: run the service under uvicorn (one process, one event loop).
+
+Flags override ``SHOPFORMER_*`` environment variables; unset flags leave the environment (or
+the defaults) in charge. The API key is never a flag (it would show in ``ps``): use
+``SHOPFORMER_API_KEY`` or ``--api-key-file``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to serve (as written by `shopformer train`).")],
+    host: Annotated[str | None, typer.Option(help="Bind address [env SHOPFORMER_HOST, default 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env SHOPFORMER_PORT, default 8000].")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="State store URL: sqlite:///state.db (default) or redis://host:port/0.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the API key for writes/deletes/admin [or env SHOPFORMER_API_KEY].")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads [default 1].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most requests per forward pass [default 64].")] = None,
+    batch_window_us: Annotated[int | None, typer.Option(
+        help="Extra wait to grow a micro-batch, microseconds [default 0].")] = None,
+    faiss_threshold: Annotated[int | None, typer.Option(
+        help="Catalogue size from which a FAISS IVF index is used [default 300000].")] = None,
+    reload_root: Annotated[Path | None, typer.Option(
+        help="Only allow /v1/admin/reload of run directories under this folder.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [default info].")] = None,
+) -> None:
+    """Serve recommendations over HTTP: events in, top-k out, hot reload."""
+    import uvicorn
+
+    from shopformer.serving.app import create_app
+    from shopformer.serving.settings import ServeSettings
+
+    overrides = {
+        "run_dir": run_dir, "host": host, "port": port, "store_url": store, "threads": threads,
+        "max_batch_size": max_batch_size, "batch_window_us": batch_window_us, "faiss_threshold": faiss_threshold,
+        "reload_root": reload_root, "log_level": log_level,
+    }
+    if api_key_file is not None:
+        overrides["api_key"] = api_key_file.read_text().strip()
+    settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=settings.access_log, lifespan="on", backlog=2048, timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # the lifespan failed (bad run directory, unreachable store, ...)
+        raise typer.Exit(code=1)

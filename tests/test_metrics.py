@@ -1,0 +1,51 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from shopformer.metrics import bootstrap_ci, coverage, per_example, summarise, target_ranks
+
+
+def test_target_ranks_hand_computed() -> None:
+    scores = torch.tensor([[float("-inf"), 0.9, 0.5, 0.7, 0.1],
+                           [float("-inf"), 0.2, 0.2, 0.9, 0.2],
+                           [float("-inf"), 0.3, float("-inf"), 0.1, 0.0]])
+    targets = torch.tensor([3, 2, 2])
+    # row 0: only 0.9 beats 0.7 -> rank 1; row 1: 0.9 higher, two ties -> pessimistic rank 3;
+    # row 2: target removed (-inf) -> never a hit
+    assert target_ranks(scores, targets).tolist() == [1, 3, 5]
+
+
+def test_per_example_hand_computed() -> None:
+    ranks = np.array([0, 1, 4, 10])
+    m = per_example(ranks, (1, 5))
+    assert m["hr@1"].tolist() == [1, 0, 0, 0]
+    assert m["hr@5"].tolist() == [1, 1, 1, 0]
+    assert m["ndcg@5"].tolist() == pytest.approx([1.0, 1 / math.log2(3), 1 / math.log2(6), 0.0])
+    assert m["mrr"].tolist() == pytest.approx([1.0, 0.5, 0.2, 1 / 11])
+    assert m["precision@5"].tolist() == pytest.approx([0.2, 0.2, 0.2, 0.0])
+    assert m["recall@5"].tolist() == m["hr@5"].tolist()
+
+
+def test_coverage_counts_distinct_real_items() -> None:
+    topk = np.array([[1, 2], [2, 3], [0, 3]])
+    assert coverage(topk, n_items=10) == pytest.approx(0.3)
+
+
+def test_bootstrap_ci_contains_mean_and_narrows_with_n() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.binomial(1, 0.3, 100).astype(float)
+    large = rng.binomial(1, 0.3, 10_000).astype(float)
+    lo_s, hi_s = bootstrap_ci(small, 500)
+    lo_l, hi_l = bootstrap_ci(large, 500)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+
+
+def test_summarise_means() -> None:
+    out = summarise(np.array([0, 2]), np.array([[1, 2], [3, 4]]), n_items=4, ks=(1, 3), n_boot=0)
+    assert out["hr@1"] == 0.5 and out["hr@3"] == 1.0
+    assert out["ndcg@3"] == pytest.approx((1 + 0.5) / 2)
+    assert out["coverage@1"] == pytest.approx(0.5)
+    assert out["n"] == 2

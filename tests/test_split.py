@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import leave_one_out, temporal_split
+
+
+def make_seq(items: list[list[int]], behaviours: list[list[int]] | None = None,
+             times: list[list[int]] | None = None) -> Sequences:
+    behaviours = behaviours or [[1] * len(x) for x in items]
+    return Sequences.from_lists(items, behaviours, times)
+
+
+def test_leave_one_out_targets_and_train_prefix() -> None:
+    seq = make_seq([[1, 2, 3, 4], [5, 6, 7], [8, 9]])
+    sp = leave_one_out(seq)
+    # user 0: train = [1, 2], valid target 3, test target 4
+    assert sp.train_end.tolist() == [2, 5, 7]
+    # user 2's validation target (8) has no history: it is excluded from both evaluations
+    assert seq.items[sp.valid.pos].tolist() == [3, 6]
+    assert seq.items[sp.test.pos].tolist() == [4, 7]
+
+
+def test_leave_one_out_excludes_users_without_history_for_validation() -> None:
+    seq = make_seq([[1, 2, 3], [4, 5]])
+    sp = leave_one_out(seq)
+    # user 1: valid target 4 has an empty history -> excluded and counted
+    assert sp.valid.rows.tolist() == [0]
+    assert sp.excluded["valid_no_target_or_history"] == 1
+
+
+def test_leave_one_out_never_leaks_the_target_into_its_history() -> None:
+    rng = np.random.default_rng(0)
+    items = [list(rng.integers(1, 50, size=rng.integers(3, 20))) for _ in range(40)]
+    seq = make_seq(items)
+    sp = leave_one_out(seq)
+    for ex in (sp.valid, sp.test):
+        start = seq.offsets[:-1][ex.rows]
+        assert np.all(start < ex.pos)  # history non-empty
+        assert np.all(ex.pos < seq.offsets[1:][ex.rows])  # target belongs to the same user
+    assert np.all(sp.train_end[sp.valid.rows] <= sp.valid.pos)
+    assert np.all(sp.train_end[sp.test.rows] < sp.test.pos)
+
+
+def test_leave_one_out_with_target_behaviour_picks_last_two_of_that_type() -> None:
+    seq = make_seq([[1, 2, 3, 4, 5, 6]], [[1, 2, 1, 2, 1, 1]])
+    sp = leave_one_out(seq, target_behaviour=2)
+    assert seq.items[sp.test.pos].tolist() == [4]
+    assert seq.items[sp.valid.pos].tolist() == [2]
+    assert sp.train_end.tolist() == [1]  # events before the validation target
+
+
+def test_temporal_split_boundaries_and_history_cut() -> None:
+    seq = make_seq([[1, 2, 3, 4, 5], [6, 7]], times=[[10, 20, 30, 40, 50], [35, 45]])
+    sp = temporal_split(seq, t1=30, t2=45)
+    assert sp.train_end.tolist() == [2, 5]  # user 1's first event (35) is already after t1
+    assert seq.items[sp.valid.pos].tolist() == [3]  # user 1's valid target (35) has no history
+    assert sp.excluded["valid_no_target_or_history"] == 1
+    assert seq.items[sp.test.pos].tolist() == [5, 7]
+    # every history ends strictly before the target, and only earlier events of the same user
+    assert np.all(seq.times[sp.test.pos - 1] <= seq.times[sp.test.pos])
+
+
+def test_temporal_split_rejects_bad_boundaries() -> None:
+    seq = make_seq([[1, 2]], times=[[1, 2]])
+    with pytest.raises(ValueError, match="valid_start < test_start"):
+        temporal_split(seq, 5, 5)
+
+
+def test_split_is_pure() -> None:
+    seq = make_seq([[1, 2, 3, 4]])
+    before = seq.items.copy()
+    a, b = leave_one_out(seq), leave_one_out(seq)
+    assert np.array_equal(a.train_end, b.train_end) and np.array_equal(seq.items, before)
