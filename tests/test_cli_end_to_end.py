@@ -15,8 +15,8 @@ TINY = ["--set", "model.dim=16", "--set", "model.layers=1", "--set", "model.max_
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_taobao):
     tmp = tmp_path_factory.mktemp("cli")
-    r = runner.invoke(app, ["prepare", str(demo_taobao), "--columns", "user_id,item_id,category_id,event_type,timestamp",
-                            "-o", str(tmp / "ds")])
+    columns = "user_id,item_id,category_id,event_type,timestamp"
+    r = runner.invoke(app, ["prepare", str(demo_taobao), "--columns", columns, "-o", str(tmp / "ds")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", str(tmp / "ds"), "-o", str(tmp / "run"), *TINY])
     assert r.exit_code == 0, r.output

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from shopformer.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 
@@ -30,7 +31,7 @@ def test_unknown_section_is_rejected() -> None:
 
 def test_config_is_frozen() -> None:
     cfg = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.epochs = 3  # type: ignore[misc]
 
 

@@ -111,6 +111,8 @@ def test_recommend_requests_matches_recommend_many(rec: Recommender) -> None:
     assert out[1].items == ref1.items and out[1].skipped == ["unknown-x"]
     assert out[2].fallback and out[2].skipped == ["nope"] and out[2].items == rec.popular(4).items
     assert out[3].fallback and len(out[3].items) == 2
+    alone = [rec.recommend_requests([r])[0] for r in reqs]  # an answer never depends on its batch
+    assert [a.items for a in alone] == [o.items for o in out]
     with pytest.raises(ValueError, match="behaviour"):
         rec.recommend_requests([RecRequest(hists[0], 5, behaviour="buy")])
 

