@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both build .venv on first use.
 PY ?= python3
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,8 +9,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# CPU torch first so pip never resolves a multi-GB CUDA build for torch>=2.4.
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	# CPU torch first so pip never resolves a multi-GB CUDA build for torch>=2.4. Elsewhere, point
+	# TORCH_INDEX at a CPU index, e.g. make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,faiss]'
 	touch $(STAMP)
 

@@ -144,7 +144,7 @@ def load_run(run_dir: str | Path, verify: bool = True) -> Run:
         stats = load_file(str(run / ITEM_STATS))
     except (SafetensorError, OSError) as err:
         raise ArtifactError(f"{run}: cannot read weights: {err}") from None
-    model = build_model(config.model, spec)
+    model = build_model(config.model, spec, task=config.task)  # task heads, if any, load with the weights
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from shopformer.config import ModelConfig
+from shopformer.config import ModelConfig, TaskConfig
 from shopformer.models.base import DataSpec, SequenceModel
 from shopformer.models.bert4rec import BERT4Rec
 from shopformer.models.gru4rec import GRU4Rec
+from shopformer.models.heads import MultiTaskHeads
 from shopformer.models.hstu import HSTU
 from shopformer.models.lstm import LSTMRec
 from shopformer.models.sasrec import SASRec
@@ -19,9 +20,37 @@ REGISTRY: dict[str, type[SequenceModel]] = {
 }
 
 
-def build_model(cfg: ModelConfig, spec: DataSpec) -> SequenceModel:
+def build_model(
+    cfg: ModelConfig, spec: DataSpec, task: TaskConfig | None = None, target_behaviour: int | None = None
+) -> SequenceModel:
+    """Build a registered model; any ``task.kind`` but next-item attaches ``MultiTaskHeads``.
+
+    ``target_behaviour`` (dense id) is the behaviour the target/intent heads are about; when a
+    saved run is loaded it comes back with the weights (a buffer), so it may be left None there.
+    """
     try:
         cls = REGISTRY[cfg.name]
     except KeyError:
         raise ValueError(f"unknown model {cfg.name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
-    return cls(cfg, spec)
+    check_task(cfg, task)
+    model = cls(cfg, spec)
+    if task is not None and task.kind != "next-item":
+        model.heads = MultiTaskHeads(task, cfg, spec)
+        if target_behaviour is not None:
+            model.heads.set_target(target_behaviour)
+    return model
+
+
+def check_task(cfg: ModelConfig, task: TaskConfig | None) -> None:
+    """Reject model/task combinations that would train on leaked answers (at configuration time)."""
+    if task is None or task.kind == "next-item":
+        return
+    cls = REGISTRY[cfg.name]
+    if not cls.causal:
+        # A bidirectional encoder's state at position t has seen events t+1.., so per-position
+        # next-action / intent / next-purchase heads trained on it would read their own labels.
+        raise ValueError(
+            f"task.kind={task.kind!r} needs a causal model; {cfg.name!r} is bidirectional (its per-position "
+            f"states see the events they would predict). Use one of: "
+            f"{', '.join(sorted(n for n, c in REGISTRY.items() if c.causal))}"
+        )
