@@ -60,6 +60,17 @@ class ItemIndex(Protocol):
         ...
 
 
+def _trim_padding(batch: Batch) -> Batch:
+    """Drop the all-padding left columns: left padding never changes a representation, and a
+    batch of short histories then costs a forward pass over their length, not ``max_len``."""
+    real = (batch.items != PAD).any(dim=0)
+    first = int(real.nonzero()[0]) if bool(real.any()) else batch.items.shape[1] - 1
+    if first == 0:
+        return batch
+    return Batch(batch.items[:, first:], batch.behaviours[:, first:], batch.gaps[:, first:],
+                 batch.categories[:, first:])
+
+
 class Recommender:
     """Thread-safe inference over one run directory."""
 
@@ -193,7 +204,7 @@ class Recommender:
             known = [i for i, e in enumerate(encoded) if e[0] and (e[2] is not None) == timed]
             if not known:
                 continue
-            batch = self.make_batch([encoded[i][:3] for i in known])
+            batch = _trim_padding(self.make_batch([encoded[i][:3] for i in known]))
             reqs, seen = [requests[i] for i in known], [encoded[i][0] for i in known]
             with self._lock, torch.inference_mode():
                 if index is None:
