@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# CPU torch first so pip never resolves a multi-GB CUDA build for torch>=2.4. Elsewhere, point
 	# TORCH_INDEX at a CPU index, e.g. make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,faiss]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,faiss,tune,text]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from shopformer.baselines import Markov, Popularity, item_counts
-from shopformer.config import Config, apply_overrides
+from shopformer.config import AugmentConfig, Config, apply_overrides
 from shopformer.data.augment import augmented_training
 from shopformer.data.dataset import EventArrays
 from shopformer.data.ingest import IngestOptions
@@ -36,7 +36,7 @@ from shopformer.evaluate import evaluate, model_scorer
 from shopformer.experiment import Dataset, load_dataset, make_split
 from shopformer.models import REGISTRY, build_model
 from shopformer.models.lora import count_parameters
-from shopformer.train import fit
+from shopformer.train import fit, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -87,11 +87,15 @@ def baseline_lines(ds: Dataset, cfg: Config) -> list[dict]:
              "test": metrics(fn, ds, arrays, split.test, cfg)} for name, fn in systems.items()]
 
 
-def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, split=None) -> dict:
-    """Build, (optionally) modify with ``prepare_model(model, ctx)``, fit with cfg.augment, evaluate."""
+def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, split=None, subsets=None) -> dict:
+    """Build, (optionally) modify with ``prepare_model(model, ctx)``, fit with cfg.augment, evaluate.
+
+    ``subsets``: {name: EvalExamples} evaluated too, as ``test_<name>`` (e.g. cold-start targets).
+    """
     split = split or make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
+    set_seed(cfg.train.seed)  # same initial weights for the same config
     model = build_model(cfg.model, ds.spec)
     extra: dict = {}
     t0 = time.perf_counter()
@@ -100,6 +104,7 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
     loader, objective = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
     res = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, progress=False,
               loader=loader, objective=objective)
+    defaults = AugmentConfig().model_dump()
     return {
         "config": name,
         "model": cfg.model.name,
@@ -112,7 +117,8 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
         "params": count_parameters(model)[1],
         "seed": cfg.train.seed,
         "max_minutes": cfg.train.max_minutes,
-        "augment": {k: v for k, v in cfg.augment.model_dump().items() if v and k != "ratio"} or None,
+        "augment": {k: v for k, v in cfg.augment.model_dump().items() if v != defaults[k]} or None,
+        **{f"test_{k}": metrics(model, ds, arrays, ex, cfg) for k, ex in (subsets or {}).items()},
         **extra,
     }
 

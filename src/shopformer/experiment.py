@@ -18,6 +18,7 @@ import numpy as np
 from shopformer.artifacts import save_run, sha256_file, write_metrics
 from shopformer.baselines import Markov, Popularity, item_counts
 from shopformer.config import Config
+from shopformer.data.augment import augmented_training
 from shopformer.data.dataset import EventArrays
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import Split, leave_one_out, resolve_boundary, temporal_split
@@ -26,7 +27,7 @@ from shopformer.evaluate import evaluate, model_scorer
 from shopformer.models import build_model
 from shopformer.models.base import DataSpec, SequenceModel
 from shopformer.report import write_report
-from shopformer.train import FitResult, fit
+from shopformer.train import FitResult, fit, set_seed
 
 
 @dataclass
@@ -134,9 +135,13 @@ def run_experiment(
         raise ValueError(f"split leaves no validation or test examples (excluded: {split.excluded})")
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
+    set_seed(cfg.train.seed)  # initial weights follow train.seed too
     model = build_model(cfg.model, ds.spec)
+    # augmentation (crop/mask/reorder/substitute/prefix, optional contrastive loss) from cfg.augment
+    loader, objective = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
     t0 = time.perf_counter()
-    result = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=out, progress=progress)
+    result = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=out, progress=progress,
+                 loader=loader, objective=objective)
     wall = time.perf_counter() - t0
     valid = evaluate(model_scorer(model), ds.seq, arrays, split.valid, ds.spec.n_items, cfg.model.max_len,
                      cfg.eval, bootstrap=False).metrics

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from shopformer.config import Config
-from shopformer.data.augment import contrastive_loss, training_objective, zero_loss
+from shopformer.data.augment import Augmenter, contrastive_loss, training_objective, zero_loss
 from shopformer.data.dataset import Batch, EventArrays, TrainLoader, training_windows
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
@@ -319,7 +319,9 @@ def finetune(
         objective = target_objective(trainee, cfg, target_behaviour, sampler)
     if len(ends) == 0:
         raise ValueError("no training window holds a target of the fine-tuning behaviour")
-    loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, cfg.train.batch_size, cfg.train.seed)
+    augmenter = Augmenter(cfg.augment, model.spec.n_items)
+    loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, cfg.train.batch_size, cfg.train.seed,
+                         augment=augmenter if augmenter.active else None)
     result = fit(trainee, cfg, seq, train_end, valid, arrays, item_counts, log_dir=log_dir,  # type: ignore[arg-type]
                  progress=progress, loader=loader, objective=objective)
     if mode == "lora":

