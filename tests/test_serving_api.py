@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shopformer.config import ModelConfig
+from shopformer.config import ModelConfig, TaskConfig
 from shopformer.serving.testing import RedisServer, ServerProcess, synthetic_run
 
 KEY = "test-key"
@@ -37,11 +37,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     a = synthetic_run(root / "a", ITEMS, TINY, seed=1)
     b = synthetic_run(root / "b", ITEMS + ["new-item"], TINY, seed=2)
+    heads = synthetic_run(root / "heads", ITEMS, TINY, seed=3, task=TaskConfig(kind="multi"))
     bad = shutil.copytree(a, root / "corrupted")
     weights = bytearray((bad / "model.safetensors").read_bytes())
     weights[-10] ^= 0xFF
     (bad / "model.safetensors").write_bytes(bytes(weights))
-    return {"a": a, "b": b, "corrupted": bad, "missing": root / "missing"}
+    return {"a": a, "b": b, "heads": heads, "corrupted": bad, "missing": root / "missing"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -56,7 +57,8 @@ def service(request: pytest.FixtureRequest, runs: dict[str, Path],
         url = redis.url
     else:
         url = f"sqlite:///{tmp / 'state.db'}"
-    server = ServerProcess(runs["a"], url, api_key=KEY, log_path=tmp / "server.log", env=LIMITS).start()
+    env = {**LIMITS, "SHOPFORMER_RELOAD_ROOT": str(runs["a"].parent)}
+    server = ServerProcess(runs["a"], url, api_key=KEY, log_path=tmp / "server.log", env=env).start()
     with httpx.Client(base_url=server.url, timeout=30) as client:
         version = client.get("/healthz").json()["model_version"]
         yield Service(client, version, runs)
@@ -250,6 +252,8 @@ def test_malformed_json_and_size_limits(service: Service) -> None:
 def test_reload_swaps_and_bad_runs_keep_the_old_model(service: Service) -> None:
     c, runs = service.client, service.runs
     post_events(c, [{"user_id": "frank", "item_id": "i1", "timestamp": 1}, {"user_id": "frank", "item_id": "i2"}])
+    r = c.post("/v1/admin/reload", json={"run_dir": str(runs["a"].parent.parent)}, headers=AUTH)
+    assert r.status_code == 403 and r.json()["detail"][0]["loc"] == ["body", "run_dir"]  # outside reload_root
     for bad, needle in (("corrupted", "checksum mismatch"), ("missing", "not found")):
         r = c.post("/v1/admin/reload", json={"run_dir": str(runs[bad])}, headers=AUTH)
         assert r.status_code == 422, r.text
@@ -287,5 +291,12 @@ def test_reload_swaps_and_bad_runs_keep_the_old_model(service: Service) -> None:
     assert after.json()["history_length"] == 2  # raw-id state works with the new vocabulary
     assert post_events(c, [{"user_id": "frank", "item_id": "new-item"}]).json()["unknown_items"] == []
     assert "shopformer_model_reloads_total" in c.get("/metrics").text
+    # A model with behaviour heads answers ?behaviour= (any type of its vocabulary, or "*").
+    assert c.post("/v1/admin/reload", json={"run_dir": str(runs["heads"])}, headers=AUTH).status_code == 200
+    for b in ("buy", "pv", "*"):
+        r = c.get("/v1/users/frank/recommendations", params={"behaviour": b, "k": 4})
+        assert r.status_code == 200 and len(r.json()["items"]) == 4, r.text
+    r = c.get("/v1/users/frank/recommendations", params={"behaviour": "teleport"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "behaviour"]
     back = c.post("/v1/admin/reload", json={"run_dir": str(runs["a"])}, headers=AUTH)
     assert back.status_code == 200 and back.json()["model_version"] == service.version

@@ -71,3 +71,12 @@ def test_acknowledged_events_survive_kill_9(tmp_path: Path, backend: str) -> Non
         server.stop()
         if redis is not None:
             redis.stop()
+
+
+def test_server_refuses_to_start_on_a_corrupted_run(tmp_path: Path) -> None:
+    run = synthetic_run(tmp_path / "run", ["a", "b", "c"], ModelConfig(dim=8, layers=1, heads=1, max_len=5))
+    (run / "model.safetensors").write_bytes(b"garbage")
+    server = ServerProcess(run, f"sqlite:///{tmp_path / 's.db'}", log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match="exited with [1-9]"):  # uvicorn: 3 = startup failed
+        server.start()
+    assert "checksum mismatch" in (tmp_path / "log").read_text()

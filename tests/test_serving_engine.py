@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from shopformer.config import ModelConfig
+from shopformer.config import ModelConfig, TaskConfig
+from shopformer.models import REGISTRY
 from shopformer.recommender import History, Recommender, RecRequest
 from shopformer.serving.ann import ExactIndex, FaissIndex, build_index
 from shopformer.serving.batching import BatcherClosed, MicroBatcher
@@ -117,6 +118,22 @@ def test_recommend_requests_matches_recommend_many(rec: Recommender) -> None:
         rec.recommend_requests([RecRequest(hists[0], 5, behaviour="buy")])
 
 
+@pytest.mark.parametrize(("name", "task"), [(n, "next-item") for n in sorted(REGISTRY)] + [("sasrec", "multi")])
+def test_batched_short_histories_score_like_full_windows(name: str, task: str, tmp_path: Path) -> None:
+    """recommend_requests trims all-padding columns; no registered model (or task head) may notice."""
+    run = synthetic_run(tmp_path / name, ITEMS, ModelConfig(name=name, dim=16, layers=1, heads=1, max_len=12),
+                        task=TaskConfig(kind=task))
+    r = Recommender.load(run)
+    hists = [History(["i1", "i2", "i3"], ["pv", "cart", "pv"], [10, 50, 4000]), History(["i9"], ["buy"], [7]),
+             History([f"i{j}" for j in range(1, 16)], ["pv"] * 15, list(range(0, 1500, 100)))]
+    behaviours = [None, "buy"] if task == "multi" else [None]
+    for b in behaviours:
+        got = r.recommend_requests([RecRequest(h, 8, False, b) for h in hists])
+        for h, g in zip(hists, got, strict=True):
+            ref = r.recommend_many([h], 8, False, b)[0]
+            assert g.items == ref.items and g.scores == pytest.approx(ref.scores, rel=1e-4, abs=1e-5)
+
+
 def test_exact_index_gives_the_same_answer_as_score_all(rec: Recommender) -> None:
     index = ExactIndex(rec.model.output_embeddings())
     reqs = [RecRequest(History(["i1", "i2"]), 7, True), RecRequest(History(["i9"] * 3), 4, False)]
@@ -182,3 +199,36 @@ def test_create_app_builds_nothing_until_started(tmp_path: Path) -> None:
     assert {"/v1/events", "/v1/users/{user_id}/recommendations", "/v1/recommendations",
             "/v1/items/{item_id}/similar", "/v1/users/{user_id}", "/healthz", "/readyz", "/metrics",
             "/v1/admin/reload"} <= paths
+
+
+def test_api_key_guard_without_a_configured_key_refuses_writes() -> None:
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+
+    from shopformer.serving.routes import api_key_guard
+
+    app = FastAPI()
+
+    @app.post("/w", dependencies=[Depends(api_key_guard(ServeSettings(api_key=None)))])
+    def write() -> dict:
+        return {}
+
+    c = TestClient(app)
+    assert c.post("/w").status_code == 401
+    r = c.post("/w", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 403 and "no API key" in r.json()["detail"]
+
+
+def test_serve_command_is_typer_compatible() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from shopformer.serving.cli import serve_command
+
+    app = typer.Typer()
+    app.command("serve")(serve_command)
+    app.command("other")(lambda: None)  # a multi-command app, as in shopformer.cli
+    res = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for flag in ("run_dir", "--port", "--store", "--api-key-file", "--threads", "--faiss-threshold", "SHOPFORMER_HOST"):
+        assert flag in res.output.lower() if flag.islower() else flag in res.output

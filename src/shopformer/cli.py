@@ -160,16 +160,12 @@ def demo(
 def _register_feature_commands() -> None:
     """Sub-commands defined beside their feature; they import heavy modules lazily."""
     from shopformer.commands_prepare import prepare_command
+    from shopformer.serving.cli import serve_command
     from shopformer.tune import tune_command
 
     app.command("prepare")(prepare_command)
     app.command("tune")(tune_command)
-    try:
-        from shopformer.serving.cli import serve_command
-
-        app.command("serve")(serve_command)
-    except ImportError:  # pragma: no cover - serving is still being written
-        pass
+    app.command("serve")(serve_command)
 
 
 _register_feature_commands()

@@ -51,7 +51,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise RuntimeError("no run directory to serve (pass RUN_DIR or set SHOPFORMER_RUN_DIR)")
         configure_threads(settings.threads)
         executor = ThreadPoolExecutor(1, thread_name_prefix="inference", initializer=configure_threads,
-                                      initargs=(settings.threads,))
+                                      initargs=(settings.threads,)) if settings.inference_thread else None
         store = open_store(settings.store_url, settings.dedup_ttl_s)
         try:
             await store.ping()
@@ -59,7 +59,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                                              metrics.batch_size.observe)
         except BaseException:
             await store.close()
-            executor.shutdown(wait=False)
+            if executor is not None:
+                executor.shutdown(wait=False)
             raise
         svc = ServiceState(settings, store, engine, metrics, executor)
         svc.install(engine)
@@ -74,7 +75,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             if svc.background:
                 await asyncio.gather(*svc.background, return_exceptions=True)
             await store.close()
-            executor.shutdown(wait=True)
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     app = FastAPI(
         title="shopformer",

@@ -34,7 +34,7 @@ class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
         fn: Callable[[list[T]], list[R | BaseException]],
-        executor: Executor,
+        executor: Executor | None,
         max_batch: int = 64,
         window_s: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
@@ -92,7 +92,9 @@ class MicroBatcher(Generic[T, R]):
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
-                results = await loop.run_in_executor(self.executor, self.fn, [x for x, _ in batch])
+                items = [x for x, _ in batch]
+                results = self.fn(items) if self.executor is None else await loop.run_in_executor(
+                    self.executor, self.fn, items)
             except Exception as err:  # noqa: BLE001 - every caller of the batch gets the error
                 for _, fut in batch:
                     if not fut.done():

@@ -16,21 +16,21 @@ import typer
 
 def serve_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory to serve (as written by `shopformer train`).")],
-    host: Annotated[str | None, typer.Option(help="Bind address [env SHOPFORMER_HOST, default 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env SHOPFORMER_PORT, default 8000].")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (env SHOPFORMER_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env SHOPFORMER_PORT, default 8000).")] = None,
     store: Annotated[str | None, typer.Option(
         "--store", help="State store URL: sqlite:///state.db (default) or redis://host:port/0.")] = None,
     api_key_file: Annotated[Path | None, typer.Option(
-        help="File holding the API key for writes/deletes/admin [or env SHOPFORMER_API_KEY].")] = None,
-    threads: Annotated[int | None, typer.Option(help="Inference threads [default 1].")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Most requests per forward pass [default 64].")] = None,
+        help="File holding the API key for writes/deletes/admin (or env SHOPFORMER_API_KEY).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default 1).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most requests per forward pass (default 64).")] = None,
     batch_window_us: Annotated[int | None, typer.Option(
-        help="Extra wait to grow a micro-batch, microseconds [default 0].")] = None,
+        help="Extra wait to grow a micro-batch, microseconds (default 0).")] = None,
     faiss_threshold: Annotated[int | None, typer.Option(
-        help="Catalogue size from which a FAISS IVF index is used [default 300000].")] = None,
+        help="Catalogue size from which a FAISS IVF index is used (default 300000).")] = None,
     reload_root: Annotated[Path | None, typer.Option(
         help="Only allow /v1/admin/reload of run directories under this folder.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="Log level [default info].")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level (default info).")] = None,
 ) -> None:
     """Serve recommendations over HTTP: events in, top-k out, hot reload."""
     import uvicorn

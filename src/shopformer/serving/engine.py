@@ -1,5 +1,12 @@
 """One loaded model, ready to answer: recommender + item indexes + its own micro-batcher.
 
+Forward passes run on the event loop itself by default (``executor`` None). For these small
+models most of a forward pass is Python dispatch that holds the GIL, so a separate inference
+thread buys no parallelism, while every GIL hand-off between it and a busy event loop can cost
+up to the interpreter's switch interval (5 ms) and that lands in the tail latency. An executor
+(``SHOPFORMER_INFERENCE_THREAD=1``) pays off only when long GIL-free kernels dominate (big FAISS
+batches on a multi-core box).
+
 Reload builds a complete new Engine (checksums verified, indexes built, one warm-up forward
 pass) before the service swaps a single reference to it. Requests that already hold the old
 engine finish on it: its batcher drains what was queued before it stops.
@@ -22,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, rec: Recommender, settings: ServeSettings, executor: Executor,
+    def __init__(self, rec: Recommender, settings: ServeSettings, executor: Executor | None,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.rec = rec
         self.version = rec.version
@@ -48,7 +55,7 @@ class Engine:
         self.load_seconds = 0.0
 
     @classmethod
-    def load(cls, run_dir: str | Path, settings: ServeSettings, executor: Executor,
+    def load(cls, run_dir: str | Path, settings: ServeSettings, executor: Executor | None,
              on_batch: Callable[[int], None] | None = None) -> Engine:
         """Load, verify, index and warm up (raises ArtifactError for a bad run directory)."""
         t0 = time.perf_counter()

@@ -137,12 +137,12 @@ def build_router(settings: ServeSettings) -> APIRouter:
             for e in batch.events
         ]
         res = await svc.store.append(events, engine.max_len)
-        unknown = sorted({e.item_id for e in events if not engine.knows_item(e.item_id)})
+        unknown = [e.item_id for e in events if not engine.knows_item(e.item_id)]
         svc.metrics.events.labels("applied").inc(res.applied)
         svc.metrics.events.labels("duplicate").inc(len(res.duplicates))
-        svc.metrics.events.labels("unknown_item").inc(sum(not engine.knows_item(e.item_id) for e in events))
+        svc.metrics.events.labels("unknown_item").inc(len(unknown))
         return respond(request, engine, {"accepted": res.applied, "duplicates": len(res.duplicates),
-                                         "duplicate_event_ids": res.duplicates, "unknown_items": unknown})
+                                         "duplicate_event_ids": res.duplicates, "unknown_items": sorted(set(unknown))})
 
     @router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
                 responses=ERRORS)
@@ -201,7 +201,10 @@ def build_router(settings: ServeSettings) -> APIRouter:
         engine = state(request).engine
         request.scope[VERSION_KEY] = engine.version
         try:
-            rec = await asyncio.get_running_loop().run_in_executor(engine.executor, engine.similar, item_id, k)
+            if engine.executor is None:
+                rec = engine.similar(item_id, k)
+            else:
+                rec = await asyncio.get_running_loop().run_in_executor(engine.executor, engine.similar, item_id, k)
         except KeyError:
             raise HTTPException(404, f"unknown item id {item_id!r} (not in model {engine.version})") from None
         items = [{"item_id": i, "score": s} for i, s in zip(rec.items, rec.scores, strict=True)]

@@ -41,6 +41,7 @@ class ServeSettings(BaseSettings):
 
     # Inference.
     threads: int = Field(1, ge=1)  # torch / FAISS intra-op threads (1 on a 2-core box: HTTP gets the other)
+    inference_thread: bool = False  # forward passes on a separate thread instead of the event loop (see engine.py)
     batch_window_us: int = Field(0, ge=0)  # extra wait to grow a micro-batch; 0 = natural batching only
     max_batch_size: int = Field(64, ge=1)
     faiss_threshold: int = Field(300_000, ge=1)  # catalogues at least this large use a FAISS IVF index

@@ -23,7 +23,7 @@ class ServiceState:
     store: StateStore
     engine: Engine
     metrics: Metrics
-    executor: ThreadPoolExecutor  # the single inference thread
+    executor: ThreadPoolExecutor | None  # the inference thread, None: forward passes on the event loop
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task] = field(default_factory=set)
 

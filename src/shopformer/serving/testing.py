@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from shopformer.artifacts import save_run
-from shopformer.config import Config, ModelConfig
+from shopformer.config import Config, ModelConfig, TaskConfig
 from shopformer.data.vocab import PAD_TOKEN, Vocab, Vocabs
 from shopformer.models import build_model
 from shopformer.models.base import DataSpec
@@ -40,13 +40,15 @@ def synthetic_run(
     behaviours: tuple[str, ...] = ("pv", "cart", "fav", "buy"),
     seed: int = 0,
     item_vectors: np.ndarray | None = None,
+    task: TaskConfig | None = None,
 ) -> Path:
-    """A complete run directory with random weights (optionally given item vectors)."""
+    """A complete run directory with random weights (optionally given item vectors, task heads
+    whose target is the last behaviour)."""
     torch.manual_seed(seed)
-    cfg = Config(model=model or ModelConfig())
+    cfg = Config(model=model or ModelConfig(), task=task or TaskConfig())
     n = len(items)
     spec = DataSpec(n_items=n, n_behaviours=len(behaviours), n_categories=0, has_time=True)
-    net = build_model(cfg.model, spec)
+    net = build_model(cfg.model, spec, task=cfg.task, target_behaviour=len(behaviours))
     if item_vectors is not None:
         with torch.no_grad():
             net.item_emb.weight[1 : n + 1] = torch.as_tensor(item_vectors, dtype=torch.float32)
