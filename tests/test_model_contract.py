@@ -161,3 +161,76 @@ def test_save_load_round_trip(model, tmp_path) -> None:
     fresh.load_state_dict(load_file(str(path)))
     fresh.eval()
     assert torch.allclose(model.score_all(batch), fresh.score_all(batch))
+
+
+# ---- task heads (models/heads.py): every causal model, kind "multi" ---------------------------------
+
+
+@pytest.fixture(params=sorted(n for n, c in REGISTRY.items() if c.causal))
+def headed_model(request: pytest.FixtureRequest):
+    from shopformer.config import TaskConfig
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg(request.param), SPEC, task=TaskConfig(kind="multi", intent_horizon=3),
+                        target_behaviour=2)
+    with torch.no_grad():  # move the zero-initialised adapter off zero, as training would
+        for p in model.heads.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def test_heads_shapes_and_loss(headed_model) -> None:
+    batch = make_batch()
+    headed_model.train()
+    out = headed_model.loss(batch, LossConfig())
+    assert set(out.parts) == {"item", "target", "action", "intent"} and torch.isfinite(out.total)
+    out.total.backward()
+    headed_model.eval()
+    for beh in (None, 0, 1, 3):
+        s = headed_model.score_all(batch, beh)
+        assert s.shape == (4, SPEC.n_items + 1) and torch.isneginf(s[:, 0]).all() and torch.isfinite(s[:, 1:]).all()
+    assert headed_model.action_logits(batch).shape == (4, SPEC.n_behaviours + 1)
+    assert headed_model.intent_logit(batch).shape == (4,)
+
+
+def test_heads_no_future_leakage(headed_model) -> None:
+    """Head outputs for a history must not change when events after it change."""
+    headed_model.eval()
+    batch = make_batch(pad=(0, 0, 0, 0))
+    t = 4
+    prefix = Batch(*(getattr(batch, f)[:, : t + 1] for f in ("items", "behaviours", "gaps", "categories")))
+    changed = batch.items.clone()
+    changed[:, t + 1 :] = torch.randint(1, SPEC.n_items + 1, changed[:, t + 1 :].shape)
+    full = Batch(changed, batch.behaviours, batch.gaps, batch.categories)
+    # per-position hidden states at <= t of the full window equal those of the prefix alone
+    h_full = headed_model.encode(full)[:, : t + 1]
+    assert torch.allclose(h_full, headed_model.encode(prefix), atol=1e-5)
+    qpos = torch.arange(t + 1)
+    b1, _ = headed_model.heads.pointer(h_full, qpos, headed_model.encode(full), full)
+    b2, _ = headed_model.heads.pointer(h_full, qpos, headed_model.encode(prefix), prefix)
+    assert torch.allclose(b1[..., : t + 1], b2, atol=1e-5)
+
+
+def test_heads_left_padding_invariance(headed_model) -> None:
+    headed_model.eval()
+    batch = make_batch(pad=(3, 3, 3, 3))
+    shorter = Batch(*(getattr(batch, f)[:, 2:] for f in ("items", "behaviours", "gaps", "categories")))
+    for fn in (lambda b: headed_model.score_all(b)[:, 1:], lambda b: headed_model.action_logits(b)[:, 1:],
+               headed_model.intent_logit):
+        assert torch.allclose(fn(batch), fn(shorter), atol=1e-4)
+
+
+def test_heads_save_load_round_trip(headed_model, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from shopformer.config import TaskConfig
+
+    headed_model.eval()
+    batch = make_batch()
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in headed_model.state_dict().items()}, str(path))
+    fresh = build_model(headed_model.cfg, SPEC, task=TaskConfig(kind="multi", intent_horizon=3))
+    fresh.load_state_dict(load_file(str(path)))
+    fresh.eval()
+    assert torch.allclose(headed_model.score_all(batch), fresh.score_all(batch))
+    assert torch.allclose(headed_model.intent_logit(batch), fresh.intent_logit(batch))

@@ -152,23 +152,41 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def fit_platt(logit: np.ndarray, y: np.ndarray, iters: int = 100, l2: float = 1e-6) -> tuple[float, float]:
     """Platt scaling: (a, b) minimising the log-loss of sigmoid(a * logit + b), by Newton's method.
 
-    Fitted on validation only. Falls back to the identity (1, 0) when one class is missing
-    (nothing to calibrate against). ``l2`` keeps the Hessian invertible on separable data.
+    Fitted on validation only. With one class only the score cannot be calibrated against
+    anything, so the answer is the constant (Jeffreys-smoothed) validation rate: (0, logit(rate));
+    with no data at all, the identity (1, 0). ``l2`` keeps the Hessian invertible on separable data.
     """
     x = np.asarray(logit, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    if len(x) == 0 or y.min() == y.max():
+    if len(x) == 0:
         return 1.0, 0.0
-    w = np.array([1.0, 0.0])
+    if y.min() == y.max():
+        rate = (y.sum() + 0.5) / (len(y) + 1.0)
+        return 0.0, float(np.log(rate / (1 - rate)))
     feats = np.stack([x, np.ones_like(x)], 1)  # (n, 2)
+
+    def objective(w: np.ndarray) -> float:
+        z = feats @ w
+        return float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * w @ w)
+
+    # Start from the constant base rate (a = 0): from a = 1 a raw score far from 0 (a count, a
+    # large logit) saturates the sigmoid and the first Newton step explodes.
+    rate = y.mean()
+    w = np.array([0.0, np.log(rate / (1 - rate))])
+    loss = objective(w)
     for _ in range(iters):
         p = sigmoid(feats @ w)
         grad = feats.T @ (p - y) / len(x) + l2 * w
         hess = (feats * (p * (1 - p))[:, None]).T @ feats / len(x) + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w = w - step
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        while objective(w - t * step) > loss and t > 1e-8:  # backtracking keeps every step downhill
+            t *= 0.5
+        w = w - t * step
+        new = objective(w)
+        if loss - new < 1e-12:
             break
+        loss = new
     return float(w[0]), float(w[1])
 
 

@@ -42,6 +42,10 @@ class Recommendations:
         return list(zip(self.items, self.scores, strict=True))
 
 
+# Ask a multi-behaviour model for the next item whatever the behaviour (not a behaviour name).
+ANY_BEHAVIOUR = "*"
+
+
 @dataclass(frozen=True)
 class RecRequest:
     """One request of a micro-batch: each may want its own k / exclusion (serving)."""
@@ -121,8 +125,13 @@ class Recommender:
         return Batch(**{k: torch.from_numpy(v) for k, v in w.items()})
 
     # -- scoring ----------------------------------------------------------------------------
-    def score_histories(self, histories: list[History]) -> tuple[torch.Tensor, list[list[int]], list[list[str]]]:
-        """(B, n_items + 1) scores for many histories in one forward pass."""
+    def score_histories(
+        self, histories: list[History], behaviour: str | None = None
+    ) -> tuple[torch.Tensor, list[list[int]], list[list[str]]]:
+        """(B, n_items + 1) scores for many histories in one forward pass.
+
+        ``behaviour`` ranks for the next event of that type (see ``behaviour_id``)."""
+        beh = self.behaviour_id(behaviour)
         encoded = [self._encode(h) for h in histories]
         skipped = [e[3] for e in encoded]
         seen = [e[0] for e in encoded]
@@ -131,16 +140,21 @@ class Recommender:
         if known:
             batch = self.make_batch([encoded[i][:3] for i in known])
             with self._lock, torch.inference_mode():
-                scores[torch.tensor(known)] = self.model.score_all(batch).float()
+                scores[torch.tensor(known)] = self.model.score_all(batch, beh).float()
         return scores, seen, skipped
 
     def recommend_many(
-        self, histories: list[History], k: int = 10, exclude_seen: bool | None = None
+        self,
+        histories: list[History],
+        k: int = 10,
+        exclude_seen: bool | None = None,
+        behaviour: str | None = None,
     ) -> list[Recommendations]:
+        """Top-k for many histories; ``behaviour`` asks for e.g. likely purchases vs likely views."""
         if k < 1:
             raise ValueError("k must be >= 1")
         exclude = self.cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
-        scores, seen, skipped = self.score_histories(histories)
+        scores, seen, skipped = self.score_histories(histories, behaviour)
         if exclude:
             rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
             cols = np.fromiter((i for s in seen for i in s), dtype=np.int64, count=len(rows))
@@ -168,20 +182,29 @@ class Recommender:
         behaviours: list[str] | None = None,
         timestamps: list[int] | None = None,
         exclude_seen: bool | None = None,
+        behaviour: str | None = None,
     ) -> Recommendations:
-        """Top-k next items for one history of raw item ids (oldest first)."""
-        return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen)[0]
+        """Top-k next items for one history of raw item ids (oldest first).
+
+        ``behaviour`` (a behaviour name of the data, e.g. the purchase type, or ``ANY_BEHAVIOUR``)
+        ranks the items the next event *of that type* will be about; None is the model's default
+        (its target behaviour for next-purchase / multi runs, any behaviour otherwise)."""
+        return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen, behaviour)[0]
 
     # -- serving: per-request k / exclusion in one forward pass, optional item index ---------------
     @property
     def target_behaviours(self) -> tuple[str, ...]:
-        """Next-event types this model can rank for; empty: next-item only (no behaviour head yet)."""
-        return ()
+        """Next-event types this model can rank for (plus ``ANY_BEHAVIOUR``); empty: next-item only."""
+        if self.model.heads is None:
+            return ()
+        return (ANY_BEHAVIOUR, *self.vocabs.behaviours.tokens[1:])
 
     @property
     def supports_index(self) -> bool:
-        """True when scores are ``last_hidden @ output_embeddings().T`` (so an ItemIndex is exact)."""
-        return type(self.model).score_all is SequenceModel.score_all
+        """True when scores are ``last_hidden @ output_embeddings().T`` (so an ItemIndex is exact).
+
+        Task heads add a history-pointer bonus to the dot product, so they rule an index out."""
+        return type(self.model).score_all is SequenceModel.score_all and self.model.heads is None
 
     def recommend_requests(self, requests: list[RecRequest], index: ItemIndex | None = None) -> list[Recommendations]:
         """Top-k for many requests with one forward pass; no warnings (callers report ``skipped``).
@@ -208,7 +231,9 @@ class Recommender:
             reqs, seen = [requests[i] for i in known], [encoded[i][0] for i in known]
             with self._lock, torch.inference_mode():
                 if index is None:
-                    rows = self._exact_top(batch, reqs, seen)
+                    beh = [self.behaviour_id(r.behaviour) for r in reqs]
+                    rows = self._exact_top(batch, reqs, seen, None if self.model.heads is None else torch.tensor(
+                        [self.model.heads.default_behaviour if b is None else b for b in beh]))
                 else:
                     rows = self._index_top(index, self.model.last_hidden(batch).float(), reqs, seen)
             for i, (ids, vals) in zip(known, rows, strict=True):
@@ -223,9 +248,9 @@ class Recommender:
         return self.cfg.eval.exclude_seen if r.exclude_seen is None else r.exclude_seen
 
     def _exact_top(
-        self, batch: Batch, reqs: list[RecRequest], seen: list[list[int]]
+        self, batch: Batch, reqs: list[RecRequest], seen: list[list[int]], behaviours: torch.Tensor | None = None
     ) -> list[tuple[list[int], list[float]]]:
-        scores = self.model.score_all(batch).float()
+        scores = self.model.score_all(batch, behaviours).float()
         for row, (r, s) in enumerate(zip(reqs, seen, strict=True)):
             if self._exclude(r):
                 scores[row, torch.tensor(s, dtype=torch.long)] = float("-inf")
@@ -268,3 +293,52 @@ class Recommender:
             sims[idx] = float("-inf")
         top = sims.topk(min(k, self.spec.n_items - 1))
         return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist())
+
+    # -- multi-behaviour heads (models/heads.py) --------------------------------------------------
+    def behaviour_id(self, name: str | None) -> int | None:
+        """Dense id of a behaviour name to rank for; None = the model's default, ANY_BEHAVIOUR = 0."""
+        if name is None:
+            return None
+        if self.model.heads is None:
+            if name == ANY_BEHAVIOUR:
+                return PAD
+            raise ValueError(f"behaviour {name!r}: model {self.version} has no behaviour-specific head "
+                             "(trained with task.kind='next-item')")
+        if name == ANY_BEHAVIOUR:
+            return PAD
+        if name not in self.vocabs.behaviours.index:
+            known = ", ".join(self.vocabs.behaviours.tokens[1:])
+            raise ValueError(f"unknown behaviour {name!r}; this model knows: {known} (or {ANY_BEHAVIOUR!r})")
+        return self.vocabs.behaviours.index[name]
+
+    @property
+    def target_behaviour(self) -> str | None:
+        """The behaviour the intent / next-purchase heads are about (None without heads)."""
+        if self.model.heads is None:
+            return None
+        return self.vocabs.behaviours.tokens[int(self.model.heads.target)]
+
+    def _head_batch(self, history: History | list[str]) -> Batch:
+        h = history if isinstance(history, History) else History(list(history))
+        items, behs, times, _ = self._encode(h)
+        if not items:
+            raise ValueError("the history has no known item; behaviour heads need at least one event")
+        return self.make_batch([(items, behs, times)])
+
+    def predict_next_action(self, history: History | list[str]) -> dict[str, float]:
+        """Probability of each behaviour type for the user's next event (sums to 1)."""
+        batch = self._head_batch(history)
+        with self._lock, torch.inference_mode():
+            probs = torch.softmax(self.model.action_logits(batch).float(), -1)[0]
+        return {name: float(probs[i]) for i, name in enumerate(self.vocabs.behaviours.tokens) if i != PAD}
+
+    def purchase_intent(self, history: History | list[str]) -> float:
+        """Calibrated probability that the target behaviour occurs within the next N events.
+
+        Calibration (Platt scaling fitted on the validation window) is stored in the run's weights."""
+        batch = self._head_batch(history)
+        with self._lock, torch.inference_mode():
+            heads = self.model.heads
+            if heads is None:
+                raise ValueError("this model has no task heads (trained with task.kind='next-item')")
+            return float(heads.calibrated(self.model.intent_logit(batch))[0])

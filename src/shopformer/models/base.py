@@ -95,11 +95,17 @@ class SequenceModel(nn.Module):
 
     def action_logits(self, batch: Batch) -> torch.Tensor:
         """(B, n_behaviours + 1) logits of the next event's behaviour type; column 0 is -inf."""
-        return self._require_heads().action_logits(self.last_hidden(batch))
+        return self._require_heads().action_logits(self.head_features(batch))
 
     def intent_logit(self, batch: Batch) -> torch.Tensor:
-        """(B,) uncalibrated logit that the target behaviour occurs within the next N events."""
-        return self._require_heads().intent_logit(self.last_hidden(batch))
+        """(B,) uncalibrated logit that the target behaviour occurs within the next N events
+        (``heads.calibrated`` turns it into the Platt-scaled probability)."""
+        return self._require_heads().intent_logit(self.head_features(batch))
+
+    def head_features(self, batch: Batch) -> torch.Tensor:
+        """(B, F) what the classifier heads read about the event after the window."""
+        heads = self._require_heads()
+        return heads.summary(self.encode(batch), batch)[:, -1]
 
     def _require_heads(self) -> nn.Module:
         if self.heads is None:

@@ -12,12 +12,21 @@
   the window proposes its item with a logit from (query, encoder state of that event, distance,
   elapsed time); repeats of an item are pooled by log-sum-exp. The encoder state carries the
   event's behaviour only when ``model.use_behaviour`` is on, so the ablation switch also removes
-  "this was carted" from the pointer.
+  "this was carted" from the pointer. At inference the catalogue term ``h_b . e_j`` is weighted by
+  ``catalogue_weight`` (a buffer, 1 by default, selected on validation by the training entry point):
+  on sparse shop logs the item table overfits long before the pointer does, and its dot products
+  for never-seen contexts then push random items above the history.
 * **Next action**: a classifier over the behaviour vocabulary (class 0 = padding, never predicted).
 * **Purchase intent**: one logit for "the target behaviour occurs within the next N events",
   trained only where the N next events are known (censored positions are masked, never negatives).
   Platt scaling fitted on validation lives in the ``intent_calibration`` buffer, so it is saved
   with the weights.
+
+Both classifiers read ``summary``: the encoder state, the causal running mean of the window's
+states, and the share of each behaviour type among the last N events and the whole window (plus
+the log event count). Softmax attention averages, so "how many carts lately" is hard to read off a
+single state; the explicit shares supply it. They are zero when ``use_behaviour`` is off, so the
+ablation sees no behaviour anywhere.
 
 Which parts are trained, and their weights, come from ``TaskConfig``. The target behaviour id
 is a buffer (``target``): it is resolved from the data at configuration time and saved with the
@@ -52,6 +61,7 @@ PARTS: dict[str, tuple[str, ...]] = {
 TARGET_FIRST = ("next-purchase", "multi")
 
 Behaviour = int | torch.Tensor | None
+RECENCY_PRIOR = 4.0  # initial pointer logit of the most recent event (see HistoryPointer)
 
 
 class HistoryPointer(nn.Module):
@@ -65,9 +75,14 @@ class HistoryPointer(nn.Module):
         self.dist = nn.Embedding(self.n_dist, 1)
         self.time = nn.Embedding(time_buckets, 1) if time_buckets else None
         self.scale = dim**-0.5
-        for emb in (self.dist, self.time):
-            if emb is not None:
-                nn.init.zeros_(emb.weight)  # start from "every occurrence counts the same"
+        with torch.no_grad():
+            # Start from the strongest shop heuristic, "recently seen items": at initialisation the
+            # catalogue's dot products are ~N(0, 1) (max ~4 over 50k items), so a history item
+            # starts above them, the more so the more recent it is. Training adjusts both terms;
+            # with few steps (small logs, CPU budgets) a zero start would never get there.
+            self.dist.weight.copy_((RECENCY_PRIOR - 0.25 * torch.arange(self.n_dist, dtype=torch.float)).unsqueeze(1))
+            if self.time is not None:
+                self.time.weight.zero_()
 
     def forward(
         self, queries: torch.Tensor, qpos: torch.Tensor, keys: torch.Tensor, batch: Batch
@@ -117,6 +132,7 @@ class MultiTaskHeads(nn.Module):
         self.n_behaviours = spec.n_behaviours
         # Resolved from the data by the caller (set_target); saved with the weights.
         self.register_buffer("target", torch.tensor(1, dtype=torch.long))
+        self.register_buffer("catalogue_weight", torch.tensor(1.0))  # inference only; see module docstring
         self.query = nn.Embedding(spec.n_behaviours + 1, dim, padding_idx=PAD)  # row 0: any behaviour
         nn.init.normal_(self.query.weight, std=dim**-0.5)
         with torch.no_grad():
@@ -126,13 +142,15 @@ class MultiTaskHeads(nn.Module):
         nn.init.zeros_(self.adapt[-1].bias)
         use_time = model_cfg.use_time_gap and spec.has_time
         self.pointer = HistoryPointer(dim, model_cfg.max_len, model_cfg.time_buckets if use_time else None)
+        self.use_behaviour = model_cfg.use_behaviour
+        n_summary = 2 * dim + 2 * spec.n_behaviours + 1
         if "action" in self.parts:
-            self.action = _mlp(dim, spec.n_behaviours + 1)
+            self.action = _mlp(n_summary, spec.n_behaviours + 1, dim)
             # additive logit offsets of the class *decision* (tuned on validation for macro-F1);
             # probabilities are reported without them
             self.register_buffer("action_offsets", torch.zeros(spec.n_behaviours + 1))
         if "intent" in self.parts:
-            self.intent = _mlp(dim, 1)
+            self.intent = _mlp(n_summary, 1, dim)
             self.register_buffer("intent_calibration", torch.tensor([1.0, 0.0]))  # Platt (a, b)
 
     # ---- configuration --------------------------------------------------------------------
@@ -176,24 +194,43 @@ class MultiTaskHeads(nn.Module):
         q = self.condition(hidden[:, -1], beh)  # (B, D)
         qpos = torch.tensor([length - 1], device=hidden.device)
         bonus, rep = self.pointer(q.unsqueeze(1), qpos, hidden, batch)  # (B, 1, L)
-        scores = q @ emb.T
+        scores = self.catalogue_weight * (q @ emb.T)
         idx = torch.where(rep[:, 0], batch.items, torch.zeros_like(batch.items))
         return scores.scatter_add(1, idx, bonus[:, 0])
 
-    def action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., n_behaviours + 1) logits; column 0 (padding) is -inf."""
+    def summary(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(B, L, D) states -> (B, L, F) causal features of the classifier heads (see module doc)."""
+        real = (batch.items != PAD).unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        count = real.cumsum(1)  # events <= t
+        mean = (hidden * real).cumsum(1) / count.clamp(min=1)
+        n_b = self.n_behaviours
+        onehot = F.one_hot(batch.behaviours, n_b + 1)[..., 1:].to(hidden.dtype) * real  # (B, L, nb)
+        if not self.use_behaviour:  # the ablation: no behaviour information at all
+            onehot = torch.zeros_like(onehot)
+        csum = F.pad(onehot.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, nb): csum[:, i] = counts over < i
+        length = hidden.shape[1]
+        idx = torch.arange(length, device=hidden.device)
+        lo = (idx + 1 - self.horizon).clamp(min=0)
+        recent = csum[:, idx + 1] - csum[:, lo]  # last `horizon` events <= t
+        n_recent = (count - F.pad(count, (0, 0, 1, 0))[:, lo]).clamp(min=1)
+        return torch.cat([hidden, mean, recent / n_recent, csum[:, 1:] / count.clamp(min=1),
+                          torch.log1p(count)], dim=-1)
+
+    def action_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., F) summary features -> (..., n_behaviours + 1) logits; column 0 (padding) is -inf."""
         self.require("action")
-        logits = self.action(hidden)
+        logits = self.action(features)
         return logits.index_fill(-1, torch.tensor([PAD], device=logits.device), float("-inf"))
 
-    def intent_logit(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (...) uncalibrated logit of "target behaviour within the next N events"."""
+    def intent_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., F) summary features -> (...) uncalibrated logit of "target within the next N events"."""
         self.require("intent")
-        return self.intent(hidden).squeeze(-1)
+        return self.intent(features).squeeze(-1)
 
-    def intent_probability(self, hidden: torch.Tensor) -> torch.Tensor:
+    def calibrated(self, logit: torch.Tensor) -> torch.Tensor:
+        """Platt-scaled probability of an intent logit (scaling fitted on validation)."""
         a, c = self.intent_calibration
-        return torch.sigmoid(a * self.intent_logit(hidden) + c)
+        return torch.sigmoid(a * logit + c)
 
     # ---- training -------------------------------------------------------------------------
 
@@ -248,14 +285,15 @@ class MultiTaskHeads(nn.Module):
             cond = self.condition(hidden, tb)
             ce = item_ce(cond)
             parts["target"] = _balanced_mean(ce, tb[rows, cols], self.n_behaviours)
+        summary = self.summary(hidden, batch) if {"action", "intent"} & set(self.parts) else None
         if "action" in self.parts:
             tb = batch.target_behaviours
-            logits = self.action_logits(hidden[rows, cols])  # (M, C)
+            logits = self.action_logits(summary[rows, cols])  # (M, C)
             parts["action"] = F.cross_entropy(logits[:, 1:], tb[rows, cols] - 1)
         if "intent" in self.parts:
             labels = self.intent_labels(batch)
             known = (labels >= 0) & real
-            logit = self.intent_logit(hidden[known])
+            logit = self.intent_logit(summary[known])
             parts["intent"] = (
                 F.binary_cross_entropy_with_logits(logit, labels[known]) if known.any() else hidden.sum() * 0.0
             )
@@ -263,8 +301,8 @@ class MultiTaskHeads(nn.Module):
         return LossOutput(total, {k: float(v.detach()) for k, v in parts.items()})  # type: ignore[arg-type]
 
 
-def _mlp(dim: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out))
+def _mlp(n_in: int, out: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, width), nn.GELU(), nn.Linear(width, out))
 
 
 def _balanced_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
