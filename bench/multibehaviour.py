@@ -27,12 +27,15 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shopformer.behaviour_eval import markdown_summary
 from shopformer.config import Config, apply_overrides
+from shopformer.data.dataset import Batch, EventArrays, history_batches
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
+from shopformer.data.schema import PAD
 from shopformer.experiment import Dataset, load_dataset
 from shopformer.multibehaviour import run_multibehaviour
 
@@ -115,6 +118,165 @@ def target_checks(m: dict, model: str, ablation: str) -> dict:
     return out
 
 
+# ---- analysis: what the data allows (no model training; ``--analysis``) -------------------------------
+
+
+def _ndcg10_weighted_recency(batches: list[tuple[Batch, torch.Tensor]], weights: torch.Tensor, decay: float) -> float:
+    """NDCG@10 of "score(item) = sum over its history events of weights[behaviour] * decay^age"
+    (items outside the history score 0, tied with the whole catalogue: a miss)."""
+    total, n = 0.0, 0
+    for b, target in batches:
+        real = b.items != PAD
+        length = b.items.shape[1]
+        age = torch.arange(length - 1, -1, -1, dtype=torch.float64)
+        contrib = weights[b.behaviours] * decay**age * real  # (B, L)
+        same = (b.items[:, :, None] == b.items[:, None, :]) & real[:, :, None] & real[:, None, :]
+        item_score = (same.double() * contrib[:, None, :]).sum(-1)  # (B, L) score of the item at s
+        first = real & ~torch.tril(same, diagonal=-1).any(-1)  # one slot per distinct item
+        is_t = (b.items == target[:, None]) & real
+        t_score = torch.where(is_t.any(1), (item_score * is_t).amax(1), torch.zeros(len(target), dtype=torch.float64))
+        valid = first & (item_score > 0)
+        rank = ((item_score > t_score[:, None]) & valid).sum(1) + ((item_score == t_score[:, None]) & valid
+                                                                 & ~is_t).sum(1)
+        hit = (t_score > 0) & (rank < 10)
+        total += float(torch.where(hit, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros_like(t_score)).sum())
+        n += len(target)
+    return total / max(n, 1)
+
+
+def behaviour_headroom(ds: Dataset, cfg: Config) -> dict:
+    """How much can behaviour types add to a recency/frequency ranking of the next target item?
+
+    Behaviour-blind (every event weighs 1) vs behaviour-weighted (one weight per non-majority type
+    from a grid); the decay and the weights are chosen on validation, reported on test."""
+    from itertools import product
+
+    from shopformer.behaviour_eval import majority_behaviour, make_windows, window_examples
+    from shopformer.multibehaviour import configure
+
+    cfg, target = configure(ds, cfg)
+    train_end, valid_w, test_w = make_windows(ds.seq, cfg)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    nb = len(ds.vocabs.behaviours)
+    majority = majority_behaviour(ds.seq, train_end, nb)
+
+    def batches(w):
+        ex, _ = window_examples(ds.seq, w, target)
+        tgt = torch.from_numpy(ds.seq.items[ex.pos].astype(np.int64))
+        return [(b, tgt[idx]) for idx, b in history_batches(ds.seq, arrays, ex, cfg.model.max_len, 1024)]
+
+    bv, bt = batches(valid_w), batches(test_w)
+    decays, grid = (0.8, 0.9, 0.95, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0)
+    others = [b for b in range(1, nb + 1) if b != majority]
+    blind = max(decays, key=lambda g: _ndcg10_weighted_recency(bv, torch.ones(nb + 1, dtype=torch.float64), g))
+    best, best_v = None, -1.0
+    for combo in product(grid, repeat=len(others)):
+        w = torch.ones(nb + 1, dtype=torch.float64)
+        w[others] = torch.tensor(combo, dtype=torch.float64)
+        for g in decays:
+            v = _ndcg10_weighted_recency(bv, w, g)
+            if v > best_v:
+                best, best_v = (w, g), v
+    assert best is not None
+    ones = torch.ones(nb + 1, dtype=torch.float64)
+    blind_test, weighted_test = _ndcg10_weighted_recency(bt, ones, blind), _ndcg10_weighted_recency(bt, *best)
+    names = ds.vocabs.behaviours.tokens
+    return {
+        "behaviour_blind": {"decay": blind, "valid": _ndcg10_weighted_recency(bv, ones, blind), "test": blind_test},
+        "behaviour_weighted": {"decay": best[1], "weights": {names[b]: float(best[0][b]) for b in range(1, nb + 1)},
+                               "valid": best_v, "test": weighted_test},
+        "test_ratio": weighted_test / blind_test if blind_test > 0 else None,
+    }
+
+
+def _count_features(batch: Batch, nb: int, horizon: int, n_buckets: int) -> torch.Tensor:
+    """Hand-made features of a history window: behaviour shares (last N, window), log length, last
+    behaviour, time-gap buckets of the last event and of the last N."""
+    real = (batch.items != PAD).float()
+    onehot = torch.nn.functional.one_hot(batch.behaviours, nb + 1)[..., 1:].float() * real[..., None]
+    last_n = onehot[:, -horizon:].sum(1) / real[:, -horizon:].sum(1, keepdim=True).clamp(min=1)
+    window = onehot.sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+    gaps = batch.gaps.float() / n_buckets
+    gap_n = (gaps[:, -horizon:] * real[:, -horizon:]).sum(1, keepdim=True) / real[:, -horizon:].sum(
+        1, keepdim=True).clamp(min=1)
+    return torch.cat([last_n, window, torch.log1p(real.sum(1, keepdim=True)), onehot[:, -1], gaps[:, -1:], gap_n], 1)
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int | None) -> torch.nn.Linear:
+    """Full-batch L-BFGS logistic (binary when n_classes is None, else multinomial) regression."""
+    lin = torch.nn.Linear(x.shape[1], 1 if n_classes is None else n_classes)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        out = lin(x)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float()) if n_classes is None
+                else torch.nn.functional.cross_entropy(out, y)) + 1e-4 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin
+
+
+def feature_baselines(ds: Dataset, cfg: Config) -> dict:
+    """Logistic regressions on hand-made behaviour-count features for next action and intent:
+    trained on every training-prefix prediction point, calibrated/tuned on validation, tested once."""
+    from shopformer.behaviour_eval import (
+        Window,
+        decision_offsets,
+        intent_examples,
+        make_windows,
+        window_examples,
+    )
+    from shopformer.behaviour_metrics import binary_summary, fit_platt, multiclass_summary, sigmoid
+    from shopformer.multibehaviour import configure
+
+    cfg, target = configure(ds, cfg)
+    train_end, valid_w, test_w = make_windows(ds.seq, cfg)
+    train_w = Window("train", int(ds.seq.times.min()), valid_w.lo, train_end)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    nb, horizon = len(ds.vocabs.behaviours), cfg.task.intent_horizon
+
+    def feats(ex) -> torch.Tensor:
+        parts = [_count_features(b, nb, horizon, cfg.model.time_buckets)
+                 for _, b in history_batches(ds.seq, arrays, ex, cfg.model.max_len, 4096)]
+        return torch.cat(parts) if parts else torch.zeros(0, 3 * nb + 3)
+
+    out: dict = {}
+    # next action
+    ex = {w.name: window_examples(ds.seq, w)[0] for w in (train_w, valid_w, test_w)}
+    x = {k: feats(v) for k, v in ex.items()}
+    mu, sd = x["train"].mean(0), x["train"].std(0).clamp(min=1e-6)
+    y = {k: torch.from_numpy(ds.seq.behaviours[v.pos].astype(np.int64)) - 1 for k, v in ex.items()}
+    lin = _fit_logistic((x["train"] - mu) / sd, y["train"], nb)
+    with torch.no_grad():
+        pv = torch.softmax(lin((x["valid"] - mu) / sd), 1).numpy()
+        pt = torch.softmax(lin((x["test"] - mu) / sd), 1).numpy()
+    pad = np.zeros((len(pv), 1)), np.zeros((len(pt), 1))
+    pv, pt = np.concatenate([pad[0], pv], 1), np.concatenate([pad[1], pt], 1)
+    prior = np.bincount(y["train"].numpy() + 1, minlength=nb + 1) / len(y["train"])
+    labels = list(range(1, nb + 1))
+    tau, offsets = decision_offsets(pv, y["valid"].numpy() + 1, prior, labels)
+    pred = np.asarray(labels)[np.argmax(np.log(np.clip(pt[:, 1:], 1e-12, None)) + offsets[1:], 1)]
+    out["next_action_logistic_counts"] = {**multiclass_summary(y["test"].numpy() + 1, pred,
+                                                               list(ds.vocabs.behaviours.tokens[1:]), labels),
+                                          "decision_tau": tau}
+    # intent
+    data = {w.name: intent_examples(ds.seq, w, target, horizon) for w in (train_w, valid_w, test_w)}
+    xi = {k: feats(v[0]) for k, v in data.items()}
+    mu, sd = xi["train"].mean(0), xi["train"].std(0).clamp(min=1e-6)
+    lin = _fit_logistic((xi["train"] - mu) / sd, torch.from_numpy(data["train"][1]), None)
+    with torch.no_grad():
+        sv = lin((xi["valid"] - mu) / sd).squeeze(1).numpy()
+        st = lin((xi["test"] - mu) / sd).squeeze(1).numpy()
+    a, b = fit_platt(sv, data["valid"][1])
+    res = binary_summary(data["test"][1], sigmoid(a * st + b))
+    res.pop("reliability")
+    out["intent_logistic_counts"] = {**res, "train_examples": len(data["train"][1])}
+    return out
+
+
 def report(lines: list[dict]) -> str:
     """Markdown tables across data sets from the JSON lines (``--report``)."""
     out = ["| data set | target | model NDCG@10 | no-behaviour NDCG@10 | ratio | best heuristic (NDCG@10) | "
@@ -147,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="cap per ranking task (seeded sample; the target behaviour is usually below it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", type=Path, help="print markdown tables from a JSON-lines result file and exit")
+    ap.add_argument("--analysis", action="store_true",
+                    help="no model: behaviour headroom of recency heuristics + logistic regressions on counts")
     args = ap.parse_args(argv)
     if args.report:
         print(report([json.loads(x) for x in args.report.read_text().splitlines() if x.strip()]))
@@ -165,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
             cfg = cfg.override(**QUICK)
         cfg = apply_overrides(cfg, args.overrides)
         t0 = time.perf_counter()
+        if args.analysis:
+            print(json.dumps({"bench": "multibehaviour-analysis", "dataset": name, "command": command,
+                              "headroom": behaviour_headroom(ds, cfg), **feature_baselines(ds, cfg),
+                              "seconds": round(time.perf_counter() - t0, 1)}, default=float), flush=True)
+            continue
         res = run_multibehaviour(ds, cfg, args.out / name, progress=False, ablation=True,
                                  max_item_examples=args.max_item_examples)
         m = res.metrics

@@ -149,17 +149,7 @@ class MultiTaskLoader(TrainLoader):
         self.labels = labels.astype(np.int64) + 2  # shift so that window padding (0) reads as unknown
 
     def __iter__(self) -> Iterator[Batch]:
-        lengths = np.minimum(self.ends - self.starts, self.max_len + 1)
-        order = self.rng.permutation(len(self.ends))
-        chunk = self.batch_size * 50  # same length bucketing as TrainLoader
-        batches = []
-        for c in range(0, len(order), chunk):
-            part = order[c : c + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
-        for b in self.rng.permutation(len(batches)):
-            sel = batches[b]
-            width = int(lengths[sel].max())
+        for sel, width in self.batch_indices():  # same length bucketing as TrainLoader
             w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
             lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
             t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()}

@@ -135,6 +135,14 @@ class TrainLoader:
         # Length bucketing: shuffle, sort each chunk of ~50 batches by window length, cut it
         # into batches and shuffle the batches. Each batch is then trimmed to its longest
         # window, so short sequences (most of Beauty) do not pay for 50 positions of padding.
+        for sel, width in self.batch_indices():
+            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
+            if self.augment is not None:
+                w = self.augment(w, self.rng)
+            yield windows_to_batch(w)
+
+    def batch_indices(self) -> Iterator[tuple[np.ndarray, int]]:
+        """One epoch of (window indices, trimmed width) in length-bucketed, shuffled order."""
         lengths = np.minimum(self.ends - self.starts, self.max_len + 1)
         order = self.rng.permutation(len(self.ends))
         chunk = self.batch_size * 50
@@ -144,12 +152,7 @@ class TrainLoader:
             part = part[np.argsort(lengths[part], kind="stable")]
             batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
         for b in self.rng.permutation(len(batches)):
-            sel = batches[b]
-            width = int(lengths[sel].max())
-            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
-            if self.augment is not None:
-                w = self.augment(w, self.rng)
-            yield windows_to_batch(w)
+            yield batches[b], int(lengths[batches[b]].max())
 
 
 def windows_to_batch(w: dict[str, np.ndarray]) -> Batch:
