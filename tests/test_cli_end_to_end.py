@@ -63,3 +63,15 @@ def test_train_rejects_unknown_model_and_bad_override(trained) -> None:
     assert r.exit_code == 2 and "registered" in r.output
     r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(trained / "x"), "--set", "train.lr=1"])
     assert r.exit_code == 2 and "train.lr" in r.output
+
+
+def test_train_multi_task_from_the_cli(trained) -> None:
+    r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(trained / "multi"), "--task", "multi",
+                            "--set", "split.kind=temporal", "--set", "split.valid_start=0.8",
+                            "--set", "split.test_start=0.9", *TINY])
+    assert r.exit_code == 0, r.output
+    assert (trained / "multi").exists()
+    r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(trained / "x2"), "--task", "multi",
+                            "--target-behaviour", "no-such-behaviour", "--set", "split.kind=temporal",
+                            "--set", "split.valid_start=0.8", "--set", "split.test_start=0.9", *TINY])
+    assert r.exit_code == 2 and "no-such-behaviour" in r.output

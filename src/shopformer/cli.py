@@ -41,6 +41,11 @@ def train(
     overrides: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="model name (see `shopformer models`)")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="training time budget")] = None,
+    task: Annotated[str | None, typer.Option(help="next-item | next-purchase | next-action | intent | multi")] = None,
+    target_behaviour: Annotated[
+        str | None, typer.Option(help="behaviour the purchase/intent heads predict (default: from the data)")
+    ] = None,
+    ablation: Annotated[bool, typer.Option(help="multi-behaviour: also train without behaviour inputs")] = False,
     quiet: bool = False,
 ) -> None:
     """Train with early stopping on validation, evaluate on test beside the baselines, save the run."""
@@ -48,8 +53,14 @@ def train(
     from shopformer.experiment import run_experiment
 
     try:
-        cfg = _config(config, overrides, **{"model.name": model, "train.max_minutes": max_minutes})
-        res = run_experiment(dataset, cfg, out, progress=not quiet)
+        cfg = _config(config, overrides, **{"model.name": model, "train.max_minutes": max_minutes,
+                                            "task.kind": task, "task.target_behaviour": target_behaviour})
+        if cfg.task.kind != "next-item":
+            from shopformer.multibehaviour import run_multibehaviour
+
+            res = run_multibehaviour(dataset, cfg, out, progress=not quiet, ablation=ablation)
+        else:
+            res = run_experiment(dataset, cfg, out, progress=not quiet)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
