@@ -40,11 +40,10 @@ from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
 from shopformer.evaluate import evaluate, model_scorer
-from shopformer.losses import NegativeSampler
 from shopformer.models import REGISTRY
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.lora import apply_lora, count_parameters, mark_only_lora_trainable, merge_lora
-from shopformer.train import FitResult, fit
+from shopformer.train import FitResult, fit, make_sampler
 
 Mode = Literal["full", "frozen", "lora"]
 PretrainObjective = Literal["auto", "next-item", "masked", "contrastive"]
@@ -190,13 +189,6 @@ def target_objective(model: SequenceModel | WithHead, cfg: Config, behaviour: in
     return objective
 
 
-def _sampler(cfg: Config, model, item_counts: np.ndarray | None) -> NegativeSampler | None:
-    if cfg.loss.kind != "sampled":
-        return None
-    counts = item_counts if item_counts is not None else np.ones(model.spec.n_items + 1)
-    return NegativeSampler(counts, cfg.loss.sampler, seed=cfg.train.seed)
-
-
 # ---- pre-training ------------------------------------------------------------------------
 
 
@@ -228,7 +220,7 @@ def pretrain(
 
         return fit(model, cfg, seq, train_end, valid, arrays, item_counts, log_dir=log_dir, progress=progress,
                    objective=obj)
-    fn = training_objective(model, cfg, _sampler(cfg, model, item_counts))
+    fn = training_objective(model, cfg, make_sampler(cfg, model.spec.n_items, item_counts))
     return fit(model, cfg, seq, train_end, valid, arrays, item_counts, log_dir=log_dir, progress=progress,
                objective=fn)
 
@@ -310,7 +302,7 @@ def finetune(
     before = _metrics(model, cfg, seq, arrays, valid)
     trainee, n_lora = prepare_mode(model, mode, rank, lora_alpha or 2.0 * rank, train_also)
     trainable, total = count_parameters(trainee)
-    sampler = _sampler(cfg, trainee, item_counts)
+    sampler = make_sampler(cfg, trainee.spec.n_items, item_counts)
     ends, starts = training_windows(seq, train_end, cfg.model.max_len, cfg.train.sliding_window)
     if target_behaviour is None:
         objective = training_objective(trainee, cfg, sampler)  # type: ignore[arg-type]

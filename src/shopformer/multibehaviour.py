@@ -41,7 +41,15 @@ from shopformer.behaviour_eval import (
     window_examples,
 )
 from shopformer.config import Config
-from shopformer.data.dataset import Batch, EventArrays, TrainLoader, gather_windows, history_batches, training_windows
+from shopformer.data.dataset import (
+    Batch,
+    EventArrays,
+    TrainLoader,
+    gather_windows,
+    history_batches,
+    training_windows,
+    windows_to_batch,
+)
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
@@ -152,17 +160,9 @@ class MultiTaskLoader(TrainLoader):
         for sel, width in self.batch_indices():  # same length bucketing as TrainLoader
             w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
             lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
-            t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()}
-            real = t["items"][:, :-1] != PAD
-            yield TaskBatch(
-                items=t["items"][:, :-1],
-                behaviours=t["behaviours"][:, :-1],
-                gaps=t["gaps"][:, :-1],
-                categories=t["categories"][:, :-1],
-                targets=t["items"][:, 1:] * real,
-                target_behaviours=t["behaviours"][:, 1:] * real,
-                intent_labels=torch.from_numpy(np.where(real.numpy(), lab, -1)).float(),
-            )
+            base = windows_to_batch(w)
+            real = base.padding_mask.numpy()
+            yield TaskBatch(**vars(base), intent_labels=torch.from_numpy(np.where(real, lab, -1)).float())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,14 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
     return 1.0
 
 
+def make_sampler(cfg: Config, n_items: int, item_counts: np.ndarray | None) -> NegativeSampler | None:
+    """The negative sampler ``cfg.loss`` asks for (None for full cross-entropy)."""
+    if cfg.loss.kind != "sampled":
+        return None
+    counts = item_counts if item_counts is not None else np.ones(n_items + 1)
+    return NegativeSampler(counts, cfg.loss.sampler, seed=cfg.train.seed)
+
+
 def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -94,10 +102,7 @@ def fit(
         loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, tc.batch_size, tc.seed)
     if len(loader) == 0:
         raise ValueError("no training windows: every user has fewer than 2 training events")
-    sampler = None
-    if cfg.loss.kind == "sampled":
-        counts = item_counts if item_counts is not None else np.ones(model.spec.n_items + 1)
-        sampler = NegativeSampler(counts, cfg.loss.sampler, seed=tc.seed)
+    sampler = make_sampler(cfg, model.spec.n_items, item_counts)
     if objective is None:
         def objective(batch: Batch) -> LossOutput:
             return model.loss(batch, cfg.loss, sampler)

@@ -37,6 +37,7 @@ from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.losses import NegativeSampler
 from shopformer.models.base import LossOutput, SequenceModel
+from shopformer.train import make_sampler
 
 Windows = dict[str, np.ndarray]
 KEYS = ("items", "behaviours", "gaps", "categories")
@@ -251,8 +252,4 @@ def augmented_training(
     ends, starts = training_windows(seq, train_end, cfg.model.max_len, tc.sliding_window)
     hook: Augment | None = augmenter if augmenter.active else None
     loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, tc.batch_size, tc.seed, augment=hook)
-    sampler = None
-    if cfg.loss.kind == "sampled":
-        counts = item_counts if item_counts is not None else np.ones(model.spec.n_items + 1)
-        sampler = NegativeSampler(counts, cfg.loss.sampler, seed=tc.seed)
-    return loader, training_objective(model, cfg, sampler)
+    return loader, training_objective(model, cfg, make_sampler(cfg, model.spec.n_items, item_counts))
