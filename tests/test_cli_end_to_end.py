@@ -71,6 +71,15 @@ def test_train_multi_task_from_the_cli(trained) -> None:
                             "--set", "split.test_start=0.9", *TINY])
     assert r.exit_code == 0, r.output
     assert (trained / "multi").exists()
+    # likely purchases vs likely views, plus the next-action and intent heads
+    user = ["--user", "1", "-k", "3"]
+    buy = runner.invoke(app, ["recommend", str(trained / "multi"), *user, "--behaviour", "buy"])
+    view = runner.invoke(app, ["recommend", str(trained / "multi"), *user, "--behaviour", "pv"])
+    assert buy.exit_code == 0 and view.exit_code == 0, buy.output + view.output
+    assert buy.output.splitlines()[:3] != view.output.splitlines()[:3]
+    assert "next action: " in buy.output and "purchase intent: P(buy within" in buy.output
+    r = runner.invoke(app, ["recommend", str(trained / "multi"), *user, "--behaviour", "teleport"])
+    assert r.exit_code != 0 and "unknown behaviour 'teleport'" in r.output
     r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(trained / "x2"), "--task", "multi",
                             "--target-behaviour", "no-such-behaviour", "--set", "split.kind=temporal",
                             "--set", "split.valid_start=0.8", "--set", "split.test_start=0.9", *TINY])

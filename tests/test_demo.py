@@ -9,7 +9,10 @@ def test_demo_end_to_end_with_a_tiny_budget(tmp_path) -> None:
     console = Console(record=True, width=140)
     run_demo(tmp_path / "demo", max_minutes=0.01, console=console)
     text = console.export_text()
-    assert "| sasrec |" in text and "| popularity |" in text and "| markov |" in text
+    for row in ("| sasrec |", "| popularity |", "| markov |", "| recent items |", "| majority class |"):
+        assert row in text, row
     assert text.count("recent history (oldest first)") == 3
-    for name in ("report.md", "metrics_at_k.png", "training_curve.png", "model/model.safetensors"):
+    assert text.count("top-5 likely 'buy'") == 3 and text.count("P(buy within 10 events) = ") == 3
+    for name in ("report.md", "confusion_sasrec.png", "reliability_sasrec.png", "training_curve.png",
+                 "model/model.safetensors"):
         assert (tmp_path / "demo" / name).exists(), name

@@ -103,8 +103,12 @@ def recommend(
     history: Annotated[str | None, typer.Option(help="comma-separated raw item ids, oldest first")] = None,
     k: Annotated[int, typer.Option("-k", help="how many items")] = 10,
     exclude_seen: Annotated[bool | None, typer.Option(help="drop items already in the history")] = None,
+    behaviour: Annotated[str | None, typer.Option(
+        help="rank for the next event of this type, e.g. the purchase type ('*' = any); multi-task runs only")] = None,
 ) -> None:
-    """Print the top-k next items (raw ids with scores) for a user or an ad-hoc history."""
+    """Print the top-k next items (raw ids with scores) for a user or an ad-hoc history.
+
+    Multi-behaviour runs also print the next-action probabilities and the purchase intent."""
     from shopformer.artifacts import ArtifactError
     from shopformer.recommender import History, Recommender
 
@@ -118,7 +122,10 @@ def recommend(
             h = History([s.strip() for s in (history or "").split(",") if s.strip()])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen)[0]
+            out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen, behaviour=behaviour)[0]
+            parts = rec.model.heads.parts if rec.model.heads is not None and not out.fallback else ()
+            action = rec.predict_next_action(h) if "action" in parts else None
+            intent = rec.purchase_intent(h) if "intent" in parts else None
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}")
     except (ArtifactError, KeyError, ValueError) as err:
@@ -128,6 +135,12 @@ def recommend(
         console.print("[yellow]no known item in the history: popularity fallback[/yellow]")
     for rank, (item, score) in enumerate(out.pairs(), 1):
         console.print(f"{rank:>3}  {item}  {score:.4f}")
+    if action is not None:
+        ranked = sorted(action.items(), key=lambda x: -x[1])
+        console.print("next action: " + ", ".join(f"{b} {p:.3f}" for b, p in ranked))
+    if intent is not None:
+        console.print(f"purchase intent: P({rec.target_behaviour} within {rec.cfg.task.intent_horizon} events) = "
+                      f"{intent:.3f}")
 
 
 def user_history(rec, user: str):

@@ -1,7 +1,9 @@
 """`make demo`: the whole pipeline on the bundled Taobao slice, in a few minutes on 2 cores.
 
-prepare -> train (early stopping on validation, time budget) -> test against popularity and
-Markov -> metrics table, three example users with their top-5, report files.
+prepare -> train one behaviour-aware encoder with its task heads (early stopping on the validation
+window, time budget) -> test every head beside the baselines on the last days -> tables, three
+example users (likely purchases, likely next items, next-action probabilities, purchase intent),
+report files.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from rich.table import Table
 from shopformer.config import load_config
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
-from shopformer.experiment import load_dataset, run_experiment
-from shopformer.recommender import History, Recommender
+from shopformer.experiment import Dataset, load_dataset
+from shopformer.multibehaviour import run_multibehaviour
+from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = ROOT / "data" / "demo" / "taobao_head300.csv"
@@ -31,33 +34,44 @@ def run_demo(out: Path, max_minutes: float, console: Console) -> None:
     s = prepared.stats
     console.print(f"{DEMO_DATA.name}: {s.get('users')} users, {s.get('items')} items, {s.get('events')} events, "
                   f"behaviours {s.get('behaviours')}; rejected rows: {s.get('rows_rejected', 0)}")
-    console.rule("2. train (early stopping on validation) and 3. evaluate on test")
+    console.rule("2. train (early stopping on the validation window) and 3. evaluate every head on the test window")
     cfg = load_config(DEMO_CONFIG).override(train={"max_minutes": max_minutes})
     ds = load_dataset(prepared.path)
-    res = run_experiment(ds, cfg, out)
+    res = run_multibehaviour(ds, cfg, out)
+    console.print(res.metrics["protocol"])
     console.print(res.table)
-    console.print(f"trained {res.fit.epochs} epochs (best {res.fit.best_epoch}, stopped by {res.fit.stopped_by}) "
-                  f"in {res.fit.train_seconds:.0f}s")
-    console.rule("4. example users: recent history -> top-5 next items")
-    show_examples(ds, Recommender.load(res.run_dir), console)
-    console.print(f"\nreport: {out / 'report.md'}  plot: {out / 'metrics_at_k.png'}  "
-                  f"curve: {out / 'training_curve.png'}  model: {res.run_dir}")
-    console.print(f"try: shopformer recommend {res.run_dir} --user {ds.vocabs.users.tokens[1]} -k 5")
+    fit = res.fits[cfg.model.name]
+    console.print(f"trained {fit.epochs} epochs (best {fit.best_epoch}, stopped by {fit.stopped_by}) "
+                  f"in {fit.train_seconds:.0f}s")
+    console.rule("4. example users: recent history -> what they will buy / look at next, next action, intent")
+    rec = Recommender.load(res.run_dir)
+    show_examples(ds, rec, console)
+    console.print(f"\nreport: {out / 'report.md'}  plots: {out}/*.png  curve: {out / 'training_curve.png'}  "
+                  f"model: {res.run_dir}")
+    console.print(f"try: shopformer recommend {res.run_dir} --user {ds.vocabs.users.tokens[1]} -k 5 "
+                  f"--behaviour {rec.target_behaviour}")
 
 
-def show_examples(ds, rec: Recommender, console: Console, n_users: int = 3, shown: int = 6) -> None:
+def show_examples(ds: Dataset, rec: Recommender, console: Console, n_users: int = 3, shown: int = 6) -> None:
     seq, v = ds.seq, ds.vocabs
+    target = rec.target_behaviour
     for row in range(min(n_users, seq.n_users)):
         a, b = seq.offsets[row], seq.offsets[row + 1]
         items = v.items.decode(seq.items[a:b])
         behs = v.behaviours.decode(seq.behaviours[a:b])
-        times = seq.times[a:b].tolist() if seq.has_time else None
-        top = rec.recommend_many([History(items, behs, times)], k=5)[0]
+        history = History(items, behs, seq.times[a:b].tolist() if seq.has_time else None)
+        buys = rec.recommend_many([history], k=5, behaviour=target)[0]
+        looks = rec.recommend_many([history], k=5, behaviour=ANY_BEHAVIOUR)[0]
+        action = rec.predict_next_action(history)
+        intent = rec.purchase_intent(history)
         table = Table(title=f"user {v.users.tokens[seq.users[row]]} ({b - a} events)", show_lines=False)
         table.add_column("recent history (oldest first)")
-        table.add_column("top-5 next")
+        table.add_column(f"top-5 likely '{target}'")
+        table.add_column("top-5 next item, any behaviour")
         recent = [f"{i} ({e})" for i, e in zip(items[-shown:], behs[-shown:], strict=True)]
-        recs = [f"{i}  {sc:.2f}" for i, sc in top.pairs()]
-        for r in range(max(len(recent), len(recs))):
-            table.add_row(recent[r] if r < len(recent) else "", recs[r] if r < len(recs) else "")
+        cols = [recent, [f"{i}  {sc:.2f}" for i, sc in buys.pairs()], [f"{i}  {sc:.2f}" for i, sc in looks.pairs()]]
+        for r in range(max(map(len, cols))):
+            table.add_row(*(c[r] if r < len(c) else "" for c in cols))
         console.print(table)
+        ranked = ", ".join(f"{k} {p:.2f}" for k, p in sorted(action.items(), key=lambda kv: -kv[1]))
+        console.print(f"next action: {ranked}; P({target} within {rec.cfg.task.intent_horizon} events) = {intent:.2f}")
