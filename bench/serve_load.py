@@ -100,7 +100,9 @@ class Load:
     """Shared replay state: the stream cursor and recently active users/items."""
 
     def __init__(self, rows: list, known_items: list[str], seed: int = 0) -> None:
-        self.rows, self.cursor = rows, 0
+        self.rows, self.cursor, self.passes = rows, 0, 0
+        # later passes over the stream are new events: fresh event_ids, times shifted past the stream
+        self.span = (max(r[4] for r in rows) - min(r[4] for r in rows) + 1) if rows else 0
         self.recent_users: deque[str] = deque(maxlen=5000)
         self.recent_items: deque[str] = deque(maxlen=5000)
         self.known_items = known_items
@@ -108,13 +110,13 @@ class Load:
 
     def next_events(self, n: int = 20) -> list[dict]:
         if self.cursor >= len(self.rows):
-            self.cursor = 0  # wrap: event_ids repeat, so the replay becomes idempotent retries
+            self.cursor, self.passes = 0, self.passes + 1
         chunk = self.rows[self.cursor : self.cursor + n]
         start, self.cursor = self.cursor, self.cursor + len(chunk)
-        out = []
+        shift, out = self.passes * self.span, []
         for j, (u, i, c, b, t) in enumerate(chunk):
-            out.append({"user_id": u, "item_id": i, "category_id": c, "event_type": b, "timestamp": t,
-                        "event_id": f"row-{start + j}"})
+            out.append({"user_id": u, "item_id": i, "category_id": c, "event_type": b, "timestamp": t + shift,
+                        "event_id": f"row-{self.passes}-{start + j}"})
             self.recent_users.append(u)
             self.recent_items.append(i)
         return out

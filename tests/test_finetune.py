@@ -44,6 +44,8 @@ def test_lora_on_a_model_without_attention_is_rejected_before_training() -> None
     with pytest.raises(ValueError, match="no attention layers.*sasrec"):
         check_finetune(cfg, "lora")
     check_finetune(cfg, "frozen")  # fine
+    with pytest.raises(ValueError, match="lora_rank=4.*no attention layers.*sasrec"):
+        build_model(cfg.override(model={"lora_rank": 4}).model, SPEC)
     with pytest.raises(ValueError, match="unknown fine-tuning mode"):
         check_finetune(cfg, "partial")
     seq = cycle_sequences(8)

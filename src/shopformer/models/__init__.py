@@ -33,6 +33,10 @@ def build_model(
     except KeyError:
         raise ValueError(f"unknown model {cfg.name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
     check_task(cfg, task)
+    if cfg.lora_rank and not cls.has_attention:
+        with_attention = ", ".join(sorted(n for n, c in REGISTRY.items() if c.has_attention))
+        raise ValueError(f"model.lora_rank={cfg.lora_rank}: LoRA adapts attention projections and {cfg.name!r} has "
+                         f"no attention layers; use model.lora_rank=0 or one of: {with_attention}")
     model = cls(cfg, spec)
     if task is not None and task.kind != "next-item":
         model.heads = MultiTaskHeads(task, cfg, spec)
