@@ -19,12 +19,14 @@ import torch
 from common import ROOT, SHARED, machine, matmul_gflops, peak_rss_mb, skip_if_missing
 from torch.utils.flop_counter import FlopCounterMode
 
+from shopformer.baselines import item_counts
 from shopformer.config import apply_overrides, load_config
 from shopformer.data.dataset import EventArrays, TrainLoader, training_windows
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.experiment import Dataset, load_dataset, make_split, run_experiment
 from shopformer.models import build_model
+from shopformer.train import make_sampler
 
 
 def train_step_flops(ds: Dataset, cfg, n_batches: int = 20) -> float:
@@ -34,12 +36,13 @@ def train_step_flops(ds: Dataset, cfg, n_batches: int = 20) -> float:
     ends, starts = training_windows(ds.seq, split.train_end, cfg.model.max_len, cfg.train.sliding_window)
     loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, cfg.train.batch_size, seed=0)
     model = build_model(cfg.model, ds.spec)
+    sampler = make_sampler(cfg, ds.spec.n_items, item_counts(ds.seq, split.train_end, ds.spec.n_items))
     flops, targets = 0, 0
     for i, batch in enumerate(loader):
         if i == n_batches:
             break
         with FlopCounterMode(display=False) as counter:
-            model.loss(batch, cfg.loss).total.backward()
+            model.loss(batch, cfg.loss, sampler).total.backward()
         flops += counter.get_total_flops()
         targets += int((batch.targets != 0).sum())
     return flops / max(targets, 1)

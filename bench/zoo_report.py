@@ -33,8 +33,11 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def label(row: dict) -> str:
-    """Configuration name, plus its non-default augmentation settings."""
-    extra = ", ".join(f"{k}={v}" for k, v in (row.get("augment") or {}).items())
+    """Configuration name, plus its non-default augmentation settings and loss overrides."""
+    words = row.get("command", "").split()
+    loss = [w.removeprefix("loss.") for w, prev in zip(words[1:], words, strict=False)
+            if prev == "--set" and w.startswith("loss.")]
+    extra = ", ".join([*(f"{k}={v}" for k, v in (row.get("augment") or {}).items()), *loss])
     return f"{row['config']} ({extra})" if extra else row["config"]
 
 
@@ -99,10 +102,11 @@ def best_section(rows: list[dict], beauty: Path) -> list[str]:
     if not rows:
         return [*out, "Not run yet: `bench/zoo.py --only sasrec+text ...` with configs/beauty.toml's schedule.", ""]
     body = []
-    if beauty.exists():  # plain SASRec on the same schedule, from bench/beauty.py
-        b = json.loads(beauty.read_text())["result"]
-        body.append(["sasrec (bench/beauty.py)", *(fmt(b[c]) for c in COLS), fmt(b["valid_ndcg@10"]),
-                     f"{b['best_epoch']}/{b['epochs']} ep, {b['train_seconds'] / 60:.1f} min"])
+    for path in sorted(beauty.parent.glob(beauty.stem + "*.json")):  # plain SASRec from bench/beauty.py
+        b = json.loads(path.read_text())["result"]
+        loss = ", ".join(o.removeprefix("loss.") for o in b["overrides"] if o.startswith("loss."))
+        body.append([f"sasrec{f' ({loss})' if loss else ''} — {path.name}", *(fmt(b[c]) for c in COLS),
+                     fmt(b["valid_ndcg@10"]), f"{b['best_epoch']}/{b['epochs']} ep, {b['train_seconds'] / 60:.1f} min"])
     for r in rows:
         t = r["test"]
         body.append([label(r), *(fmt(t[c]) for c in COLS), fmt(r["valid"]["ndcg@10"]),
