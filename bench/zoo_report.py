@@ -76,7 +76,8 @@ def zoo_section(rows: list[dict], provenance: Path) -> list[str]:
     quick = any(r.get("quick") for r in rows)
     out += [
         "Leave-one-out, full ranking over all items, items already in the history removed, model selected on",
-        "validation NDCG@10, test used once; same base hyper-parameters and seed for every configuration.",
+        "validation NDCG@10, test used once; same base hyper-parameters, schedule, budget and seed for every",
+        "configuration (the command below).",
         *(["", "**Quick smoke run (tiny models, few epochs, a data slice): not comparable with the papers.**"]
           if quick else []),
         "",
