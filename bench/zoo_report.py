@@ -32,12 +32,16 @@ def read_lines(path: Path) -> list[dict]:
     return list(rows.values())
 
 
+def loss_overrides(overrides: list[str]) -> list[str]:
+    """The ``loss.*`` entries of ``--set`` overrides, without the section: ["kind=sampled", ...]."""
+    return [o.removeprefix("loss.") for o in overrides if o.startswith("loss.")]
+
+
 def label(row: dict) -> str:
     """Configuration name, plus its non-default augmentation settings and loss overrides."""
     words = row.get("command", "").split()
-    loss = [w.removeprefix("loss.") for w, prev in zip(words[1:], words, strict=False)
-            if prev == "--set" and w.startswith("loss.")]
-    extra = ", ".join([*(f"{k}={v}" for k, v in (row.get("augment") or {}).items()), *loss])
+    sets = [w for w, prev in zip(words[1:], words, strict=False) if prev == "--set"]
+    extra = ", ".join([*(f"{k}={v}" for k, v in (row.get("augment") or {}).items()), *loss_overrides(sets)])
     return f"{row['config']} ({extra})" if extra else row["config"]
 
 
@@ -105,7 +109,7 @@ def best_section(rows: list[dict], beauty: Path) -> list[str]:
     body = []
     for path in sorted(beauty.parent.glob(beauty.stem + "*.json")):  # plain SASRec from bench/beauty.py
         b = json.loads(path.read_text())["result"]
-        loss = ", ".join(o.removeprefix("loss.") for o in b["overrides"] if o.startswith("loss."))
+        loss = ", ".join(loss_overrides(b["overrides"]))
         body.append([f"sasrec{f' ({loss})' if loss else ''} — {path.name}", *(fmt(b[c]) for c in COLS),
                      fmt(b["valid_ndcg@10"]), f"{b['best_epoch']}/{b['epochs']} ep, {b['train_seconds'] / 60:.1f} min"])
     for r in rows:

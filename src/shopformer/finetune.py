@@ -40,7 +40,7 @@ from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
 from shopformer.evaluate import evaluate, model_scorer
-from shopformer.models import REGISTRY
+from shopformer.models import attention_models, model_class
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.lora import apply_lora, count_parameters, mark_only_lora_trainable, merge_lora
 from shopformer.train import FitResult, fit, make_sampler
@@ -57,14 +57,11 @@ def check_finetune(cfg: Config, mode: str, target_behaviour: int | None = None) 
     """Reject incompatible options by name, before anything is built or trained."""
     if mode not in MODES:
         raise ValueError(f"unknown fine-tuning mode {mode!r}; use one of {', '.join(MODES)}")
-    cls = REGISTRY.get(cfg.model.name)
-    if cls is None:
-        raise ValueError(f"unknown model {cfg.model.name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    cls = model_class(cfg.model.name)
     if mode == "lora" and not cls.has_attention:
-        with_attention = ", ".join(sorted(n for n, c in REGISTRY.items() if c.has_attention))
         raise ValueError(
             f"mode='lora' adapts attention projections; {cfg.model.name!r} has no attention layers "
-            f"(use mode='full' or 'frozen', or one of: {with_attention})"
+            f"(use mode='full' or 'frozen', or one of: {attention_models()})"
         )
     if target_behaviour is not None and cfg.augment.mask:
         raise ValueError("augment.mask cannot be combined with a target_behaviour (masked targets lose their type)")

@@ -28,21 +28,30 @@ def build_model(
     ``target_behaviour`` (dense id) is the behaviour the target/intent heads are about; when a
     saved run is loaded it comes back with the weights (a buffer), so it may be left None there.
     """
-    try:
-        cls = REGISTRY[cfg.name]
-    except KeyError:
-        raise ValueError(f"unknown model {cfg.name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+    cls = model_class(cfg.name)
     check_task(cfg, task)
     if cfg.lora_rank and not cls.has_attention:
-        with_attention = ", ".join(sorted(n for n, c in REGISTRY.items() if c.has_attention))
         raise ValueError(f"model.lora_rank={cfg.lora_rank}: LoRA adapts attention projections and {cfg.name!r} has "
-                         f"no attention layers; use model.lora_rank=0 or one of: {with_attention}")
+                         f"no attention layers; use model.lora_rank=0 or one of: {attention_models()}")
     model = cls(cfg, spec)
     if task is not None and task.kind != "next-item":
         model.heads = MultiTaskHeads(task, cfg, spec)
         if target_behaviour is not None:
             model.heads.set_target(target_behaviour)
     return model
+
+
+def model_class(name: str) -> type[SequenceModel]:
+    """The registered class of ``name``; an unknown name is an error listing the registered ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+def attention_models() -> str:
+    """Comma-separated names of the registered models with attention layers (what LoRA can adapt)."""
+    return ", ".join(sorted(n for n, c in REGISTRY.items() if c.has_attention))
 
 
 def check_task(cfg: ModelConfig, task: TaskConfig | None) -> None:
