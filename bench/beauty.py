@@ -1,6 +1,7 @@
 """Amazon Beauty benchmark: LOO, full ranking over all 12,101 items, seen items removed.
 
     python bench/beauty.py [--config configs/beauty.toml] [--set section.key=value ...]
+    python bench/beauty.py --set train.refit=true    # + re-train on train + validation for the chosen epochs
 
 Prints one JSON line: test HR/NDCG@5/10/20, MRR, coverage, epochs, train seconds, tokens/s,
 achieved GFLOP/s of the training step (matmul FLOPs counted by torch's FlopCounterMode) and
@@ -87,6 +88,8 @@ def main() -> None:
         "best_epoch": fit.best_epoch,
         "stopped_by": fit.stopped_by,
         "train_seconds": round(fit.train_seconds, 1),
+        **({"refit_epochs": res.refit.epochs, "refit_train_seconds": round(res.refit.train_seconds, 1),
+            "total_train_minutes": round((fit.train_seconds + res.refit.train_seconds) / 60, 1)} if res.refit else {}),
         "seconds_per_epoch": round(fit.train_seconds / max(fit.epochs, 1), 2),
         "train_tokens_per_second": round(fit.tokens_per_second),
         "train_gflops_per_second": round(achieved, 2),

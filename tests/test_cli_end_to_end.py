@@ -40,6 +40,22 @@ def test_evaluate_reproduces_the_saved_test_metrics(trained) -> None:
     assert f"{saved['hr@10']:.4f}" in r.output
 
 
+def test_refit_trains_again_on_validation_events_for_the_chosen_epochs(trained) -> None:
+    out = trained / "refit"
+    r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(out), *TINY, "--set", "train.refit=true"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["refit"]["epochs"] == metrics["fit"]["best_epoch"] and metrics["refit"]["stopped_by"] == "stop_after"
+    assert "train.refit" in metrics["protocol"]
+    assert (out / "refit" / "train_log.csv").exists()
+    plain = json.loads((trained / "run" / "metrics.json").read_text())
+    assert metrics["valid"] == plain["valid"], "the selection run is the same model as without refit"
+    # the baselines learn from the validation events too: Markov's test numbers change
+    assert metrics["test"]["markov"] != plain["test"]["markov"]
+    r = runner.invoke(app, ["evaluate", str(out)])
+    assert r.exit_code == 0 and f"{metrics['test']['sasrec']['hr@10']:.4f}" in r.output, r.output
+
+
 def test_recommend_for_user_and_history(trained) -> None:
     r = runner.invoke(app, ["recommend", str(trained / "run"), "--user", "1", "-k", "3"])
     assert r.exit_code == 0, r.output

@@ -49,6 +49,12 @@ def test_heads_must_divide_dim() -> None:
         config_from_dict({"model": {"dim": 10, "heads": 3}})
 
 
+def test_refit_is_rejected_for_multi_task_runs() -> None:
+    assert config_from_dict({"train": {"refit": True}}).train.refit
+    with pytest.raises(ConfigError, match="train.refit is supported for task.kind='next-item' only"):
+        config_from_dict({"train": {"refit": True}, "task": {"kind": "multi"}})
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")

@@ -15,6 +15,26 @@ def test_full_ce_matches_hand_computation_and_ignores_padding_class() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_excluded_items_leave_the_softmax_and_cannot_be_targets() -> None:
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 3.0]])  # item 3: cold, scores high
+    h = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([1, 2])
+    excluded = torch.tensor([False, False, False, True])
+    loss = full_cross_entropy(h, t, emb, excluded=excluded)
+    # softmax over items 1 and 2 only: row 0 scores (2, 0), row 1 scores (0, 1)
+    row0 = -math.log(math.exp(2) / (math.exp(2) + 1))
+    row1 = -math.log(math.exp(1) / (1 + math.exp(1)))
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # with smoothing, the excluded column gets no mass either: 0.9 on the target, 0.1 on item 2
+    smooth = full_cross_entropy(h[:1], t[:1], emb, label_smoothing=0.2, excluded=excluded)
+    expected = -(0.9 * math.log(math.exp(2) / (math.exp(2) + 1)) + 0.1 * math.log(1 / (math.exp(2) + 1)))
+    assert smooth.item() == pytest.approx(expected, rel=1e-5)
+    sampled = sampled_softmax(h[:1], t[:1], emb, torch.tensor([2, 3]), excluded=excluded)
+    assert sampled.item() == pytest.approx(row0, rel=1e-5)
+    with pytest.raises(ValueError, match=r"target items \[3\] are excluded"):
+        full_cross_entropy(h, torch.tensor([1, 3]), emb, excluded=excluded)
+
+
 def test_sampled_softmax_masks_accidental_hits_and_applies_logq() -> None:
     emb = torch.eye(4)
     h = torch.tensor([[1.0, 2.0, 0.0, 0.0]])

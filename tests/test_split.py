@@ -21,6 +21,17 @@ def test_leave_one_out_targets_and_train_prefix() -> None:
     assert seq.items[sp.test.pos].tolist() == [4, 7]
 
 
+def test_refit_end_adds_validation_events_and_never_a_test_target() -> None:
+    seq = make_seq([[1, 2, 3, 4], [5, 6, 7], [8, 9]])
+    sp = leave_one_out(seq)
+    assert sp.refit_end.tolist() == [3, 6, 8]  # up to and including each validation target
+    assert sp.training_end(refit=False) is sp.train_end and sp.training_end(refit=True) is sp.refit_end
+    tp = temporal_split(make_seq([[1, 2, 3, 4, 5], [6, 7]], times=[[10, 20, 30, 40, 50], [35, 45]]), t1=30, t2=45)
+    assert tp.refit_end.tolist() == [4, 6]  # the whole validation window [30, 45), nothing from the test window
+    for s in (sp, tp):
+        assert np.all(s.refit_end >= s.train_end) and np.all(s.refit_end[s.test.rows] <= s.test.pos)
+
+
 def test_leave_one_out_excludes_users_without_history_for_validation() -> None:
     seq = make_seq([[1, 2, 3], [4, 5]])
     sp = leave_one_out(seq)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shopformer.config import ModelConfig
+from shopformer.config import LossConfig, ModelConfig
 from shopformer.data.dataset import Batch
 from shopformer.data.vocab import Vocab
 from shopformer.models import build_model
@@ -88,6 +88,28 @@ def test_fusion_fold_and_round_trip(name: str) -> None:
     fresh.load_state_dict(model.state_dict())  # a folded model is a plain model
     fresh.eval()
     assert torch.allclose(fresh.score_all(b), scores, atol=1e-5)
+
+
+def test_cold_items_leave_the_training_softmax_and_id_dropout_trains_titles_alone() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=16, heads=2, layers=1, max_len=4), SPEC)
+    assert model.cold_items() is None, "without text every item takes part"
+    has_id = np.array([False, True, True, True, False, False, True])  # items 4, 5: no training event
+    add_text(model, toy_text(), has_id, id_dropout=0.5)
+    assert model.cold_items().tolist() == (~has_id).tolist()
+    b = Batch(torch.tensor([[0, 1, 2, 3]]), torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long),
+              torch.zeros(1, 4, dtype=torch.long), targets=torch.tensor([[0, 2, 3, 6]]))
+    model.train()
+    model.loss(b, LossConfig()).total.backward()
+    fused = model.item_emb
+    assert fused.id_weight.grad[[4, 5]].abs().sum() == 0, "cold items get no gradient as negatives"
+    rows = torch.stack([fused.weight.detach() for _ in range(20)])  # (20, V, D) training-mode draws
+    varies = (rows - rows[0]).abs().sum(-1).amax(0) > 0  # (V,) rows whose id part was dropped sometimes
+    assert varies[[1, 2, 3, 6]].all() and not varies[[0, 4, 5, 7]].any(), "only warm ids are dropped"
+    model.eval()
+    assert torch.equal(fused.weight, fused.weight), "no dropout at inference"
+    with pytest.raises(ValueError, match="id_dropout"):
+        add_text(build_model(ModelConfig(dim=16, heads=2, max_len=4), SPEC), toy_text(), id_dropout=1.0)
 
 
 def test_bad_shapes_are_rejected() -> None:

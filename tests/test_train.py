@@ -80,3 +80,14 @@ def test_time_budget_stops_training() -> None:
     res = fit(build_model(cfg.model, DataSpec(60, 2, has_time=True)), cfg, seq, sp.train_end, sp.valid,
               progress=False)
     assert res.stopped_by == "time_budget" and res.epochs == 1  # 0.6 ms budget: one epoch
+
+
+def test_fit_without_validation_stops_after_the_given_epochs_and_keeps_the_last_weights() -> None:
+    seq = cyclic_sequences(n_users=50)
+    sp = leave_one_out(seq)
+    cfg = apply_overrides(Config(), ["model.dim=16", "train.epochs=10"])
+    model = build_model(cfg.model, DataSpec(60, 2, has_time=True))
+    res = fit(model, cfg, seq, sp.refit_end, None, progress=False, stop_after=3)
+    assert res.epochs == 3 and res.best_epoch == 3 and res.stopped_by == "stop_after"
+    assert not any(k.startswith("valid_") for row in res.history for k in row)
+    assert res.history[-1]["lr"] == pytest.approx(cfg.train.learning_rate)  # constant schedule, 10-epoch span

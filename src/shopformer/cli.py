@@ -110,7 +110,7 @@ def recommend(
 
     Multi-behaviour runs also print the next-action probabilities and the purchase intent."""
     from shopformer.artifacts import ArtifactError
-    from shopformer.recommender import History, Recommender
+    from shopformer.recommender import History, Recommender, describe_actions
 
     if (user is None) == (history is None):
         _fail("give exactly one of --user or --history")
@@ -123,7 +123,7 @@ def recommend(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen, behaviour=behaviour)[0]
-            parts = rec.model.heads.parts if rec.model.heads is not None and not out.fallback else ()
+            parts = () if out.fallback else rec.head_parts
             action = rec.predict_next_action(h) if "action" in parts else None
             intent = rec.purchase_intent(h) if "intent" in parts else None
         for w in caught:
@@ -136,8 +136,7 @@ def recommend(
     for rank, (item, score) in enumerate(out.pairs(), 1):
         console.print(f"{rank:>3}  {item}  {score:.4f}")
     if action is not None:
-        ranked = sorted(action.items(), key=lambda x: -x[1])
-        console.print("next action: " + ", ".join(f"{b} {p:.3f}" for b, p in ranked))
+        console.print(f"next action: {describe_actions(action)}")
     if intent is not None:
         console.print(f"purchase intent: P({rec.target_behaviour} within {rec.cfg.task.intent_horizon} events) = "
                       f"{intent:.3f}")

@@ -97,6 +97,9 @@ class TrainConfig(_Section):
     seed: int = 42
     threads: int | None = Field(None, ge=1)
     sliding_window: bool = True
+    # After early stopping picks the best epoch on validation, train a fresh model (same seed
+    # and schedule) on training + validation events for that many epochs and test that one.
+    refit: bool = False
 
 
 class EvalConfig(_Section):
@@ -122,6 +125,14 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _refit_needs_next_item(self) -> Config:
+        # Multi-task runs also fit the heads' calibration and catalogue weight on validation,
+        # which a refit on validation events would leak into.
+        if self.train.refit and self.task.kind != "next-item":
+            raise ValueError(f"train.refit is supported for task.kind='next-item' only, not {self.task.kind!r}")
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -18,7 +18,7 @@ from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.experiment import Dataset, load_dataset
 from shopformer.multibehaviour import run_multibehaviour
-from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender
+from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender, describe_actions
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = ROOT / "data" / "demo" / "taobao_head300.csv"
@@ -73,5 +73,5 @@ def show_examples(ds: Dataset, rec: Recommender, console: Console, n_users: int 
         for r in range(max(map(len, cols))):
             table.add_row(*(c[r] if r < len(c) else "" for c in cols))
         console.print(table)
-        ranked = ", ".join(f"{k} {p:.2f}" for k, p in sorted(action.items(), key=lambda kv: -kv[1]))
-        console.print(f"next action: {ranked}; P({target} within {rec.cfg.task.intent_horizon} events) = {intent:.2f}")
+        horizon = rec.cfg.task.intent_horizon
+        console.print(f"next action: {describe_actions(action, 2)}; P({target} within {horizon} events) = {intent:.2f}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from shopformer.config import Config
 from shopformer.data.augment import augmented_training
 from shopformer.data.dataset import EventArrays
 from shopformer.data.sequences import Sequences
-from shopformer.data.split import Split, leave_one_out, resolve_boundary, temporal_split
+from shopformer.data.split import EvalExamples, Split, leave_one_out, resolve_boundary, temporal_split
 from shopformer.data.vocab import Vocabs
 from shopformer.evaluate import evaluate, model_scorer
 from shopformer.models import build_model
@@ -89,10 +90,12 @@ def make_split(ds: Dataset, cfg: Config, target_behaviour: int | None = None) ->
 def protocol_text(cfg: Config, split: Split, n_items: int) -> str:
     seen = "removed from the ranking" if cfg.eval.exclude_seen else "kept in the ranking"
     kind = "leave-one-out" if cfg.split.kind == "loo" else "global temporal"
+    refit = ("The number of epochs chosen on validation was then trained again from scratch on training + "
+             "validation events (train.refit), for the model and both baselines. ") if cfg.train.refit else ""
     return (
         f"Protocol: {kind} split; full ranking over all {n_items:,} items (no sampled negatives); "
         f"items already in the user's history are {seen}; ties count against the system; "
-        f"model selected on validation ({cfg.train.monitor}), test used once. "
+        f"model selected on validation ({cfg.train.monitor}), test used once. {refit}"
         f"Test examples: {len(split.test):,} (excluded: {split.excluded}). 95% CIs by bootstrap over users."
     )
 
@@ -105,24 +108,93 @@ class ExperimentResult:
     valid: dict[str, float]
     table: str
     extra: dict = field(default_factory=dict)
+    refit: FitResult | None = None
 
 
 def evaluate_systems(
     model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None
 ) -> dict[str, dict]:
-    """Test metrics of the model and both baselines on the same examples."""
+    """Test metrics of the model and both baselines on the same examples (and training events)."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     n_items = ds.spec.n_items
-    counts = item_counts(ds.seq, split.train_end, n_items)
+    train_end = split.training_end(cfg.train.refit)  # baselines see the same events as the model
     systems = {
         cfg.model.name: model_scorer(model),
-        "popularity": Popularity(counts),
-        "markov": Markov(ds.seq, split.train_end, n_items),
+        "popularity": Popularity(item_counts(ds.seq, train_end, n_items)),
+        "markov": Markov(ds.seq, train_end, n_items),
     }
     return {
         name: evaluate(fn, ds.seq, arrays, split.test, n_items, cfg.model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
     }
+
+
+# prepare_model(model, ctx) -> (model, extra): changes a freshly built model before training
+# (e.g. fuses item text); ctx holds ds, split, arrays, cfg, train_end and the item counts.
+Prepare = Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]
+
+
+@dataclass
+class Trained:
+    model: SequenceModel  # the model to test: the refit one with train.refit
+    fit: FitResult  # the run that chose the number of epochs on validation
+    counts: np.ndarray  # item counts of the events the returned model trained on
+    valid: dict[str, float]  # validation metrics of the selected model (before any refit)
+    extra: dict = field(default_factory=dict)
+    refit: FitResult | None = None
+    wall_seconds: float = 0.0
+
+
+def train_model(
+    ds: Dataset,
+    cfg: Config,
+    split: Split,
+    arrays: EventArrays,
+    prepare_model: Prepare | None = None,
+    log_dir: Path | None = None,
+    progress: bool = False,
+) -> Trained:
+    """Build, prepare, fit with early stopping on validation (augmentation from cfg.augment).
+
+    With ``train.refit`` a fresh model (same seed, same schedule) then trains on training +
+    validation events for the selected number of epochs; that is the model returned. The test
+    split is never read here.
+    """
+    t0 = time.perf_counter()
+    model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
+                                               prepare_model, log_dir, progress)
+    valid = evaluate(model_scorer(model), ds.seq, arrays, split.valid, ds.spec.n_items, cfg.model.max_len,
+                     cfg.eval, bootstrap=False).metrics
+    refit = None
+    if cfg.train.refit:
+        model, refit, counts, extra = _train_once(
+            ds, cfg, split, arrays, split.training_end(refit=True), None, max(result.best_epoch, 1), prepare_model,
+            log_dir / "refit" if log_dir else None, progress)
+    return Trained(model, result, counts, valid, extra, refit, time.perf_counter() - t0)
+
+
+def _train_once(
+    ds: Dataset, cfg: Config, split: Split, arrays: EventArrays, train_end: np.ndarray,
+    valid: EvalExamples | None, stop_after: int | None, prepare_model: Prepare | None,
+    log_dir: Path | None, progress: bool,
+) -> tuple[SequenceModel, FitResult, np.ndarray, dict]:
+    counts = item_counts(ds.seq, train_end, ds.spec.n_items)
+    set_seed(cfg.train.seed)  # initial weights follow train.seed too
+    model = build_model(cfg.model, ds.spec)
+    extra: dict = {}
+    if prepare_model is not None:
+        ctx = {"ds": ds, "split": split, "arrays": arrays, "cfg": cfg, "train_end": train_end, "counts": counts}
+        model, extra = prepare_model(model, ctx)
+    # augmentation (crop/mask/reorder/substitute/prefix, optional contrastive loss) from cfg.augment
+    loader, objective = augmented_training(model, cfg, ds.seq, train_end, arrays, counts, ds.item_category())
+    result = fit(model, cfg, ds.seq, train_end, valid, arrays, counts, log_dir=log_dir, progress=progress,
+                 loader=loader, objective=objective, stop_after=stop_after)
+    return model, result, counts, extra
+
+
+def fit_summary(res: FitResult) -> dict:
+    return {"best_epoch": res.best_epoch, "epochs": res.epochs, "stopped_by": res.stopped_by,
+            "train_seconds": res.train_seconds, "tokens_per_second": res.tokens_per_second}
 
 
 def run_experiment(
@@ -134,34 +206,25 @@ def run_experiment(
     if len(split.valid) == 0 or len(split.test) == 0:
         raise ValueError(f"split leaves no validation or test examples (excluded: {split.excluded})")
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
-    counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
-    set_seed(cfg.train.seed)  # initial weights follow train.seed too
-    model = build_model(cfg.model, ds.spec)
-    # augmentation (crop/mask/reorder/substitute/prefix, optional contrastive loss) from cfg.augment
-    loader, objective = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
-    t0 = time.perf_counter()
-    result = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=out, progress=progress,
-                 loader=loader, objective=objective)
-    wall = time.perf_counter() - t0
-    valid = evaluate(model_scorer(model), ds.seq, arrays, split.valid, ds.spec.n_items, cfg.model.max_len,
-                     cfg.eval, bootstrap=False).metrics
+    trained = train_model(ds, cfg, split, arrays, log_dir=out, progress=progress)
+    model = trained.model
     test = evaluate_systems(model, ds, split, cfg, arrays)
     protocol = protocol_text(cfg, split, ds.spec.n_items)
     table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol)
     metrics = {
         "protocol": protocol,
-        "valid": valid,
+        "valid": trained.valid,
         "test": test,
-        "fit": {"best_epoch": result.best_epoch, "epochs": result.epochs, "stopped_by": result.stopped_by,
-                "train_seconds": result.train_seconds, "wall_seconds": wall,
-                "tokens_per_second": result.tokens_per_second},
+        "fit": {**fit_summary(trained.fit), "wall_seconds": trained.wall_seconds},
     }
+    if trained.refit is not None:
+        metrics["refit"] = fit_summary(trained.refit)
     run_dir = save_run(
-        out / "model", model, cfg, ds.vocabs, counts, ds.item_category(), metrics,
+        out / "model", model, cfg, ds.vocabs, trained.counts, ds.item_category(), metrics,
         data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()),
     )
     write_metrics(out, metrics)
-    return ExperimentResult(run_dir, result, test, valid, table)
+    return ExperimentResult(run_dir, trained.fit, test, trained.valid, table, refit=trained.refit)
 
 
 def config_hash(cfg: Config) -> str:

@@ -10,20 +10,34 @@ from shopformer.data.schema import PAD
 
 
 def full_cross_entropy(
-    hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, label_smoothing: float = 0.0
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    item_emb: torch.Tensor,
+    label_smoothing: float = 0.0,
+    excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue.
 
     hidden: (M, D) states at real positions only; targets: (M,) item ids >= 1;
-    item_emb: (V, D) with row 0 = padding, which is never a valid class.
+    item_emb: (V, D) with row 0 = padding, which is never a valid class;
+    excluded: optional (V,) bool, classes left out of the softmax (items without training
+    events, so never a target: one that is raises).
     """
     logits = hidden @ item_emb.T  # (M, V)
-    logits[:, PAD] = float("-inf")
-    if label_smoothing:
-        # smoothing must not put mass on the padding class (log 0 = -inf)
-        logits = logits[:, 1:]
-        return F.cross_entropy(logits, targets - 1, label_smoothing=label_smoothing)
-    return F.cross_entropy(logits, targets)
+    keep = torch.ones(item_emb.shape[0], dtype=torch.bool, device=logits.device)
+    if excluded is not None:
+        keep &= ~excluded.to(logits.device)
+        if not bool(keep[targets].all()):
+            bad = targets[~keep[targets]].unique().tolist()[:5]
+            raise ValueError(f"target items {bad} are excluded from the softmax")
+    keep[PAD] = False
+    if not label_smoothing:
+        logits[:, ~keep] = float("-inf")  # in place, only the few dropped columns are written
+        return F.cross_entropy(logits, targets)
+    # Smoothing must not put mass on a class that cannot be predicted (log 0 = -inf): keep only
+    # the allowed columns.
+    column = keep.long().cumsum(0) - 1  # item id -> column of the kept logits
+    return F.cross_entropy(logits[:, keep], column[targets], label_smoothing=label_smoothing)
 
 
 class NegativeSampler:
@@ -59,10 +73,12 @@ def sampled_softmax(
     item_emb: torch.Tensor,
     negatives: torch.Tensor,
     log_q: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the target and N shared negatives, with optional logQ correction.
 
-    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) or None.
+    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) or None;
+    excluded: optional (V,) bool, items never used as negatives.
     A negative equal to the row's own target is masked (an "accidental hit").
     """
     pos = (hidden * item_emb[targets]).sum(-1, keepdim=True)  # (M, 1)
@@ -71,6 +87,9 @@ def sampled_softmax(
         log_q = log_q.to(hidden.device)
         pos = pos - log_q[targets].unsqueeze(-1)
         neg = neg - log_q[negatives].unsqueeze(0)
-    neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(-1), float("-inf"))
+    hit = negatives.unsqueeze(0) == targets.unsqueeze(-1)  # (M, N)
+    if excluded is not None:
+        hit = hit | excluded.to(hidden.device)[negatives].unsqueeze(0)
+    neg = neg.masked_fill(hit, float("-inf"))
     logits = torch.cat([pos, neg], dim=-1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))

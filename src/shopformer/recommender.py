@@ -312,6 +312,11 @@ class Recommender:
         return self.vocabs.behaviours.index[name]
 
     @property
+    def head_parts(self) -> tuple[str, ...]:
+        """The task heads of this run ('item', 'target', 'action', 'intent'); () for a next-item run."""
+        return () if self.model.heads is None else tuple(self.model.heads.parts)
+
+    @property
     def target_behaviour(self) -> str | None:
         """The behaviour the intent / next-purchase heads are about (None without heads)."""
         if self.model.heads is None:
@@ -342,3 +347,8 @@ class Recommender:
             if heads is None:
                 raise ValueError("this model has no task heads (trained with task.kind='next-item')")
             return float(heads.calibrated(self.model.intent_logit(batch))[0])
+
+
+def describe_actions(probs: dict[str, float], digits: int = 3) -> str:
+    """'buy 0.412, pv 0.301, ...': next-action probabilities, most likely first."""
+    return ", ".join(f"{b} {p:.{digits}f}" for b, p in sorted(probs.items(), key=lambda kv: -kv[1]))

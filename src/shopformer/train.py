@@ -82,7 +82,7 @@ def fit(
     cfg: Config,
     seq: Sequences,
     train_end: np.ndarray,
-    valid: EvalExamples,
+    valid: EvalExamples | None,
     arrays: EventArrays | None = None,
     item_counts: np.ndarray | None = None,
     log_dir: str | Path | None = None,
@@ -90,8 +90,14 @@ def fit(
     on_epoch: Hook | None = None,
     loader: TrainLoader | None = None,
     objective: Objective | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the best-on-validation weights."""
+    """Train ``model`` in place; on return it holds the best-on-validation weights.
+
+    ``valid=None`` (a refit, see ``experiment.refit``) trains without looking at any held-out
+    data and keeps the last weights; ``stop_after`` ends training after that many epochs of
+    the configured schedule (the schedule itself still spans ``train.epochs``).
+    """
     tc = cfg.train
     set_seed(tc.seed)
     if tc.threads:
@@ -142,7 +148,7 @@ def fit(
             train_time += time.perf_counter() - t0
             row: dict = {"epoch": epoch, "loss": loss_sum / max(n_batches, 1),
                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-            if epoch % tc.eval_every == 0 or epoch in (1, tc.epochs):
+            if valid is not None and (epoch % tc.eval_every == 0 or epoch in (1, tc.epochs)):
                 res = evaluate(model_scorer(model), seq, arrays, valid, model.spec.n_items,
                                cfg.model.max_len, cfg.eval, bootstrap=False)
                 score = float(res.metrics[tc.monitor])
@@ -158,17 +164,24 @@ def fit(
             _append_csv(log_path, row)
             if on_epoch:
                 on_epoch(epoch, row)
-            bar.update(task, advance=1, info=f"loss {row['loss']:.4f} {tc.monitor} {scores[-1] if scores else 0:.4f}"
-                       f" (best {result.best_score:.4f}@{result.best_epoch})")
+            info = f"loss {row['loss']:.4f}"
+            if scores:
+                info += f" {tc.monitor} {scores[-1]:.4f} (best {result.best_score:.4f}@{result.best_epoch})"
+            bar.update(task, advance=1, info=info)
             result.epochs = epoch
             if stop:
                 result.stopped_by = "early_stopping"
+                break
+            if stop_after is not None and epoch >= stop_after:
+                result.stopped_by = "stop_after"
                 break
             if tc.max_minutes and (time.perf_counter() - start) / 60 >= tc.max_minutes:
                 result.stopped_by = "time_budget"
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif valid is None:
+        result.best_epoch = result.epochs
     result.train_seconds = train_time
     result.tokens_per_second = tokens / max(train_time, 1e-9)
     if log_dir:

@@ -32,6 +32,12 @@ class Split:
     valid: EvalExamples
     test: EvalExamples
     excluded: dict[str, int] = field(default_factory=dict)
+    # (U,) exclusive end once model selection is over (``train.refit``): the validation events
+    # join the training data, nothing at or after a test target does. None = train_end.
+    refit_end: np.ndarray | None = None
+
+    def training_end(self, refit: bool = False) -> np.ndarray:
+        return self.refit_end if refit and self.refit_end is not None else self.train_end
 
 
 def _last_candidates(seq: Sequences, mask: np.ndarray, k: int) -> np.ndarray:
@@ -74,6 +80,7 @@ def leave_one_out(seq: Sequences, target_behaviour: int | None = None) -> Split:
         valid=EvalExamples(rows[ok_valid], valid_pos[ok_valid]),
         test=EvalExamples(rows[ok_test & ok_valid], test_pos[ok_test & ok_valid]),
         excluded=excluded,
+        refit_end=np.where(valid_pos >= 0, valid_pos + 1, train_end).astype(np.int64),
     )
 
 
@@ -113,6 +120,8 @@ def temporal_split(
     # train_end: first event at/after t1 (all earlier events are training data)
     first_after = first_in(times >= t1)
     train_end = np.where(first_after >= 0, first_after, seq.offsets[1:])
+    first_test = first_in(times >= t2)
+    refit_end = np.where(first_test >= 0, first_test, seq.offsets[1:])  # the whole validation window
     ok_valid = (valid_pos >= 0) & (valid_pos > starts)
     ok_test = (test_pos >= 0) & (test_pos > starts)
     all_rows = np.arange(seq.n_users)
@@ -125,4 +134,5 @@ def temporal_split(
         valid=EvalExamples(all_rows[ok_valid], valid_pos[ok_valid]),
         test=EvalExamples(all_rows[ok_test], test_pos[ok_test]),
         excluded=excluded,
+        refit_end=refit_end.astype(np.int64),
     )

@@ -122,13 +122,20 @@ class SequenceModel(nn.Module):
         """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none."""
         real = targets != PAD
         h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
-        emb = self.output_embeddings()
+        emb, cold = self.output_embeddings(), self.cold_items()
         if loss_cfg.kind == "sampled":
             if sampler is None:
                 raise ValueError("loss.kind='sampled' needs a NegativeSampler")
             neg = sampler.sample(loss_cfg.negatives).to(h.device)
-            return sampled_softmax(h, t, emb, neg, sampler.log_q if loss_cfg.logq_correction else None)
-        return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing)
+            return sampled_softmax(h, t, emb, neg, sampler.log_q if loss_cfg.logq_correction else None, cold)
+        return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)
+
+    def cold_items(self) -> torch.Tensor | None:
+        """(n_items + 1,) bool: items without any training event, left out of the training
+        softmax; None: every item takes part. Item-text fusion (models/text.py) sets it: a cold
+        item's vector is its title's projection alone, and as a permanent negative the shared
+        projection would learn to push exactly those titles down (cold-start NDCG 0)."""
+        return getattr(self.item_emb, "cold", None)
 
     def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         if batch.targets is None:

