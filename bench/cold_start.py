@@ -11,11 +11,14 @@ the training softmax; ``--id-dropout`` trains warm items on their titles alone n
 trained with the zoo protocol and evaluated on the test examples whose target is hidden
 (``test_cold``) and on the others (``test_warm``). An id-only model has nothing to go on for a
 hidden item (its id vector is still its random initialisation), so its cold numbers should be ~0.
+The text model is also evaluated with every hidden item given the mean trained vector of its
+``--neighbours`` most title-similar known items (``test_cold_neighbours``; no extra training).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="which items are hidden")
     ap.add_argument("--id-dropout", type=float, default=0.3,
                     help="share of warm items trained on their title alone at each step (text model)")
+    ap.add_argument("--neighbours", type=int, default=10,
+                    help="also evaluate the text model with cold items given their k title neighbours' mean vector")
+    ap.add_argument("--only", choices=("id", "text"), help="train only the id-only or only the title-aware model")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     args = ap.parse_args(argv)
 
@@ -75,10 +81,20 @@ def main(argv: list[str] | None = None) -> None:
     assert not np.isin(train_items, hidden).any(), "a hidden item leaked into training"
     common = {"bench": "cold_start", "dataset": args.data.name, "hidden_items": len(hidden),
               "cold_test_examples": int(cold.sum()), "warm_test_examples": int((~cold).sum()),
-              "quick": args.quick, "command": " ".join(sys.argv)}
+              "n_items": n_items, "neighbours": args.neighbours, "quick": args.quick, "command": " ".join(sys.argv)}
     text = with_text(args.titles, args.text_cache, args.id_dropout)
-    for name, prep in (("sasrec (id only)", None), ("sasrec + text", text)):
-        line = train_and_evaluate(name, cfg, ds, prep, split=split, subsets=subsets)
+
+    def neighbours(model, counts):  # the same trained model, cold items given their title neighbours' vectors
+        from shopformer.models.text import align_text, fill_cold_from_neighbours, title_vectors
+
+        item_text = align_text(title_vectors(args.titles, args.text_cache), ds.vocabs.items)
+        return {"neighbours": fill_cold_from_neighbours(copy.deepcopy(model), item_text, counts == 0, args.neighbours)}
+
+    runs = (("id", "sasrec (id only)", None, None), ("text", "sasrec + text", text, neighbours))
+    for key, name, prep, variants in runs:
+        if args.only and key != args.only:
+            continue
+        line = train_and_evaluate(name, cfg, ds, prep, split=split, subsets=subsets, variants=variants)
         print(json.dumps({**line, **common}, default=float), flush=True)
 
 

@@ -85,11 +85,14 @@ def baseline_lines(ds: Dataset, cfg: Config) -> list[dict]:
              "test": metrics(fn, ds, arrays, split.test, cfg)} for name, fn in systems.items()]
 
 
-def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, split=None, subsets=None) -> dict:
+def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, split=None, subsets=None,
+                       variants=None) -> dict:
     """Build, (optionally) modify with ``prepare_model(model, ctx)``, fit with cfg.augment (and
     ``train.refit``), evaluate.
 
     ``subsets``: {name: EvalExamples} evaluated too, as ``test_<name>`` (e.g. cold-start targets).
+    ``variants(model, counts) -> {suffix: model}``: changed copies of the trained model, each
+    evaluated on test and the subsets as ``test_<suffix>`` / ``test_<subset>_<suffix>``.
     """
     split = split or make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
@@ -98,7 +101,7 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
     model, res = trained.model, trained.fit
     defaults = AugmentConfig().model_dump()
     refit = trained.refit
-    return {
+    line = {
         "config": name,
         "model": cfg.model.name,
         "valid": {k: round(float(trained.valid[k]), 5) if k != "n" else trained.valid[k] for k in KEEP},
@@ -115,6 +118,10 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
         **{f"test_{k}": metrics(model, ds, arrays, ex, cfg) for k, ex in (subsets or {}).items()},
         **trained.extra,
     }
+    for suffix, other in (variants(model, trained.counts) if variants else {}).items():
+        line[f"test_{suffix}"] = metrics(other, ds, arrays, split.test, cfg)
+        line.update({f"test_{k}_{suffix}": metrics(other, ds, arrays, ex, cfg) for k, ex in (subsets or {}).items()})
+    return line
 
 
 def with_pretraining(pre_minutes: float | None):
@@ -133,14 +140,9 @@ def with_pretraining(pre_minutes: float | None):
 
 
 def with_text(titles: Path, cache: Path, id_dropout: float = 0.0):
-    def prepare_model(model, ctx):
-        from shopformer.models.text import add_text, align_text, title_vectors
+    from shopformer.models.text import text_preparer
 
-        text = align_text(title_vectors(titles, cache), ctx["ds"].vocabs.items)
-        add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
-        return model, {"text": {"missing_titles": text.n_missing, "id_dropout": id_dropout}}
-
-    return prepare_model
+    return text_preparer(titles, cache, id_dropout)
 
 
 def configurations(args: argparse.Namespace, cfg: Config) -> list[tuple[str, Config, object]]:

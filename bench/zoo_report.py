@@ -172,9 +172,20 @@ def cold_section(rows: list[dict]) -> list[str]:
     r0 = rows[0]
     out += [f"{r0['hidden_items']} items hidden; {r0['cold_test_examples']} test targets are hidden items,"
             f" {r0['warm_test_examples']} are not.", ""]
-    body = [[r["config"], fmt(r["test_cold"]["hr@10"]), fmt(r["test_cold"]["ndcg@10"]), fmt(r["test_warm"]["hr@10"]),
-             fmt(r["test_warm"]["ndcg@10"])] for r in rows]
-    out += table(["model", "cold HR@10", "cold NDCG@10", "warm HR@10", "warm NDCG@10"], body)
+    n_items = r0.get("n_items", 12101)
+    out += [f"A random ranking would score HR@10 ≈ {10 / n_items:.4f} and HR@20 ≈ {20 / n_items:.4f} on the cold"
+            " targets.", ""]
+    body = []
+    for r in rows:
+        drop = (r.get("text") or {}).get("id_dropout")
+        name = f"{r['config']} (id dropout {drop})" if drop else r["config"]
+        k = r.get("neighbours", 10)
+        for suffix, what in (("", name), ("_neighbours", f"{name}, cold items = mean of {k} title neighbours")):
+            cold, warm = r.get(f"test_cold{suffix}"), r.get(f"test_warm{suffix}")
+            if cold is not None:
+                body.append([what, *(fmt(cold[k]) for k in ("hr@10", "ndcg@10", "hr@20")), fmt(warm["hr@10"]),
+                             fmt(warm["ndcg@10"])])
+    out += table(["model", "cold HR@10", "cold NDCG@10", "cold HR@20", "warm HR@10", "warm NDCG@10"], body)
     return [*out, *commands(rows), ""]
 
 

@@ -49,10 +49,14 @@ def test_heads_must_divide_dim() -> None:
         config_from_dict({"model": {"dim": 10, "heads": 3}})
 
 
-def test_refit_is_rejected_for_multi_task_runs() -> None:
+def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
     assert config_from_dict({"train": {"refit": True}}).train.refit
     with pytest.raises(ConfigError, match="train.refit is supported for task.kind='next-item' only"):
         config_from_dict({"train": {"refit": True}, "task": {"kind": "multi"}})
+    with pytest.raises(ConfigError, match="text.titles is supported for task.kind='next-item' only"):
+        config_from_dict({"text": {"titles": "t.tsv"}, "task": {"kind": "next-purchase"}})
+    with pytest.raises(ConfigError, match="text.id_dropout"):
+        config_from_dict({"text": {"id_dropout": 1.0}})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path) -> None:

@@ -14,7 +14,16 @@ from shopformer.data.dataset import Batch
 from shopformer.data.vocab import Vocab
 from shopformer.models import build_model
 from shopformer.models.base import DataSpec
-from shopformer.models.text import ItemText, TextFusion, TitleVectors, add_text, align_text, fold_text, read_titles
+from shopformer.models.text import (
+    ItemText,
+    TextFusion,
+    TitleVectors,
+    add_text,
+    align_text,
+    fill_cold_from_neighbours,
+    fold_text,
+    read_titles,
+)
 
 N_ITEMS, E = 6, 8
 SPEC = DataSpec(n_items=N_ITEMS, n_behaviours=1)
@@ -112,6 +121,24 @@ def test_cold_items_leave_the_training_softmax_and_id_dropout_trains_titles_alon
         add_text(build_model(ModelConfig(dim=16, heads=2, max_len=4), SPEC), toy_text(), id_dropout=1.0)
 
 
+def test_cold_items_borrow_the_vectors_of_their_title_neighbours() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=16, heads=2, layers=1, max_len=4), SPEC)
+    has_id = np.array([False, True, True, True, False, True, True])  # item 4 cold; item 5 has 4's title
+    add_text(model, toy_text(), has_id)
+    fused = model.item_emb.weight.detach().clone()
+    fill_cold_from_neighbours(model, toy_text(), ~has_id, k=1)
+    w = model.item_emb.weight.detach()
+    assert type(model.item_emb) is torch.nn.Embedding
+    assert torch.allclose(w[4], fused[5]), "the nearest warm title is item 5's (the same title)"
+    keep = [0, 1, 2, 3, 5, 6, 7]
+    assert torch.allclose(w[keep], fused[keep]), "warm items, padding and [MASK] are untouched"
+    fill_cold_from_neighbours(model, toy_text(), ~has_id, k=3)  # mean of items 5, then the 2 next closest
+    sims = toy_text().vectors[[1, 2, 5, 6]] @ toy_text().vectors[4]
+    nearest = np.array([1, 2, 5, 6])[np.argsort(-sims)[:3]]
+    assert torch.allclose(model.item_emb.weight[4], fused[nearest].mean(0), atol=1e-6)
+
+
 def test_bad_shapes_are_rejected() -> None:
     model = build_model(ModelConfig(dim=16, heads=2, max_len=4), SPEC)
     with pytest.raises(ValueError, match="has_id"):
@@ -150,3 +177,46 @@ def test_encoder_places_similar_titles_close() -> None:
 
     v = encode_texts(["red matte lipstick", "matte lipstick in red", "stainless steel garden hose"])
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_cli_trains_with_titles_from_the_config_and_saves_a_plain_model(tmp_path, monkeypatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    import shopformer.models.text as text_mod
+    from shopformer.cli import app
+    from shopformer.recommender import Recommender
+
+    def fake_encoder(texts: list[str]) -> np.ndarray:  # deterministic unit vectors, no model download
+        rng = np.random.default_rng([sum(map(ord, t)) for t in texts])
+        v = rng.normal(size=(len(texts), E)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    monkeypatch.setattr(text_mod, "encode_texts", fake_encoder)
+    seqs = tmp_path / "seqs.txt"
+    seqs.write_text("".join(f"{u} {' '.join(str((u * 3 + j) % 40 + 1) for j in range(6))}\n" for u in range(1, 121)))
+    (tmp_path / "t").mkdir()
+    titles = "".join(f"{i}\tproduct {i % 7}\n" for i in range(1, 41))
+    (tmp_path / "t" / "titles.tsv").write_text("item_id\ttitle\n" + titles)
+    cfg = tmp_path / "t" / "run.toml"  # titles relative to the config file, not to the working directory
+    cfg.write_text('[text]\ntitles = "titles.tsv"\nid_dropout = 0.2\n[model]\ndim = 16\nlayers = 1\nmax_len = 8\n'
+                   "[train]\nepochs = 2\nrefit = true\n[eval]\nbootstrap = 0\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["prepare", str(seqs), "--format", "sequences", "-o", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    run = ["train", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--config", str(cfg), "--quiet"]
+    r = runner.invoke(app, run)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["text"] == {"missing_titles": 0, "id_dropout": 0.2} and metrics["refit"]["epochs"] >= 1
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["config"]["text"]["titles"] == str((tmp_path / "t" / "titles.tsv").resolve())
+    rec = Recommender.load(tmp_path / "run" / "model")
+    assert type(rec.model.item_emb) is torch.nn.Embedding, "text folded into a plain item table"
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0 and f"{metrics['test']['sasrec']['hr@10']:.4f}" in r.output, r.output
+    bad = tmp_path / "t" / "bad.toml"
+    bad.write_text('[text]\ntitles = "nowhere.tsv"\n')
+    r = runner.invoke(app, ["train", str(tmp_path / "ds"), "-o", str(tmp_path / "x"), "--config", str(bad), "--quiet"])
+    assert r.exit_code != 0 and "text.titles: file not found" in r.output and "nowhere.tsv" in r.output

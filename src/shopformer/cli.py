@@ -61,7 +61,7 @@ def train(
             res = run_multibehaviour(dataset, cfg, out, progress=not quiet, ablation=ablation)
         else:
             res = run_experiment(dataset, cfg, out, progress=not quiet)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         _fail(str(err))
         return
     console.print(res.table)

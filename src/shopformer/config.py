@@ -65,6 +65,13 @@ class TaskConfig(_Section):
     w_intent: float = Field(0.2, ge=0.0)
 
 
+class TextConfig(_Section):
+    """Item titles fused with the item-id embeddings (models/text.py; needs ``shopformer[text]``)."""
+
+    titles: str | None = None  # TSV with item_id and title columns; relative to the config file
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of warm items trained on their title alone
+
+
 class AugmentConfig(_Section):
     """On-the-fly sequence augmentation (``data/augment.py``): each probability is per window."""
 
@@ -122,16 +129,18 @@ class Config(_Section):
     loss: LossConfig = LossConfig()
     task: TaskConfig = TaskConfig()
     augment: AugmentConfig = AugmentConfig()
+    text: TextConfig = TextConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     split: SplitConfig = SplitConfig()
 
     @model_validator(mode="after")
-    def _refit_needs_next_item(self) -> Config:
+    def _next_item_only_options(self) -> Config:
         # Multi-task runs also fit the heads' calibration and catalogue weight on validation,
         # which a refit on validation events would leak into.
-        if self.train.refit and self.task.kind != "next-item":
-            raise ValueError(f"train.refit is supported for task.kind='next-item' only, not {self.task.kind!r}")
+        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles")):
+            if on and self.task.kind != "next-item":
+                raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         return self
 
     def to_json(self) -> str:
@@ -188,6 +197,9 @@ def load_config(path: str | Path | None) -> Config:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{p}: cannot parse: {err}") from None
+    titles = data.get("text", {}).get("titles") if isinstance(data.get("text"), dict) else None
+    if isinstance(titles, str) and not Path(titles).is_absolute():  # relative to the config file
+        data["text"]["titles"] = str((p.parent / titles).resolve())
     return config_from_dict(data, source=str(p))
 
 

@@ -206,8 +206,17 @@ def run_experiment(
     if len(split.valid) == 0 or len(split.test) == 0:
         raise ValueError(f"split leaves no validation or test examples (excluded: {split.excluded})")
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
-    trained = train_model(ds, cfg, split, arrays, log_dir=out, progress=progress)
+    prepare_model = None
+    if cfg.text.titles:
+        from shopformer.models.text import text_preparer
+
+        prepare_model = text_preparer(cfg.text.titles, out / "title_vectors.safetensors", cfg.text.id_dropout)
+    trained = train_model(ds, cfg, split, arrays, prepare_model, log_dir=out, progress=progress)
     model = trained.model
+    if cfg.text.titles:
+        from shopformer.models.text import fold_text
+
+        fold_text(model)  # a plain item table again: the run loads and serves without the encoder
     test = evaluate_systems(model, ds, split, cfg, arrays)
     protocol = protocol_text(cfg, split, ds.spec.n_items)
     table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol)
@@ -219,6 +228,7 @@ def run_experiment(
     }
     if trained.refit is not None:
         metrics["refit"] = fit_summary(trained.refit)
+    metrics.update(trained.extra)  # e.g. {"text": {"missing_titles": ..., "id_dropout": ...}}
     run_dir = save_run(
         out / "model", model, cfg, ds.vocabs, trained.counts, ds.item_category(), metrics,
         data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()),

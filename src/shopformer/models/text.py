@@ -183,6 +183,20 @@ def add_text(
     return model
 
 
+def text_preparer(titles: str | Path, cache: str | Path | None = None, id_dropout: float = 0.0):
+    """``prepare_model(model, ctx)`` for ``experiment.train_model``: fuse the titles of ``titles``
+    into a freshly built model; items without training events (``ctx['counts']``) are cold."""
+    if not Path(titles).exists():
+        raise FileNotFoundError(f"text.titles: file not found: {titles}")
+
+    def prepare_model(model: SequenceModel, ctx: dict) -> tuple[SequenceModel, dict]:
+        text = align_text(title_vectors(titles, cache), ctx["ds"].vocabs.items)
+        add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
+        return model, {"text": {"missing_titles": text.n_missing, "id_dropout": id_dropout}}
+
+    return prepare_model
+
+
 def fold_text(model: SequenceModel) -> SequenceModel:
     """Replace ``TextFusion`` by a plain embedding holding the fused table (same outputs)."""
     fused = model.item_emb
@@ -192,4 +206,33 @@ def fold_text(model: SequenceModel) -> SequenceModel:
     with torch.no_grad():
         table.weight.copy_(fused.weight)
     model.item_emb = table
+    return model
+
+
+def fill_cold_from_neighbours(model: SequenceModel, text: ItemText, cold: np.ndarray, k: int = 10) -> SequenceModel:
+    """Fold the text in, then give every cold item that has a title the mean item vector of the
+    ``k`` warm items with the most similar titles (cosine), in place.
+
+    A cold item's own vector is its title's projection alone, which has to compete with warm
+    items whose vectors also carry everything their id learnt. Borrowing the trained vectors
+    of title neighbours puts it among the items a user of that kind buys. ``cold``: (n_items + 1,)
+    bool, True = no training event.
+    """
+    fold_text(model)
+    n = model.spec.n_items
+    cold = np.asarray(cold, bool)[: n + 1].copy()
+    cold[PAD] = False
+    has = text.has_text[: n + 1].copy()
+    has[PAD] = False
+    cold_ids, warm_ids = np.flatnonzero(cold & has), np.flatnonzero(~cold & has)
+    if len(cold_ids) == 0 or len(warm_ids) == 0:
+        return model
+    warm_text = torch.from_numpy(text.vectors[warm_ids])  # (W, E), unit rows
+    table = model.item_emb.weight
+    with torch.no_grad():
+        warm_vec = table[torch.from_numpy(warm_ids)]  # (W, D)
+        for lo in range(0, len(cold_ids), 1024):  # (chunk, W) similarities at a time
+            ids = cold_ids[lo : lo + 1024]
+            top = (torch.from_numpy(text.vectors[ids]) @ warm_text.T).topk(min(k, len(warm_ids)), dim=1).indices
+            table[torch.from_numpy(ids)] = warm_vec[top].mean(1)
     return model
