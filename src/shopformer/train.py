@@ -94,7 +94,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights.
 
-    ``valid=None`` (a refit, see ``experiment.refit``) trains without looking at any held-out
+    ``valid=None`` (a refit, see ``experiment.train_model``) trains without looking at any held-out
     data and keeps the last weights; ``stop_after`` ends training after that many epochs of
     the configured schedule (the schedule itself still spans ``train.epochs``).
     """
