@@ -73,7 +73,12 @@ def base_config(quick: bool, max_minutes: float | None, overrides: list[str] | N
 def metrics(model, ds: Dataset, arrays: EventArrays, examples, cfg: Config) -> dict:
     fn = model if callable(model) and not hasattr(model, "score_all") else model_scorer(model)
     res = evaluate(fn, ds.seq, arrays, examples, ds.spec.n_items, cfg.model.max_len, cfg.eval, bootstrap=False)
-    return {k: round(float(res.metrics[k]), 5) if k != "n" else res.metrics[k] for k in KEEP}
+    return kept(res.metrics)
+
+
+def kept(m: dict) -> dict:
+    """The KEEP metrics, rounded to 5 digits (the example count as is)."""
+    return {k: round(float(m[k]), 5) if k != "n" else m[k] for k in KEEP}
 
 
 def baseline_lines(ds: Dataset, cfg: Config) -> list[dict]:
@@ -104,7 +109,7 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
     line = {
         "config": name,
         "model": cfg.model.name,
-        "valid": {k: round(float(trained.valid[k]), 5) if k != "n" else trained.valid[k] for k in KEEP},
+        "valid": kept(trained.valid),
         "test": metrics(model, ds, arrays, split.test, cfg),
         "best_epoch": res.best_epoch,
         "epochs": res.epochs,

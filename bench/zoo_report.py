@@ -179,8 +179,8 @@ def cold_section(rows: list[dict]) -> list[str]:
     for r in rows:
         drop = (r.get("text") or {}).get("id_dropout")
         name = f"{r['config']} (id dropout {drop})" if drop else r["config"]
-        k = r.get("neighbours", 10)
-        for suffix, what in (("", name), ("_neighbours", f"{name}, cold items = mean of {k} title neighbours")):
+        borrowed = f"{name}, cold items = mean of {r.get('neighbours', 10)} title neighbours"
+        for suffix, what in (("", name), ("_neighbours", borrowed)):
             cold, warm = r.get(f"test_cold{suffix}"), r.get(f"test_warm{suffix}")
             if cold is not None:
                 body.append([what, *(fmt(cold[k]) for k in ("hr@10", "ndcg@10", "hr@20")), fmt(warm["hr@10"]),

@@ -70,6 +70,8 @@ def test_fit_learns_a_deterministic_pattern_and_restores_best(name: str, tmp_pat
     assert m.metrics["hr@5"] > 0.8, m.metrics  # random ranking would give 5/60
     scores = [r["valid_ndcg@10"] for r in res.history]
     assert res.best_score == max(scores)
+    again = evaluate(model_scorer(model), seq, arrays, sp.valid, 60, cfg.model.max_len, cfg.eval, bootstrap=False)
+    assert res.best_metrics == again.metrics, "best_metrics belong to the restored weights"
     assert (tmp_path / "train_log.csv").exists() and (tmp_path / "training_curve.png").stat().st_size > 1000
 
 

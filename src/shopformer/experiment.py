@@ -163,8 +163,7 @@ def train_model(
     t0 = time.perf_counter()
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
                                                prepare_model, log_dir, progress)
-    valid = evaluate(model_scorer(model), ds.seq, arrays, split.valid, ds.spec.n_items, cfg.model.max_len,
-                     cfg.eval, bootstrap=False).metrics
+    valid = result.best_metrics  # fit evaluated these weights already when it kept them
     refit = None
     if cfg.train.refit:
         model, refit, counts, extra = _train_once(

@@ -66,6 +66,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = float("-inf")
+    best_metrics: dict = field(default_factory=dict)  # validation metrics of the restored (best) weights
     epochs: int = 0
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0
@@ -157,7 +158,7 @@ def fit(
                 stop, best = early_stopping(scores, tc.patience)
                 if best == len(scores) - 1:
                     best_state = copy.deepcopy(model.state_dict())
-                    result.best_epoch, result.best_score = epoch, score
+                    result.best_epoch, result.best_score, result.best_metrics = epoch, score, res.metrics
             else:
                 stop = False
             result.history.append(row)
