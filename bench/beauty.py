@@ -20,14 +20,15 @@ import torch
 from common import ROOT, SHARED, machine, matmul_gflops, peak_rss_mb, skip_if_missing
 from torch.utils.flop_counter import FlopCounterMode
 
-from shopformer.baselines import item_counts
 from shopformer.config import apply_overrides, load_config
-from shopformer.data.dataset import EventArrays, TrainLoader, training_windows
+from shopformer.data.batches import EventArrays, TrainLoader, training_windows
+from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
-from shopformer.experiment import Dataset, load_dataset, make_split, run_experiment
+from shopformer.evaluation.baselines import item_counts
 from shopformer.models import build_model
-from shopformer.train import make_sampler
+from shopformer.pipelines.next_item import run_experiment
+from shopformer.training.objectives import make_sampler
 
 
 def train_step_flops(ds: Dataset, cfg, n_batches: int = 20) -> float:

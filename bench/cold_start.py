@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from zoo import BEAUTY, ROOT, TITLES, base_config, load_or_prepare, train_and_evaluate, with_text
 
+from shopformer.data.corpus import make_split
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.experiment import make_split
 
 
 def hide_items(seq: Sequences, hidden: np.ndarray) -> Sequences:

@@ -8,7 +8,7 @@ prepares the raw file as data/demo/README.md does, trains SASRec with every head
 (``task.kind=multi``: next item, next item of the target behaviour, next action, intent) and the
 same model without behaviour inputs (``model.use_behaviour=false``, the ablation), and evaluates
 both beside the heuristic baselines on the same global temporal split (see
-``shopformer.multibehaviour`` for the protocol). The target behaviour is not named here: it is
+``shopformer.pipelines.multi_behaviour`` for the protocol). The target behaviour is not named here: it is
 the data's deepest funnel stage (``default_target_behaviour``).
 
 Each line holds every metric (per-behaviour rankings, next-action accuracy / macro-F1 / recall /
@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shopformer.behaviour_eval import markdown_summary
 from shopformer.config import Config, apply_overrides
-from shopformer.data.dataset import Batch, EventArrays, history_batches
+from shopformer.data.batches import Batch, EventArrays, history_batches
+from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.data.schema import PAD
-from shopformer.experiment import Dataset, load_dataset
-from shopformer.multibehaviour import run_multibehaviour
+from shopformer.evaluation.report import markdown_summary
+from shopformer.pipelines.multi_behaviour import run_multibehaviour
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -151,8 +151,9 @@ def behaviour_headroom(ds: Dataset, cfg: Config) -> dict:
     from a grid); the decay and the weights are chosen on validation, reported on test."""
     from itertools import product
 
-    from shopformer.behaviour_eval import majority_behaviour, make_windows, window_examples
-    from shopformer.multibehaviour import configure
+    from shopformer.data.split import make_windows, window_examples
+    from shopformer.evaluation.baselines import majority_behaviour
+    from shopformer.pipelines.multi_behaviour import configure
 
     cfg, target = configure(ds, cfg)
     train_end, valid_w, test_w = make_windows(ds.seq, cfg)
@@ -222,15 +223,10 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int | None) -> to
 def feature_baselines(ds: Dataset, cfg: Config) -> dict:
     """Logistic regressions on hand-made behaviour-count features for next action and intent:
     trained on every training-prefix prediction point, calibrated/tuned on validation, tested once."""
-    from shopformer.behaviour_eval import (
-        Window,
-        decision_offsets,
-        intent_examples,
-        make_windows,
-        window_examples,
-    )
-    from shopformer.behaviour_metrics import binary_summary, fit_platt, multiclass_summary, sigmoid
-    from shopformer.multibehaviour import configure
+    from shopformer.data.split import Window, intent_examples, make_windows, window_examples
+    from shopformer.evaluation.behaviour import decision_offsets
+    from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
+    from shopformer.pipelines.multi_behaviour import configure
 
     cfg, target = configure(ds, cfg)
     train_end, valid_w, test_w = make_windows(ds.seq, cfg)

@@ -28,16 +28,16 @@ import torch
 from zoo import KEEP, SHARED, load_or_prepare
 
 from shopformer.artifacts import load_run, save_run
-from shopformer.baselines import Markov, Popularity, item_counts
 from shopformer.config import Config, apply_overrides
-from shopformer.data.dataset import EventArrays, history_batches
+from shopformer.data.batches import EventArrays, history_batches
+from shopformer.data.corpus import make_split
 from shopformer.data.ingest import IngestOptions
-from shopformer.evaluate import evaluate, model_scorer
-from shopformer.experiment import make_split
-from shopformer.finetune import finetune, pretrain
+from shopformer.evaluation.baselines import Markov, Popularity, item_counts
+from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import build_model
 from shopformer.models.lora import count_parameters
-from shopformer.train import set_seed
+from shopformer.training.finetune import finetune, pretrain
+from shopformer.training.fit import set_seed
 
 TAOBAO = SHARED / "taobao_userbehavior" / "UserBehavior_head.csv"
 COLUMNS = ("user_id", "item_id", "category_id", "event_type", "timestamp")

@@ -39,7 +39,9 @@ import httpx
 import numpy as np
 
 from shopformer.config import ModelConfig
-from shopformer.serving.testing import ServerProcess, synthetic_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the service fixtures live with the tests
+from serving_support import ServerProcess, synthetic_run  # noqa: E402
 
 STREAM = Path("/work/shared/data/taobao_userbehavior_stream_slice/UserBehavior_flink_slice.csv")
 KEY = "bench-key"

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shopformer.baselines import Markov, Popularity, item_counts
 from shopformer.config import AugmentConfig, Config, apply_overrides
-from shopformer.data.dataset import EventArrays
+from shopformer.data.batches import EventArrays
+from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
-from shopformer.evaluate import evaluate, model_scorer
-from shopformer.experiment import Dataset, load_dataset, make_split, train_model
+from shopformer.evaluation.baselines import Markov, Popularity, item_counts
+from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import REGISTRY
 from shopformer.models.lora import count_parameters
+from shopformer.pipelines.next_item import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -133,7 +134,7 @@ def with_pretraining(pre_minutes: float | None):
     """Contrastive (self-supervised) pre-training, then the usual (full) next-item training."""
 
     def prepare_model(model, ctx):
-        from shopformer.finetune import pretrain
+        from shopformer.training.finetune import pretrain
 
         cfg = ctx["cfg"]
         res = pretrain(model, cfg.override(train={"max_minutes": pre_minutes or cfg.train.max_minutes}),

@@ -7,9 +7,9 @@ from conftest import cyclic_sequences
 
 from shopformer.artifacts import ArtifactError, load_run, save_run
 from shopformer.config import Config, apply_overrides
+from shopformer.data.corpus import DataSpec
 from shopformer.data.vocab import Vocab, Vocabs
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 from shopformer.recommender import History, Recommender, describe_actions
 
 

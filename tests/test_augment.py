@@ -7,25 +7,18 @@ import pytest
 import torch
 
 from shopformer.config import AugmentConfig, Config, ModelConfig
-from shopformer.data.augment import (
-    Augmenter,
-    augmented_training,
-    check_augment,
-    cl4srec_view,
-    crop,
-    drop_masked_targets,
-    info_nce,
-    lengths,
-    mask,
-    prefix,
-    reorder,
-    substitute,
-    training_objective,
-)
-from shopformer.data.dataset import EventArrays, windows_to_batch
+from shopformer.data.augment import Augmenter, cl4srec_view, crop, lengths, mask, prefix, reorder, substitute
+from shopformer.data.batches import EventArrays, windows_to_batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.sequences import Sequences
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
+from shopformer.training.objectives import (
+    augmented_training,
+    check_augment,
+    drop_masked_targets,
+    info_nce,
+    training_objective,
+)
 
 N_ITEMS = 50
 

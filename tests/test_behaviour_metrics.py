@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shopformer.behaviour_metrics import (
+from shopformer.evaluation.classification import (
     accuracy,
     binary_summary,
     confusion_matrix,

@@ -2,7 +2,7 @@
 
 from rich.console import Console
 
-from shopformer.demo import run_demo
+from shopformer.pipelines.demo import run_demo
 
 
 def test_demo_end_to_end_with_a_tiny_budget(tmp_path) -> None:

@@ -8,14 +8,14 @@ import torch
 
 from shopformer.artifacts import load_run, save_run
 from shopformer.config import Config
-from shopformer.data.dataset import Batch, EventArrays, history_batches, training_windows
+from shopformer.data.batches import Batch, EventArrays, history_batches, training_windows
+from shopformer.data.corpus import DataSpec
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import leave_one_out
 from shopformer.data.vocab import Vocab, Vocabs
-from shopformer.finetune import check_finetune, finetune, pretrain, target_objective, target_windows
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 from shopformer.models.lora import LoRALinear
+from shopformer.training.finetune import check_finetune, finetune, pretrain, target_objective, target_windows
 
 N_ITEMS, PV, BUY = 20, 1, 2
 
@@ -131,7 +131,7 @@ def test_pretraining_on_all_events_learns_the_purchase_target(pretrained) -> Non
     seq, split, cfg, model, res = pretrained
     assert res.best_score > 0.8, "the cycle is learnable from all events"
     fresh = build_model(cfg.model, SPEC)
-    from shopformer.finetune import _metrics
+    from shopformer.training.finetune import _metrics
 
     arrays = EventArrays.from_sequences(seq, cfg.model.time_buckets)
     assert _metrics(fresh, cfg, seq, arrays, split.valid)["ndcg@10"] < 0.5

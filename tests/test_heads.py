@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from shopformer.config import LossConfig, ModelConfig, TaskConfig
-from shopformer.data.dataset import Batch
-from shopformer.losses import NegativeSampler
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import REGISTRY, build_model
-from shopformer.models.base import DataSpec
 from shopformer.models.heads import PARTS, candidate_ce, window_intent_labels
+from shopformer.models.losses import NegativeSampler
 
 SPEC = DataSpec(n_items=30, n_behaviours=3, n_categories=0, has_time=True)
 CAUSAL = sorted(n for n, c in REGISTRY.items() if c.causal)
@@ -61,7 +61,7 @@ def test_window_intent_labels_by_hand() -> None:
 
 
 def test_loader_labels_take_precedence_over_window_labels() -> None:
-    from shopformer.multibehaviour import TaskBatch
+    from shopformer.data.batches import TaskBatch
 
     model = headed()
     b = batch()

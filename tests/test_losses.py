@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from shopformer.losses import NegativeSampler, full_cross_entropy, sampled_softmax
+from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax
 
 
 def test_full_ce_matches_hand_computation_and_ignores_padding_class() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from shopformer.metrics import bootstrap_ci, coverage, per_example, summarise, target_ranks
+from shopformer.evaluation.metrics import bootstrap_ci, coverage, per_example, summarise, target_ranks
 
 
 def test_target_ranks_hand_computed() -> None:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shopformer.config import LossConfig, ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import REGISTRY, build_model
-from shopformer.models.base import DataSpec
 
 SPEC = DataSpec(n_items=30, n_behaviours=3, n_categories=5, has_time=True)
 L = 8
@@ -58,7 +58,7 @@ def test_shapes(model) -> None:
 def test_finite_loss_and_gradients(model, kind: str) -> None:
     import numpy as np
 
-    from shopformer.losses import NegativeSampler
+    from shopformer.models.losses import NegativeSampler
 
     model.train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from shopformer.config import LossConfig, ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 from shopformer.models.bert4rec import BERT4Rec
 
 SPEC = DataSpec(n_items=40, n_behaviours=3, n_categories=4, has_time=True)

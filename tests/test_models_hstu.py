@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from shopformer.config import ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
-from shopformer.models.hstu import HSTU, approx_times, log_bucket
+from shopformer.models.hstu import HSTU
+from shopformer.models.layers import approx_times, log_bucket
 
 SPEC = DataSpec(n_items=20, n_behaviours=2, has_time=True)
 CFG = ModelConfig(name="hstu", dim=16, layers=2, heads=2, max_len=8)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shopformer.config import LossConfig, ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 from shopformer.models.lora import (
     LoRALinear,
     apply_lora,

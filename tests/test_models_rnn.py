@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shopformer.config import ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 from shopformer.models.gru4rec import RecurrentModel, run_left_padded
 
 SPEC = DataSpec(n_items=20, n_behaviours=3, n_categories=4, has_time=True)

@@ -275,7 +275,7 @@ def test_crash_while_writing_leaves_old_dataset(tmp_path: Path, monkeypatch: pyt
 
 
 def cli() -> typer.Typer:
-    from shopformer.commands_prepare import prepare_command
+    from shopformer.cli.prepare import prepare_command
 
     app = typer.Typer()
     app.command("prepare")(prepare_command)

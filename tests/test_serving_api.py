@@ -1,4 +1,4 @@
-"""Every endpoint against a real server process (``python -m shopformer.serving``), once per
+"""Every endpoint against a real server process (``python -m shopformer.cli serve``), once per
 state backend: SQLite, and Redis on a real ``redis-server`` (skipped only if the binary is absent).
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving_support import RedisServer, ServerProcess, synthetic_run
 
 from shopformer.config import ModelConfig, TaskConfig
-from shopformer.serving.testing import RedisServer, ServerProcess, synthetic_run
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

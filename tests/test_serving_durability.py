@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving_support import RedisServer, ServerProcess, synthetic_run
 
 from shopformer.config import ModelConfig
-from shopformer.serving.testing import RedisServer, ServerProcess, synthetic_run
 
 KEY = "durable-key"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from serving_support import synthetic_run
 
 from shopformer.config import ModelConfig, TaskConfig
 from shopformer.models import REGISTRY
@@ -19,7 +20,6 @@ from shopformer.serving.ann import ExactIndex, FaissIndex, build_index
 from shopformer.serving.batching import BatcherClosed, MicroBatcher
 from shopformer.serving.engine import Engine
 from shopformer.serving.settings import ServeSettings
-from shopformer.serving.testing import synthetic_run
 
 ITEMS = [f"i{i}" for i in range(60)]
 
@@ -223,7 +223,7 @@ def test_serve_command_is_typer_compatible() -> None:
     import typer
     from typer.testing import CliRunner
 
-    from shopformer.serving.cli import serve_command
+    from shopformer.cli.serve import serve_command
 
     app = typer.Typer()
     app.command("serve")(serve_command)

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving_support import RedisServer
 
 from shopformer.serving.store import RedisStore, SQLiteStore, StateStore, StoredEvent, open_store
-from shopformer.serving.testing import RedisServer
 
 NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="redis-server binary not found (apt-get install redis-server)")

@@ -4,12 +4,12 @@ import torch
 from conftest import cyclic_sequences
 
 from shopformer.config import Config, apply_overrides
-from shopformer.data.dataset import EventArrays, TrainLoader, gather_windows, training_windows
+from shopformer.data.batches import EventArrays, TrainLoader, gather_windows, training_windows
+from shopformer.data.corpus import DataSpec
 from shopformer.data.split import leave_one_out
-from shopformer.evaluate import evaluate, model_scorer
+from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
-from shopformer.train import early_stopping, fit, lr_lambda
+from shopformer.training.fit import early_stopping, fit, lr_lambda
 
 
 def test_early_stopping_rule() -> None:

@@ -10,14 +10,14 @@ import pytest
 
 pytest.importorskip("optuna", reason="optuna not installed: pip install 'shopformer[tune]'")
 
-import shopformer.evaluate as evaluate_mod  # noqa: E402
-import shopformer.experiment as experiment_mod  # noqa: E402
-import shopformer.train as train_mod  # noqa: E402
+import shopformer.data.corpus as corpus_mod  # noqa: E402
+import shopformer.evaluation.ranking as evaluate_mod  # noqa: E402
+import shopformer.training.fit as train_mod  # noqa: E402
 from shopformer.config import Config, load_config  # noqa: E402
 from shopformer.data.ingest import IngestOptions  # noqa: E402
 from shopformer.data.prepare import prepare  # noqa: E402
 from shopformer.data.split import EvalExamples, Split  # noqa: E402
-from shopformer.tune import tune  # noqa: E402
+from shopformer.pipelines.tune import tune  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ BASE = Config().override(
 
 
 def test_tune_never_reads_the_test_split(dataset, tmp_path, monkeypatch) -> None:
-    real_split = experiment_mod.make_split
+    real_split = corpus_mod.make_split
     poison = EvalExamples(np.array([10**9]), np.array([10**9]))  # any use of it would raise IndexError
     valids = []
 
@@ -53,7 +53,7 @@ def test_tune_never_reads_the_test_split(dataset, tmp_path, monkeypatch) -> None
         evaluated.append(examples)
         return real_eval(score_fn, seq, arrays, examples, *args, **kwargs)
 
-    monkeypatch.setattr(experiment_mod, "make_split", split_without_test)
+    monkeypatch.setattr(corpus_mod, "make_split", split_without_test)
     monkeypatch.setattr(train_mod, "evaluate", spy)
     res = tune(dataset, BASE, tmp_path, trials=2, minutes=5, seed=0, echo=lambda *_: None)
     assert res.n_trials == 2 and evaluated
@@ -94,7 +94,7 @@ def test_command_reports_bad_input_without_a_traceback(tmp_path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from shopformer.tune import tune_command
+    from shopformer.cli.tune import tune_command
 
     app = typer.Typer()
     app.command("tune")(tune_command)

@@ -16,7 +16,6 @@ a partially loaded model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -28,11 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shopformer import __version__
-from shopformer.atomic import atomic_write, atomic_write_text
+from shopformer.atomic import atomic_write, atomic_write_text, sha256_file
 from shopformer.config import Config, ConfigError, config_from_dict
+from shopformer.data.corpus import DataSpec
 from shopformer.data.vocab import Vocabs
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec, SequenceModel
+from shopformer.models.base import SequenceModel
 
 WEIGHTS = "model.safetensors"
 ITEM_STATS = "item_stats.safetensors"
@@ -40,14 +40,6 @@ ITEM_STATS = "item_stats.safetensors"
 
 class ArtifactError(RuntimeError):
     """A run directory that is missing files, corrupted or inconsistent."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes (temporary file in the same folder, fsync, rename) and file hashing.
 
 A crash mid-write leaves the previous file intact, never a half-written one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,3 +36,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """SHA-256 hex digest and size in bytes of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file."""
+    return file_digest(path)[0]

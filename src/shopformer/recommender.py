@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from shopformer.artifacts import Run, load_run
-from shopformer.data.dataset import Batch, EventArrays
+from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.models.base import SequenceModel

@@ -32,7 +32,7 @@ from shopformer.data.options import (
     parse_mapping,
 )
 from shopformer.data.raw import BLANK, ERR, FILE, ORDER, POS, RAW, RECORD, TIME_US, RawEvents, SourceInfo
-from shopformer.data.readers import detect_format, file_sha256, read_events, sniff_delimiter, split_fields
+from shopformer.data.readers import detect_format, read_events, sniff_delimiter, split_fields
 from shopformer.data.timestamps import _NUM_RE, parse_time_value, timestamp_micros, timestamp_seconds
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
     "SourceInfo",
     # readers.py
     "detect_format",
-    "file_sha256",
     "read_events",
     "sniff_delimiter",
     "split_fields",

@@ -16,12 +16,12 @@ Readers (all built on Polars, nothing loops over rows in Python):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 
+from shopformer.atomic import file_digest
 from shopformer.data import schema as S
 from shopformer.data.options import (
     DataValidationError,
@@ -245,19 +245,8 @@ def _source_info(
     resolved: dict[str, int],
 ) -> SourceInfo:
     mapping = {("order_by" if c == ORDER else c): names[i] for c, i in resolved.items()}
-    digest, size = file_sha256(path)
+    digest, size = file_digest(path)
     return SourceInfo(path, fmt, delimiter, has_header, tuple(names), mapping, digest, size)
-
-
-def file_sha256(path: str | Path) -> tuple[str, int]:
-    """SHA-256 hex digest and size of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def read_events(paths: Sequence[str | Path], options: IngestOptions | None = None) -> RawEvents:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shopformer.config import Config
 from shopformer.data.sequences import Sequences
 
 
@@ -136,3 +137,88 @@ def temporal_split(
         excluded=excluded,
         refit_end=refit_end.astype(np.int64),
     )
+
+
+def intent_labels_after(seq: Sequences, end: np.ndarray, target: int, horizon: int) -> np.ndarray:
+    """(N,) int8 label of a prediction made right after flat event i: 1 if the target behaviour
+    occurs among events i+1 .. i+horizon, 0 if not, -1 (unknown) if those events are not all
+    before ``end[user]`` (exclusive flat bound: the end of the window the labels may read)."""
+    n = len(seq.items)
+    rows = seq.user_row_of_event()
+    idx = np.arange(n)
+    bound = np.asarray(end, dtype=np.int64)[rows]  # (N,)
+    hit = ((seq.behaviours == target) & (idx < bound)).astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(hit)])  # csum[j] = hits among events < j
+    last = idx + horizon  # the horizon's last event
+    known = last < bound
+    count = csum[np.minimum(last + 1, n)] - csum[idx + 1]
+    return np.where(known, (count > 0).astype(np.int8), np.int8(-1)).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One evaluation window [lo, hi) of event times, and the flat bound its labels may read."""
+
+    name: str
+    lo: int
+    hi: int | None  # None: open-ended (test)
+    label_end: np.ndarray  # (U,) exclusive flat index: first event at/after ``hi`` (or the user's end)
+
+
+def make_windows(seq: Sequences, cfg: Config) -> tuple[np.ndarray, Window, Window]:
+    """(train_end, validation window, test window) of the global temporal split."""
+    t1 = resolve_boundary(seq, float(cfg.split.valid_start))  # type: ignore[arg-type]
+    t2 = resolve_boundary(seq, float(cfg.split.test_start))  # type: ignore[arg-type]
+    if not t1 < t2:
+        raise ValueError(f"temporal split needs valid_start < test_start, got {t1} >= {t2}")
+    train_end = _first_at_or_after(seq, t1)
+    return train_end, Window("valid", t1, t2, _first_at_or_after(seq, t2)), Window("test", t2, None, seq.offsets[1:])
+
+
+def _first_at_or_after(seq: Sequences, t: int) -> np.ndarray:
+    """(U,) flat index of each user's first event with time >= t (the user's end if none)."""
+    out = seq.offsets[1:].copy()
+    idx = np.flatnonzero(seq.times >= t)
+    rows = seq.user_row_of_event()[idx]
+    out[rows[::-1]] = idx[::-1]  # reverse assignment keeps the smallest index per user
+    return out.astype(np.int64)
+
+
+def window_examples(seq: Sequences, w: Window, behaviour: int | None = None) -> tuple[EvalExamples, dict[str, int]]:
+    """Every event in the window (of one behaviour type, if given) with a non-empty history.
+
+    Returns the examples and the exclusions: users active in the window without such an event,
+    and events without any earlier event of the user.
+    """
+    t = seq.times
+    in_w = (t >= w.lo) if w.hi is None else (t >= w.lo) & (t < w.hi)
+    rows = seq.user_row_of_event()
+    pos = np.flatnonzero(in_w & (True if behaviour is None else seq.behaviours == behaviour))
+    has_history = pos > seq.offsets[:-1][rows[pos]]
+    active = np.unique(rows[in_w])
+    with_target = np.unique(rows[pos])
+    excluded = {
+        "users_in_window_without_event": int(len(np.setdiff1d(active, with_target))),
+        "events_without_history": int((~has_history).sum()),
+    }
+    pos = pos[has_history]
+    return EvalExamples(rows[pos].astype(np.int64), pos.astype(np.int64)), excluded
+
+
+def intent_examples(
+    seq: Sequences, w: Window, target: int, horizon: int
+) -> tuple[EvalExamples, np.ndarray, dict[str, int]]:
+    """Prediction points before each event of the window, their labels, and the censored count."""
+    ex, excluded = window_examples(seq, w)
+    labels = intent_labels_after(seq, w.label_end, target, horizon)[ex.pos - 1]  # predicted after event p - 1
+    known = labels >= 0
+    excluded = {**excluded, "censored_horizon": int((~known).sum())}
+    return EvalExamples(ex.rows[known], ex.pos[known]), labels[known].astype(np.int64), excluded
+
+
+def subsample(ex: EvalExamples, n: int | None, seed: int = 0) -> EvalExamples:
+    """At most ``n`` examples, drawn uniformly without replacement (seeded), in their original order."""
+    if n is None or len(ex) <= n:
+        return ex
+    keep = np.sort(np.random.default_rng(seed).choice(len(ex), n, replace=False))
+    return EvalExamples(ex.rows[keep], ex.pos[keep])

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 PAD_TOKEN = "<pad>"
+PAD = 0  # dense id of the padding token in every vocabulary
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,15 @@ class Vocabs:
     @classmethod
     def load(cls, path: str | Path) -> Vocabs:
         return cls.from_json(Path(path).read_text())
+
+    def behaviour_id(self, name: str) -> int:
+        """Dense id of a behaviour name. The one resolver for data, CLI, recommender and HTTP: an
+        unknown name is an error listing the known ones, never a silent fallback to another type."""
+        bid = self.behaviours.index.get(str(name), PAD)
+        if bid == PAD:
+            raise UnknownBehaviourError(f"unknown behaviour {name!r}; known: {', '.join(self.behaviours.tokens[1:])}")
+        return bid
+
+
+class UnknownBehaviourError(ValueError):
+    """A behaviour name the vocabulary does not hold (the message lists the known names)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from shopformer.config import ModelConfig, TaskConfig
-from shopformer.models.base import DataSpec, SequenceModel
+from shopformer.data.corpus import DataSpec
+from shopformer.models.base import SequenceModel
 from shopformer.models.bert4rec import BERT4Rec
 from shopformer.models.gru4rec import GRU4Rec
 from shopformer.models.heads import MultiTaskHeads

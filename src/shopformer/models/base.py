@@ -13,29 +13,17 @@ Multi-task: ``build_model(..., task=cfg.task)`` attaches ``MultiTaskHeads`` (mod
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from shopformer.config import LossConfig, ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.losses import NegativeSampler, full_cross_entropy, sampled_softmax
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Vocabulary sizes a model is built for (saved with the artifact)."""
-
-    n_items: int  # real items are 1..n_items
-    n_behaviours: int  # behaviour ids 1..n_behaviours
-    n_categories: int = 0
-    has_time: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax
 
 
 @dataclass
@@ -146,61 +134,3 @@ class SequenceModel(nn.Module):
         return LossOutput(loss, {"item": float(loss.detach())})
 
 
-class InputEmbedding(nn.Module):
-    """Item + position (+ behaviour, time-gap, category) embeddings of each event.
-
-    Positions count from the first real event of the window, so extra left padding never
-    changes a representation, and nothing about later events leaks into earlier positions.
-    """
-
-    def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
-        super().__init__()
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
-        self.use_behaviour = cfg.use_behaviour and spec.n_behaviours > 1
-        self.use_gap = cfg.use_time_gap and spec.has_time
-        self.use_category = cfg.use_category and spec.n_categories > 0
-        if self.use_behaviour:
-            self.beh_emb = nn.Embedding(spec.n_behaviours + 1, cfg.dim, padding_idx=PAD)
-        if self.use_gap:
-            self.gap_emb = nn.Embedding(cfg.time_buckets, cfg.dim, padding_idx=PAD)
-        if self.use_category:
-            self.cat_emb = nn.Embedding(spec.n_categories + 1, cfg.dim, padding_idx=PAD)
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.dropout = nn.Dropout(cfg.emb_dropout)
-        self.max_len = cfg.max_len
-        # Same scale as the item table: with N(0, 1) defaults the side embeddings would be ~8x
-        # larger than the item vectors and drown the item signal after the LayerNorm.
-        for m in self.modules():
-            if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=cfg.dim**-0.5)
-                if m.padding_idx is not None:
-                    with torch.no_grad():
-                        m.weight[m.padding_idx].zero_()
-
-    def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
-        """item_vectors: (B, L, D) looked up by the model from its (tied) item table."""
-        real = batch.items != PAD  # (B, L)
-        pos = (real.long().cumsum(-1) - 1).clamp(0, self.max_len - 1)  # 0 at the first real event
-        x = item_vectors + self.pos_emb(pos)  # (B, L, D)
-        if self.use_behaviour:
-            x = x + self.beh_emb(batch.behaviours)
-        if self.use_gap:
-            x = x + self.gap_emb(batch.gaps.clamp(max=self.gap_emb.num_embeddings - 1))
-        if self.use_category:
-            x = x + self.cat_emb(batch.categories)
-        x = self.dropout(self.norm(x))
-        return x * real.unsqueeze(-1)  # padding stays exactly zero
-
-
-def attention_mask(real: torch.Tensor, causal: bool) -> torch.Tensor:
-    """(B, 1, L, L) boolean mask, True where query i may attend to key j.
-
-    Keys at padding are hidden; every query may see itself, so padded rows never turn
-    into an all-masked softmax (NaN).
-    """
-    _, length = real.shape
-    allowed = real.unsqueeze(1).expand(-1, length, -1)  # (B, L, L) keys that are real
-    if causal:
-        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
-    return allowed.unsqueeze(1)

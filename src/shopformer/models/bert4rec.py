@@ -30,11 +30,12 @@ from typing import ClassVar
 import torch
 
 from shopformer.config import LossConfig, ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.losses import NegativeSampler
-from shopformer.models.base import DataSpec, LossOutput, SequenceModel
-from shopformer.models.sasrec import TransformerEncoder
+from shopformer.models.base import LossOutput, SequenceModel
+from shopformer.models.layers import TransformerEncoder
+from shopformer.models.losses import NegativeSampler
 
 
 def _append(t: torch.Tensor, col: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -15,9 +15,11 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from shopformer.config import ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.models.base import DataSpec, InputEmbedding, SequenceModel
+from shopformer.models.base import SequenceModel
+from shopformer.models.layers import InputEmbedding
 
 
 def run_left_padded(rnn: nn.RNNBase, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

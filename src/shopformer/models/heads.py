@@ -42,11 +42,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shopformer.config import LossConfig, ModelConfig, TaskConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.losses import NegativeSampler
-from shopformer.models.base import DataSpec, LossOutput
-from shopformer.models.hstu import N_EXACT, approx_times, log_bucket
+from shopformer.models.base import LossOutput
+from shopformer.models.layers import N_EXACT, approx_times, log_bucket
+from shopformer.models.losses import NegativeSampler
 
 # Loss parts trained for each task kind; "item" (next item, any behaviour) is always on because
 # it is what teaches the shared encoder and the item table.

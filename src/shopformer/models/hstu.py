@@ -30,29 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shopformer.config import ModelConfig
-from shopformer.data.dataset import Batch
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.models.base import DataSpec, InputEmbedding, SequenceModel, attention_mask
-
-N_EXACT = 8  # relative distances below this get their own bucket
-
-
-def log_bucket(x: torch.Tensor, n_exact: int, n_buckets: int) -> torch.Tensor:
-    """Non-negative integer tensor -> bucket ids: x below n_exact, then log2-spaced, capped."""
-    far = n_exact + torch.log2((x - n_exact + 1).clamp(min=1).float()).long()
-    return torch.where(x < n_exact, x, far).clamp(max=n_buckets - 1)
-
-
-def approx_times(gaps: torch.Tensor) -> torch.Tensor:
-    """(B, L) gap buckets -> (B, L) approximate seconds since the window start.
-
-    Bucket b >= 2 holds gaps g with floor(log2(1 + g)) = b - 2; we take the geometric middle
-    of that range, 2**(b - 1.5) - 1. Padding (0) and "no previous event" (1) count as 0.
-    """
-    seconds = torch.where(
-        gaps >= 2, torch.exp2(gaps.float() - 1.5) - 1.0, torch.zeros_like(gaps, dtype=torch.float)
-    )
-    return seconds.cumsum(-1)  # float32 is plenty: differences are bucketed on a log2 scale
+from shopformer.models.base import SequenceModel
+from shopformer.models.layers import N_EXACT, InputEmbedding, approx_times, attention_mask, log_bucket
 
 
 class RelativeBias(nn.Module):

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shopformer.atomic import sha256_file
 from shopformer.data.schema import PAD
 from shopformer.data.vocab import Vocab
 from shopformer.models.base import SequenceModel
@@ -80,8 +81,6 @@ class TitleVectors:
 def title_vectors(path: str | Path, cache: str | Path | None = None) -> TitleVectors:
     """Encode every non-empty title of ``path``; reuse ``cache`` (safetensors) when it matches the file."""
     from safetensors.numpy import load_file, save_file
-
-    from shopformer.artifacts import sha256_file
 
     digest = sha256_file(path)
     if cache is not None and Path(cache).exists():

@@ -25,8 +25,8 @@ tests and ``bench/serve_load.py``).
 
 from __future__ import annotations
 
+from shopformer.cli.serve import serve_command
 from shopformer.serving.app import create_app
-from shopformer.serving.cli import serve_command
 from shopformer.serving.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app", "serve_command"]

@@ -19,12 +19,13 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shopformer.config import Config
-from shopformer.data.dataset import Batch, EventArrays, TrainLoader, training_windows
+from shopformer.data.batches import Batch, EventArrays, TrainLoader, training_windows
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.evaluate import evaluate, model_scorer
-from shopformer.losses import NegativeSampler
+from shopformer.evaluation.ranking import evaluate, model_scorer
+from shopformer.evaluation.report import plot_training_curve
 from shopformer.models.base import LossOutput, SequenceModel
+from shopformer.training.objectives import make_sampler
 
 
 def early_stopping(scores: list[float], patience: int) -> tuple[bool, int]:
@@ -46,14 +47,6 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
-
-
-def make_sampler(cfg: Config, n_items: int, item_counts: np.ndarray | None) -> NegativeSampler | None:
-    """The negative sampler ``cfg.loss`` asks for (None for full cross-entropy)."""
-    if cfg.loss.kind != "sampled":
-        return None
-    counts = item_counts if item_counts is not None else np.ones(n_items + 1)
-    return NegativeSampler(counts, cfg.loss.sampler, seed=cfg.train.seed)
 
 
 def set_seed(seed: int) -> None:
@@ -202,25 +195,3 @@ def _append_csv(path: Path | None, row: dict) -> None:
         w.writerow(row)
 
 
-def plot_training_curve(history: list[dict], path: Path, monitor: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss", color="tab:blue")
-    key = f"valid_{monitor}"
-    pts = [(r["epoch"], r[key]) for r in history if key in r]
-    if pts:
-        ax2 = ax1.twinx()
-        ax2.plot(*zip(*pts, strict=True), color="tab:orange", marker=".", label=f"validation {monitor}")
-        ax2.set_ylabel(f"validation {monitor}", color="tab:orange")
-    ax1.set_title("Training curve (best epoch chosen on validation)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,93 +22,43 @@ import numpy as np
 import torch
 
 from shopformer.artifacts import load_run, save_run, write_metrics
-from shopformer.baselines import item_counts
-from shopformer.behaviour_eval import (
-    EvalContext,
+from shopformer.config import Config
+from shopformer.data.batches import (
+    EventArrays,
+    MultiTaskLoader,
+    history_batches,
+    training_windows,
+)
+from shopformer.data.corpus import Dataset, funnel_depth, load_dataset
+from shopformer.data.schema import PAD
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import (
+    EvalExamples,
     Window,
+    intent_examples,
+    intent_labels_after,
+    make_windows,
+    subsample,
+    window_examples,
+)
+from shopformer.evaluation.baselines import item_counts
+from shopformer.evaluation.behaviour import (
+    EvalContext,
     behaviour_scorer,
     evaluate_actions,
     evaluate_intent,
     evaluate_items,
-    intent_examples,
-    intent_labels_after,
     json_number,
-    make_windows,
-    markdown_summary,
     protocol_text,
-    subsample,
-    window_examples,
 )
-from shopformer.config import Config
-from shopformer.data.dataset import (
-    Batch,
-    EventArrays,
-    TrainLoader,
-    gather_windows,
-    history_batches,
-    training_windows,
-    windows_to_batch,
-)
-from shopformer.data.schema import PAD
-from shopformer.data.sequences import Sequences
-from shopformer.data.split import EvalExamples
-from shopformer.evaluate import evaluate
-from shopformer.experiment import Dataset, load_dataset
+from shopformer.evaluation.ranking import evaluate
+from shopformer.evaluation.report import markdown_summary
 from shopformer.models import build_model, check_task
 from shopformer.models.base import SequenceModel
-from shopformer.train import FitResult, fit
+from shopformer.training.fit import FitResult, fit
 
 # ---------------------------------------------------------------------------------------------
 # Target behaviour
-
-
-def funnel_depth(seq: Sequences, n_behaviours: int) -> np.ndarray:
-    """(n_behaviours + 1,) mean number of *other* behaviour types the same user already showed on
-    the same item before each event of a type (NaN for a type that never occurs).
-
-    A purchase typically follows a view and often a cart of the same item, so it sits deepest in
-    the funnel; a view usually comes first. Measured on the Taobao, CIKM EComm and REES46 logs the
-    deepest type is the purchase in all three, whereas "the rarest type" is not (collect on CIKM,
-    cart on REES46).
-    """
-    n = len(seq.items)
-    if n == 0:
-        return np.full(n_behaviours + 1, np.nan)
-    rows = seq.user_row_of_event().astype(np.int64)
-    key = rows * (int(seq.items.max()) + 1) + seq.items.astype(np.int64)
-    _, pair = np.unique(key, return_inverse=True)
-    beh = seq.behaviours.astype(np.int64)
-    first = np.full((pair.max() + 1, n_behaviours + 1), n, dtype=np.int64)
-    np.minimum.at(first, (pair, beh), np.arange(n))
-    earlier = first[pair] < np.arange(n)[:, None]  # (N, B + 1): type b' seen on this pair before
-    earlier[np.arange(n), beh] = False  # "other" types only
-    depth = earlier[:, 1:].sum(1)
-    total = np.bincount(beh, weights=depth, minlength=n_behaviours + 1)
-    count = np.bincount(beh, minlength=n_behaviours + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, total / count, np.nan)
-    out[PAD] = np.nan
-    return out
-
-
-def default_target_behaviour(seq: Sequences, n_behaviours: int) -> int:
-    """The deepest funnel stage (``funnel_depth``); ties go to the rarer type."""
-    depth = funnel_depth(seq, n_behaviours)
-    count = np.bincount(seq.behaviours.astype(np.int64), minlength=n_behaviours + 1)
-    candidates = [b for b in range(1, n_behaviours + 1) if count[b] > 0]
-    if not candidates:
-        raise ValueError("the data set has no events")
-    return max(candidates, key=lambda b: (depth[b], -count[b]))
-
-
-def resolve_target(ds: Dataset, name: str | None) -> tuple[str, int]:
-    """(name, dense id) of the target behaviour; a name absent from the data is an error here."""
-    if name is None:
-        bid = default_target_behaviour(ds.seq, len(ds.vocabs.behaviours))
-        return ds.vocabs.behaviours.tokens[bid], bid
-    bid = ds.behaviour_id(name)  # raises, naming the known types, when the data lacks it
-    assert bid is not None
-    return name, bid
 
 
 def configure(ds: Dataset, cfg: Config) -> tuple[Config, int]:
@@ -123,46 +72,13 @@ def configure(ds: Dataset, cfg: Config) -> tuple[Config, int]:
             "multi-behaviour evaluation uses a temporal split: set split.kind=temporal, split.valid_start and "
             "split.test_start (Unix seconds, or fractions of the time range such as 0.8 and 0.9)"
         )
-    name, bid = resolve_target(ds, cfg.task.target_behaviour)
+    name, bid = ds.target_behaviour(cfg.task.target_behaviour)
     resolved = cfg.override(task={"target_behaviour": name}, eval={"exclude_seen": False})
     return resolved, bid
 
 
 # ---------------------------------------------------------------------------------------------
 # Training batches with exact intent labels
-
-
-@dataclass(frozen=True)
-class TaskBatch(Batch):
-    """A training Batch plus (B, L) intent labels read from the whole training prefix (-1 unknown)."""
-
-    intent_labels: torch.Tensor | None = None
-
-
-class MultiTaskLoader(TrainLoader):
-    """TrainLoader whose batches carry intent labels computed on the training prefix, so a window's
-    last positions are labelled from the events after the window whenever those are training data."""
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        arrays: EventArrays,
-        ends: np.ndarray,
-        starts: np.ndarray,
-        max_len: int,
-        batch_size: int,
-        seed: int,
-    ) -> None:
-        super().__init__(arrays, ends, starts, max_len, batch_size, seed)
-        self.labels = labels.astype(np.int64) + 2  # shift so that window padding (0) reads as unknown
-
-    def __iter__(self) -> Iterator[Batch]:
-        for sel, width in self.batch_indices():  # same length bucketing as TrainLoader
-            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
-            lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
-            base = windows_to_batch(w)
-            real = base.padding_mask.numpy()
-            yield TaskBatch(**vars(base), intent_labels=torch.from_numpy(np.where(real, lab, -1)).float())
 
 
 # ---------------------------------------------------------------------------------------------

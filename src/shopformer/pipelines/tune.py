@@ -12,15 +12,12 @@ loadable with ``--config``) and ``summary.json``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from shopformer.config import Config, apply_overrides, load_config
+from shopformer.config import Config
 
 MAX_TRIAL_MINUTES = 30.0
 
@@ -77,12 +74,12 @@ def tune(
     except ImportError:
         raise RuntimeError("hyper-parameter search needs optuna: pip install 'shopformer[tune]'") from None
 
-    from shopformer.baselines import item_counts
-    from shopformer.data.augment import augmented_training
-    from shopformer.data.dataset import EventArrays
-    from shopformer.experiment import load_dataset, make_split
+    from shopformer.data.batches import EventArrays
+    from shopformer.data.corpus import load_dataset, make_split
+    from shopformer.evaluation.baselines import item_counts
     from shopformer.models import build_model
-    from shopformer.train import fit, set_seed
+    from shopformer.training.fit import fit, set_seed
+    from shopformer.training.objectives import augmented_training
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,33 +142,3 @@ def tune(
                "dataset": str(dataset), "note": "validation split only; the test split was never evaluated"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
-
-
-def tune_command(
-    dataset: Annotated[Path, typer.Argument(help="dataset directory written by `shopformer prepare`")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/tune"),
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="base TOML or JSON config")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="override a base config value: section.key=value")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="model name (see `shopformer models`)")] = None,
-    trials: Annotated[int, typer.Option(min=1, help="maximum number of trials")] = 20,
-    minutes: Annotated[float, typer.Option(min=0.01, help="time budget of the whole search")] = 60.0,
-    seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
-    augment: Annotated[bool, typer.Option(help="also search augmentation probabilities")] = False,
-) -> None:
-    """Search hyper-parameters on the validation split (never the test split) within a time budget."""
-    from shopformer.config import ConfigError
-
-    try:
-        base = apply_overrides(load_config(config), list(overrides or []))
-        if model is not None:
-            base = base.override(model={"name": model})
-        res = tune(dataset, base, out, trials=trials, minutes=minutes, seed=seed, augment=augment,
-                   echo=typer.echo)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    score = "nan" if math.isnan(res.best_value) else f"{res.best_value:.4f}"
-    typer.echo(f"best valid {base.train.monitor} = {score} after {res.n_trials} trials ({res.seconds / 60:.1f} min)")
-    typer.echo(f"best config: {out / 'best_config.json'} (retrain it with `shopformer train --config`)")

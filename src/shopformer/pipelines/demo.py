@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from shopformer.config import load_config
+from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
-from shopformer.experiment import Dataset, load_dataset
-from shopformer.multibehaviour import run_multibehaviour
+from shopformer.pipelines.multi_behaviour import run_multibehaviour
 from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender, describe_actions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO_DATA = ROOT / "data" / "demo" / "taobao_head300.csv"
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
 TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "event_type", "timestamp")

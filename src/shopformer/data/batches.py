@@ -189,3 +189,36 @@ def seen_pairs(seq: Sequences, examples: EvalExamples, idx: np.ndarray) -> tuple
     row = np.repeat(np.arange(len(idx)), lens)
     flat = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
     return row, seq.items[flat].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TaskBatch(Batch):
+    """A training Batch plus (B, L) intent labels read from the whole training prefix (-1 unknown)."""
+
+    intent_labels: torch.Tensor | None = None
+
+
+class MultiTaskLoader(TrainLoader):
+    """TrainLoader whose batches carry intent labels computed on the training prefix, so a window's
+    last positions are labelled from the events after the window whenever those are training data."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        arrays: EventArrays,
+        ends: np.ndarray,
+        starts: np.ndarray,
+        max_len: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        super().__init__(arrays, ends, starts, max_len, batch_size, seed)
+        self.labels = labels.astype(np.int64) + 2  # shift so that window padding (0) reads as unknown
+
+    def __iter__(self) -> Iterator[Batch]:
+        for sel, width in self.batch_indices():  # same length bucketing as TrainLoader
+            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
+            lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
+            base = windows_to_batch(w)
+            real = base.padding_mask.numpy()
+            yield TaskBatch(**vars(base), intent_labels=torch.from_numpy(np.where(real, lab, -1)).float())

@@ -8,7 +8,6 @@ popularity and Markov baselines on the same examples.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,75 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from shopformer.artifacts import save_run, sha256_file, write_metrics
-from shopformer.baselines import Markov, Popularity, item_counts
+from shopformer.artifacts import save_run, write_metrics
 from shopformer.config import Config
-from shopformer.data.augment import augmented_training
-from shopformer.data.dataset import EventArrays
-from shopformer.data.sequences import Sequences
-from shopformer.data.split import EvalExamples, Split, leave_one_out, resolve_boundary, temporal_split
-from shopformer.data.vocab import Vocabs
-from shopformer.evaluate import evaluate, model_scorer
+from shopformer.data.batches import EventArrays
+from shopformer.data.corpus import Dataset, load_dataset, make_split
+from shopformer.data.split import EvalExamples, Split
+from shopformer.evaluation.baselines import Markov, Popularity, item_counts
+from shopformer.evaluation.ranking import evaluate, model_scorer
+from shopformer.evaluation.report import write_report
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec, SequenceModel
-from shopformer.report import write_report
-from shopformer.train import FitResult, fit, set_seed
-
-
-@dataclass
-class Dataset:
-    path: Path
-    seq: Sequences
-    vocabs: Vocabs
-    stats: dict
-    fingerprint: str
-
-    @property
-    def spec(self) -> DataSpec:
-        return DataSpec(
-            n_items=len(self.vocabs.items),
-            n_behaviours=len(self.vocabs.behaviours),
-            n_categories=len(self.vocabs.categories),
-            has_time=self.seq.has_time,
-        )
-
-    def behaviour_id(self, name: str | None) -> int | None:
-        if name is None:
-            return None
-        if name not in self.vocabs.behaviours.index:
-            known = ", ".join(self.vocabs.behaviours.tokens[1:])
-            raise ValueError(f"target behaviour {name!r} never occurs in {self.path}; known: {known}")
-        return self.vocabs.behaviours.index[name]
-
-    def item_category(self) -> np.ndarray:
-        """(n_items + 1,) the category of each item (last seen), 0 when unknown."""
-        out = np.zeros(len(self.vocabs.items) + 1, dtype=np.int64)
-        out[self.seq.items] = self.seq.categories
-        return out
-
-
-def load_dataset(path: str | Path) -> Dataset:
-    p = Path(path)
-    for name in ("events.parquet", "vocab.json", "stats.json"):
-        if not (p / name).exists():
-            raise FileNotFoundError(f"{p}: missing {name}; run `shopformer prepare` first")
-    return Dataset(
-        path=p,
-        seq=Sequences.load(p),
-        vocabs=Vocabs.load(p / "vocab.json"),
-        stats=json.loads((p / "stats.json").read_text()),
-        fingerprint=sha256_file(p / "events.parquet"),
-    )
-
-
-def make_split(ds: Dataset, cfg: Config, target_behaviour: int | None = None) -> Split:
-    sc = cfg.split
-    if sc.kind == "loo":
-        return leave_one_out(ds.seq, target_behaviour)
-    if sc.valid_start is None or sc.test_start is None:
-        raise ValueError("split.kind='temporal' needs split.valid_start and split.test_start")
-    t1, t2 = resolve_boundary(ds.seq, sc.valid_start), resolve_boundary(ds.seq, sc.test_start)
-    return temporal_split(ds.seq, t1, t2, target_behaviour)
+from shopformer.models.base import SequenceModel
+from shopformer.training.fit import FitResult, fit, set_seed
+from shopformer.training.objectives import augmented_training
 
 
 def protocol_text(cfg: Config, split: Split, n_items: int) -> str:

@@ -25,144 +25,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shopformer.baselines import Markov, Popularity, item_counts, training_mask
-from shopformer.behaviour_metrics import binary_summary, fit_platt, multiclass_summary, sigmoid
 from shopformer.config import Config
-from shopformer.data.dataset import Batch, EventArrays, history_batches
+from shopformer.data.batches import Batch, EventArrays, history_batches
+from shopformer.data.corpus import Dataset
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
-from shopformer.data.split import EvalExamples, resolve_boundary
-from shopformer.evaluate import ScoreFn, evaluate
-from shopformer.experiment import Dataset
+from shopformer.data.split import (
+    EvalExamples,
+    Window,
+    intent_examples,
+    intent_labels_after,
+    subsample,
+    window_examples,
+)
+from shopformer.evaluation.baselines import (
+    Markov,
+    Popularity,
+    RecentItems,
+    behaviour_transitions,
+    item_counts,
+    majority_behaviour,
+    training_mask,
+)
+from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
+from shopformer.evaluation.ranking import ScoreFn, evaluate
+from shopformer.evaluation.report import plot_confusion, plot_reliability
 from shopformer.models.base import SequenceModel
 
 # ---------------------------------------------------------------------------------------------
 # Intent labels
 
 
-def intent_labels_after(seq: Sequences, end: np.ndarray, target: int, horizon: int) -> np.ndarray:
-    """(N,) int8 label of a prediction made right after flat event i: 1 if the target behaviour
-    occurs among events i+1 .. i+horizon, 0 if not, -1 (unknown) if those events are not all
-    before ``end[user]`` (exclusive flat bound: the end of the window the labels may read)."""
-    n = len(seq.items)
-    rows = seq.user_row_of_event()
-    idx = np.arange(n)
-    bound = np.asarray(end, dtype=np.int64)[rows]  # (N,)
-    hit = ((seq.behaviours == target) & (idx < bound)).astype(np.int64)
-    csum = np.concatenate([[0], np.cumsum(hit)])  # csum[j] = hits among events < j
-    last = idx + horizon  # the horizon's last event
-    known = last < bound
-    count = csum[np.minimum(last + 1, n)] - csum[idx + 1]
-    return np.where(known, (count > 0).astype(np.int8), np.int8(-1)).astype(np.int8)
-
-
 # ---------------------------------------------------------------------------------------------
 # Evaluation examples
 
 
-@dataclass(frozen=True)
-class Window:
-    """One evaluation window [lo, hi) of event times, and the flat bound its labels may read."""
-
-    name: str
-    lo: int
-    hi: int | None  # None: open-ended (test)
-    label_end: np.ndarray  # (U,) exclusive flat index: first event at/after ``hi`` (or the user's end)
-
-
-def make_windows(seq: Sequences, cfg: Config) -> tuple[np.ndarray, Window, Window]:
-    """(train_end, validation window, test window) of the global temporal split."""
-    t1 = resolve_boundary(seq, float(cfg.split.valid_start))  # type: ignore[arg-type]
-    t2 = resolve_boundary(seq, float(cfg.split.test_start))  # type: ignore[arg-type]
-    if not t1 < t2:
-        raise ValueError(f"temporal split needs valid_start < test_start, got {t1} >= {t2}")
-    train_end = _first_at_or_after(seq, t1)
-    return train_end, Window("valid", t1, t2, _first_at_or_after(seq, t2)), Window("test", t2, None, seq.offsets[1:])
-
-
-def _first_at_or_after(seq: Sequences, t: int) -> np.ndarray:
-    """(U,) flat index of each user's first event with time >= t (the user's end if none)."""
-    out = seq.offsets[1:].copy()
-    idx = np.flatnonzero(seq.times >= t)
-    rows = seq.user_row_of_event()[idx]
-    out[rows[::-1]] = idx[::-1]  # reverse assignment keeps the smallest index per user
-    return out.astype(np.int64)
-
-
-def window_examples(seq: Sequences, w: Window, behaviour: int | None = None) -> tuple[EvalExamples, dict[str, int]]:
-    """Every event in the window (of one behaviour type, if given) with a non-empty history.
-
-    Returns the examples and the exclusions: users active in the window without such an event,
-    and events without any earlier event of the user.
-    """
-    t = seq.times
-    in_w = (t >= w.lo) if w.hi is None else (t >= w.lo) & (t < w.hi)
-    rows = seq.user_row_of_event()
-    pos = np.flatnonzero(in_w & (True if behaviour is None else seq.behaviours == behaviour))
-    has_history = pos > seq.offsets[:-1][rows[pos]]
-    active = np.unique(rows[in_w])
-    with_target = np.unique(rows[pos])
-    excluded = {
-        "users_in_window_without_event": int(len(np.setdiff1d(active, with_target))),
-        "events_without_history": int((~has_history).sum()),
-    }
-    pos = pos[has_history]
-    return EvalExamples(rows[pos].astype(np.int64), pos.astype(np.int64)), excluded
-
-
-def intent_examples(
-    seq: Sequences, w: Window, target: int, horizon: int
-) -> tuple[EvalExamples, np.ndarray, dict[str, int]]:
-    """Prediction points before each event of the window, their labels, and the censored count."""
-    ex, excluded = window_examples(seq, w)
-    labels = intent_labels_after(seq, w.label_end, target, horizon)[ex.pos - 1]  # predicted after event p - 1
-    known = labels >= 0
-    excluded = {**excluded, "censored_horizon": int((~known).sum())}
-    return EvalExamples(ex.rows[known], ex.pos[known]), labels[known].astype(np.int64), excluded
-
-
 # ---------------------------------------------------------------------------------------------
 # Heuristic baselines (fitted on training events only)
-
-
-def majority_behaviour(seq: Sequences, train_end: np.ndarray, n_behaviours: int) -> int:
-    counts = np.bincount(seq.behaviours[training_mask(seq, train_end)], minlength=n_behaviours + 1)
-    counts[PAD] = -1
-    return int(counts.argmax())
-
-
-class RecentItems:
-    """Items of the history's events whose behaviour is allowed, most recent first; every other item
-    below them by a prior (e.g. popularity among purchases), so the ranking is always complete.
-
-    With the majority behaviour disallowed this is "the items the user recently carted or
-    favourited" without naming either."""
-
-    def __init__(self, allowed: np.ndarray, prior_counts: np.ndarray) -> None:
-        self.allowed = torch.as_tensor(allowed, dtype=torch.bool)  # (n_behaviours + 1,)
-        prior = np.asarray(prior_counts, dtype=np.float64)
-        self.prior = torch.from_numpy(prior / (prior.max() + 1.0)).float()  # in [0, 1)
-
-    def __call__(self, batch: Batch) -> torch.Tensor:
-        b, length = batch.items.shape
-        ok = (batch.items != PAD) & self.allowed[batch.behaviours]
-        recency = torch.arange(1, length + 1, dtype=torch.float32).expand(b, length) + 1.0  # > any prior
-        scores = self.prior.unsqueeze(0).repeat(b, 1)
-        idx = torch.where(ok, batch.items, torch.zeros_like(batch.items))
-        scores.scatter_reduce_(1, idx, torch.where(ok, recency, torch.zeros_like(recency)), reduce="amax")
-        scores[:, PAD] = float("-inf")
-        return scores
-
-
-def behaviour_transitions(seq: Sequences, train_end: np.ndarray, n_behaviours: int) -> np.ndarray:
-    """(B + 1, B + 1) P(next behaviour | previous behaviour) on training pairs, add-one smoothed."""
-    mask = training_mask(seq, train_end)
-    rows = seq.user_row_of_event()
-    pair = mask[:-1] & mask[1:] & (rows[:-1] == rows[1:])
-    counts = np.ones((n_behaviours + 1, n_behaviours + 1))
-    np.add.at(counts, (seq.behaviours[:-1][pair], seq.behaviours[1:][pair]), 1)
-    counts[:, PAD] = 0.0
-    return counts / counts.sum(1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +100,7 @@ def decision_offsets(
 
     Probabilities stay calibrated; only the decision is shifted toward rare classes. Returns
     (tau, (C,) additive log offsets)."""
-    from shopformer.behaviour_metrics import macro_f1
+    from shopformer.evaluation.classification import macro_f1
 
     logp, logprior = np.log(np.clip(probs, 1e-12, None)), np.log(np.clip(prior, 1e-12, None))
     best = (-1.0, 0.0)
@@ -235,14 +134,6 @@ class EvalContext:
     @property
     def names(self) -> list[str]:
         return list(self.ds.vocabs.behaviours.tokens[1:])
-
-
-def subsample(ex: EvalExamples, n: int | None, seed: int = 0) -> EvalExamples:
-    """At most ``n`` examples, drawn uniformly without replacement (seeded), in their original order."""
-    if n is None or len(ex) <= n:
-        return ex
-    keep = np.sort(np.random.default_rng(seed).choice(len(ex), n, replace=False))
-    return EvalExamples(ex.rows[keep], ex.pos[keep])
 
 
 def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap: int,
@@ -404,55 +295,6 @@ def _slug(name: str) -> str:
 # Plots
 
 
-def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = cm / np.clip(cm.sum(1, keepdims=True), 1, None)  # row-normalised: recall on the diagonal
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.1 * len(names) + 1.5))
-    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{cm[i, j]}\n{rows[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if rows[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_reliability(rel: dict[str, list[float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mean_p, obs, count = (np.asarray(rel[k], dtype=float) for k in ("mean_prob", "observed", "count"))
-    ok = count > 0
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.plot(mean_p[ok], obs[ok], marker="o", label="model")
-    ax.set_ylabel("observed rate")
-    ax.set_title(title)
-    ax.legend()
-    edges = np.linspace(0, 1, len(count) + 1)
-    ax2.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.6)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("predicted probability")
-    ax2.set_ylabel("examples")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def json_number(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
@@ -467,36 +309,6 @@ def protocol_text(cfg: Config) -> str:
         f"{cfg.task.intent_horizon} events; Platt scaling fitted on validation; censored horizons excluded and "
         "counted. Model selected on validation, test used once."
     )
-
-
-def markdown_summary(metrics: dict, ks: tuple[int, ...] = (10,)) -> str:
-    """Compact tables: next-target-behaviour ranking, any-behaviour ranking, next action, intent."""
-    k = 10 if 10 in ks else max(ks)
-    lines: list[str] = []
-    target = metrics["target_behaviour"]
-    for key, title in ((target, f"next item with behaviour '{target}'"), ("any", "next item, any behaviour")):
-        rows = metrics["next_item"].get(key) or {}
-        if not rows:
-            continue
-        n = next(iter(rows.values())).get("n", 0)
-        lines += [f"**{title}** ({n} test examples)", "", f"| system | HR@{k} | NDCG@{k} | MRR |", "|---|---|---|---|"]
-        lines += [f"| {s} | {m[f'hr@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m['mrr']:.4f} |" for s, m in rows.items()]
-        lines.append("")
-    if "next_action" in metrics:
-        rows = metrics["next_action"]
-        lines += ["**next action**", "", "| system | accuracy | macro-F1 | " + " | ".join(
-            f"recall {n}" for n in metrics["behaviours"]) + " |", "|---|---|---|" + "---|" * len(metrics["behaviours"])]
-        for s, m in rows.items():
-            rec = " | ".join("–" if m["per_class_recall"][n] is None else f"{m['per_class_recall'][n]:.3f}"
-                             for n in metrics["behaviours"])
-            lines.append(f"| {s} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {rec} |")
-        lines.append("")
-    if "intent" in metrics:
-        lines += [f"**purchase intent** ('{target}' within the next {metrics['task']['intent_horizon']} events)", "",
-                  "| system | ROC-AUC | PR-AUC | ECE | positive rate |", "|---|---|---|---|---|"]
-        lines += [f"| {s} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} | {m['ece']:.4f} | {m['positive_rate']:.3f} |"
-                  for s, m in metrics["intent"].items()]
-    return "\n".join(lines)
 
 
 def metrics_json_line(metrics: dict) -> str:

@@ -22,9 +22,9 @@ import torch
 
 from shopformer.artifacts import save_run
 from shopformer.config import Config, ModelConfig, TaskConfig
+from shopformer.data.corpus import DataSpec
 from shopformer.data.vocab import PAD_TOKEN, Vocab, Vocabs
 from shopformer.models import build_model
-from shopformer.models.base import DataSpec
 
 
 def free_port() -> int:
@@ -103,7 +103,7 @@ class RedisServer:
 
 
 class ServerProcess:
-    """``python -m shopformer.serving RUN_DIR`` as a child process; ready when /readyz says so."""
+    """``python -m shopformer.cli serve RUN_DIR`` as a child process; ready when /readyz says so."""
 
     def __init__(self, run_dir: str | Path, store_url: str, api_key: str | None = "test-key",
                  log_path: str | Path | None = None, extra_args: tuple[str, ...] = (),
@@ -123,7 +123,7 @@ class ServerProcess:
         env.update(self.extra_env)
         if self.api_key is not None:
             env["SHOPFORMER_API_KEY"] = self.api_key
-        cmd = [sys.executable, "-m", "shopformer.serving", str(self.run_dir), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "shopformer.cli", "serve", str(self.run_dir), "--port", str(self.port),
                "--store", self.store_url, "--log-level", "warning", *self.extra_args]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

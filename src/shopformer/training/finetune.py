@@ -34,16 +34,17 @@ import torch
 import torch.nn as nn
 
 from shopformer.config import Config
-from shopformer.data.augment import Augmenter, contrastive_loss, training_objective, zero_loss
-from shopformer.data.dataset import Batch, EventArrays, TrainLoader, training_windows
+from shopformer.data.augment import Augmenter
+from shopformer.data.batches import Batch, EventArrays, TrainLoader, training_windows
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.evaluate import evaluate, model_scorer
+from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import attention_models, model_class
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.lora import apply_lora, count_parameters, mark_only_lora_trainable, merge_lora
-from shopformer.train import FitResult, fit, make_sampler
+from shopformer.training.fit import FitResult, fit
+from shopformer.training.objectives import contrastive_loss, make_sampler, training_objective, zero_loss
 
 Mode = Literal["full", "frozen", "lora"]
 PretrainObjective = Literal["auto", "next-item", "masked", "contrastive"]

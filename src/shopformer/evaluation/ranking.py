@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from shopformer.config import EvalConfig
-from shopformer.data.dataset import Batch, EventArrays, history_batches, seen_pairs
+from shopformer.data.batches import Batch, EventArrays, history_batches, seen_pairs
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.metrics import summarise, target_ranks
+from shopformer.evaluation.metrics import summarise, target_ranks
 
 ScoreFn = Callable[[Batch], torch.Tensor]
 

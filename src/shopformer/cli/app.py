@@ -1,0 +1,52 @@
+"""`shopformer` command line: prepare | train | evaluate | recommend | tune | serve | demo | models.
+
+One Typer app; each command lives in its own module of this package and imports the heavy
+layers (torch, the pipelines) only when it runs, so ``shopformer --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shopformer.cli.common import console
+from shopformer.cli.evaluate import evaluate_command
+from shopformer.cli.prepare import prepare_command
+from shopformer.cli.recommend import recommend_command
+from shopformer.cli.serve import serve_command
+from shopformer.cli.train import train_command
+from shopformer.cli.tune import tune_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+
+
+def models() -> None:
+    """List the registered models."""
+    from shopformer.models import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        console.print(f"{name:10s} {doc[0] if doc else ''}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
+    max_minutes: Annotated[float, typer.Option(help="training budget")] = 4.0,
+) -> None:
+    """Prepare the bundled Taobao slice, train, compare with baselines, show example users."""
+    from shopformer.pipelines.demo import run_demo
+
+    run_demo(out, max_minutes, console)
+
+
+app.command("prepare")(prepare_command)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("recommend")(recommend_command)
+app.command("tune")(tune_command)
+app.command("serve")(serve_command)
+app.command("demo")(demo)
+app.command("models")(models)

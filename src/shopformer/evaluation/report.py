@@ -1,0 +1,169 @@
+"""Human-facing reports: a markdown metrics table and a metric@K plot, model beside baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shopformer.atomic import atomic_write, atomic_write_text
+
+
+def markdown_table(results: dict[str, dict], ks: tuple[int, ...], ci: bool = True) -> str:
+    """Rows = systems (model and baselines), columns = HR/NDCG@K, MRR, coverage@max K."""
+    kmax = max(ks)
+    cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", f"coverage@{kmax}"]
+    lines = ["| system | " + " | ".join(c.upper() if c == "mrr" else c for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for name, m in results.items():
+        cells = []
+        for c in cols:
+            v = m.get(c, float("nan"))
+            cell = f"{v:.4f}"
+            if ci and c in m.get("ci95", {}):
+                lo, hi = m["ci95"][c]
+                cell += f" ({lo:.4f}–{hi:.4f})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_metrics_at_k(results: dict[str, dict], ks: tuple[int, ...], path: str | Path, title: str) -> None:
+    """Two panels (HR@K, NDCG@K), one line per system, with bootstrap CI bands when present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
+        for name, m in results.items():
+            ys = [m.get(f"{metric}@{k}", float("nan")) for k in ks]
+            (line,) = ax.plot(ks, ys, marker="o", label=name)
+            if "ci95" in m and all(f"{metric}@{k}" in m["ci95"] for k in ks):
+                lo = [m["ci95"][f"{metric}@{k}"][0] for k in ks]
+                hi = [m["ci95"][f"{metric}@{k}"][1] for k in ks]
+                ax.fill_between(ks, lo, hi, alpha=0.15, color=line.get_color())
+        ax.set_xticks(list(ks))
+        ax.set_xlabel("K")
+        ax.set_title(f"{metric.upper()}@K")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_report(results: dict[str, dict], ks: tuple[int, ...], out_dir: str | Path, title: str,
+                 protocol: str) -> str:
+    """Write report.md and metrics_at_k.png; return the markdown."""
+    out = Path(out_dir)
+    table = markdown_table(results, ks)
+    text = f"# {title}\n\n{protocol}\n\n{table}\n\n![metrics at K](metrics_at_k.png)\n"
+    atomic_write_text(out / "report.md", text)
+    plot_metrics_at_k(results, ks, out / "metrics_at_k.png", title)
+    return table
+
+
+def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = cm / np.clip(cm.sum(1, keepdims=True), 1, None)  # row-normalised: recall on the diagonal
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.1 * len(names) + 1.5))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{cm[i, j]}\n{rows[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(rel: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean_p, obs, count = (np.asarray(rel[k], dtype=float) for k in ("mean_prob", "observed", "count"))
+    ok = count > 0
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot(mean_p[ok], obs[ok], marker="o", label="model")
+    ax.set_ylabel("observed rate")
+    ax.set_title(title)
+    ax.legend()
+    edges = np.linspace(0, 1, len(count) + 1)
+    ax2.bar(edges[:-1], count, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.6)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("predicted probability")
+    ax2.set_ylabel("examples")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_summary(metrics: dict, ks: tuple[int, ...] = (10,)) -> str:
+    """Compact tables: next-target-behaviour ranking, any-behaviour ranking, next action, intent."""
+    k = 10 if 10 in ks else max(ks)
+    lines: list[str] = []
+    target = metrics["target_behaviour"]
+    for key, title in ((target, f"next item with behaviour '{target}'"), ("any", "next item, any behaviour")):
+        rows = metrics["next_item"].get(key) or {}
+        if not rows:
+            continue
+        n = next(iter(rows.values())).get("n", 0)
+        lines += [f"**{title}** ({n} test examples)", "", f"| system | HR@{k} | NDCG@{k} | MRR |", "|---|---|---|---|"]
+        lines += [f"| {s} | {m[f'hr@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m['mrr']:.4f} |" for s, m in rows.items()]
+        lines.append("")
+    if "next_action" in metrics:
+        rows = metrics["next_action"]
+        lines += ["**next action**", "", "| system | accuracy | macro-F1 | " + " | ".join(
+            f"recall {n}" for n in metrics["behaviours"]) + " |", "|---|---|---|" + "---|" * len(metrics["behaviours"])]
+        for s, m in rows.items():
+            rec = " | ".join("–" if m["per_class_recall"][n] is None else f"{m['per_class_recall'][n]:.3f}"
+                             for n in metrics["behaviours"])
+            lines.append(f"| {s} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {rec} |")
+        lines.append("")
+    if "intent" in metrics:
+        lines += [f"**purchase intent** ('{target}' within the next {metrics['task']['intent_horizon']} events)", "",
+                  "| system | ROC-AUC | PR-AUC | ECE | positive rate |", "|---|---|---|---|---|"]
+        lines += [f"| {s} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} | {m['ece']:.4f} | {m['positive_rate']:.3f} |"
+                  for s, m in metrics["intent"].items()]
+    return "\n".join(lines)
+
+
+def plot_training_curve(history: list[dict], path: Path, monitor: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    key = f"valid_{monitor}"
+    pts = [(r["epoch"], r[key]) for r in history if key in r]
+    if pts:
+        ax2 = ax1.twinx()
+        ax2.plot(*zip(*pts, strict=True), color="tab:orange", marker=".", label=f"validation {monitor}")
+        ax2.set_ylabel(f"validation {monitor}", color="tab:orange")
+    ax1.set_title("Training curve (best epoch chosen on validation)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,153 @@
+"""Encoder pieces shared by several models: input embeddings, attention masks, the Transformer
+stack (SASRec, BERT4Rec) and log-bucketed time (HSTU, the multi-task heads).
+
+A model file imports from here, never from another model's file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shopformer.config import ModelConfig
+from shopformer.data.batches import Batch
+from shopformer.data.corpus import DataSpec
+from shopformer.data.schema import PAD
+
+
+class InputEmbedding(nn.Module):
+    """Item + position (+ behaviour, time-gap, category) embeddings of each event.
+
+    Positions count from the first real event of the window, so extra left padding never
+    changes a representation, and nothing about later events leaks into earlier positions.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.use_behaviour = cfg.use_behaviour and spec.n_behaviours > 1
+        self.use_gap = cfg.use_time_gap and spec.has_time
+        self.use_category = cfg.use_category and spec.n_categories > 0
+        if self.use_behaviour:
+            self.beh_emb = nn.Embedding(spec.n_behaviours + 1, cfg.dim, padding_idx=PAD)
+        if self.use_gap:
+            self.gap_emb = nn.Embedding(cfg.time_buckets, cfg.dim, padding_idx=PAD)
+        if self.use_category:
+            self.cat_emb = nn.Embedding(spec.n_categories + 1, cfg.dim, padding_idx=PAD)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.dropout = nn.Dropout(cfg.emb_dropout)
+        self.max_len = cfg.max_len
+        # Same scale as the item table: with N(0, 1) defaults the side embeddings would be ~8x
+        # larger than the item vectors and drown the item signal after the LayerNorm.
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=cfg.dim**-0.5)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+
+    def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
+        """item_vectors: (B, L, D) looked up by the model from its (tied) item table."""
+        real = batch.items != PAD  # (B, L)
+        pos = (real.long().cumsum(-1) - 1).clamp(0, self.max_len - 1)  # 0 at the first real event
+        x = item_vectors + self.pos_emb(pos)  # (B, L, D)
+        if self.use_behaviour:
+            x = x + self.beh_emb(batch.behaviours)
+        if self.use_gap:
+            x = x + self.gap_emb(batch.gaps.clamp(max=self.gap_emb.num_embeddings - 1))
+        if self.use_category:
+            x = x + self.cat_emb(batch.categories)
+        x = self.dropout(self.norm(x))
+        return x * real.unsqueeze(-1)  # padding stays exactly zero
+
+
+def attention_mask(real: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask, True where query i may attend to key j.
+
+    Keys at padding are hidden; every query may see itself, so padded rows never turn
+    into an all-masked softmax (NaN).
+    """
+    _, length = real.shape
+    allowed = real.unsqueeze(1).expand(-1, length, -1)  # (B, L, L) keys that are real
+    if causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
+    return allowed.unsqueeze(1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        # (B, L, D) -> (B, H, L, D/H)
+        q, k, v = (t.view(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, length, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """Input embeddings + a stack of blocks + final LayerNorm; causal or bidirectional."""
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec, causal: bool) -> None:
+        super().__init__()
+        self.inputs = InputEmbedding(cfg, spec)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.causal = causal
+
+    def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
+        x = self.inputs(batch, item_vectors)  # (B, L, D)
+        mask = attention_mask(batch.items != 0, self.causal)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+
+N_EXACT = 8  # relative distances below this get their own bucket
+
+
+def log_bucket(x: torch.Tensor, n_exact: int, n_buckets: int) -> torch.Tensor:
+    """Non-negative integer tensor -> bucket ids: x below n_exact, then log2-spaced, capped."""
+    far = n_exact + torch.log2((x - n_exact + 1).clamp(min=1).float()).long()
+    return torch.where(x < n_exact, x, far).clamp(max=n_buckets - 1)
+
+
+def approx_times(gaps: torch.Tensor) -> torch.Tensor:
+    """(B, L) gap buckets -> (B, L) approximate seconds since the window start.
+
+    Bucket b >= 2 holds gaps g with floor(log2(1 + g)) = b - 2; we take the geometric middle
+    of that range, 2**(b - 1.5) - 1. Padding (0) and "no previous event" (1) count as 0.
+    """
+    seconds = torch.where(
+        gaps >= 2, torch.exp2(gaps.float() - 1.5) - 1.0, torch.zeros_like(gaps, dtype=torch.float)
+    )
+    return seconds.cumsum(-1)  # float32 is plenty: differences are bucketed on a log2 scale
