@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from shopformer.artifacts import Run, load_run
+from shopformer.artifacts import ArtifactError, Run, load_run
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences

@@ -1,7 +1,7 @@
 """Real-time serving: event ingestion, per-user state, micro-batched top-k, hot model reload.
 
-``create_app(settings)`` builds the FastAPI app; ``serve_command`` runs it under uvicorn
-(``shopformer serve RUN_DIR`` or ``python -m shopformer.serving RUN_DIR``). Importing this
+``create_app(settings)`` builds the FastAPI app; ``shopformer serve RUN_DIR`` (cli/serve.py) runs
+it under uvicorn. The service reaches models only through ``shopformer.recommender``. Importing this
 package builds nothing: no model, no store, no settings are read until the app starts.
 
 Endpoints (OpenAPI at ``/docs``; every answer names the model version in its body and in the
@@ -19,14 +19,13 @@ Endpoints (OpenAPI at ``/docs``; every answer names the model version in its bod
 
 Layout: settings.py (env/CLI), app.py (factory + lifespan), routes.py, schemas.py, engine.py
 (model + index + micro-batcher), batching.py, ann.py (exact / FAISS), store.py (SQLite / Redis),
-metrics.py + middleware.py (Prometheus, body limit), cli.py, testing.py (real processes for
-tests and ``bench/serve_load.py``).
+metrics.py + middleware.py (Prometheus, body limit). The server fixtures of the tests and
+``bench/serve_load.py`` live in ``tests/serving_support.py``.
 """
 
 from __future__ import annotations
 
-from shopformer.cli.serve import serve_command
 from shopformer.serving.app import create_app
 from shopformer.serving.settings import ServeSettings
 
-__all__ = ["ServeSettings", "create_app", "serve_command"]
+__all__ = ["ServeSettings", "create_app"]

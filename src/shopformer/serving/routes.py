@@ -19,8 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shopformer.artifacts import ArtifactError
-from shopformer.recommender import History, Recommendations, RecRequest
+from shopformer.recommender import ArtifactError, History, Recommendations, RecRequest
 from shopformer.serving.batching import BatcherClosed
 from shopformer.serving.engine import Engine
 from shopformer.serving.middleware import VERSION_KEY
