@@ -21,10 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure_redis.sh
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench-beauty: $(STAMP)
 	$(BIN)/python bench/beauty.py

@@ -17,7 +17,7 @@ from shopformer.data.ingest import (
     format_errors,
     ingest,
     load_mapping_file,
-    parse_event_names,
+    parse_behaviour_names,
     parse_mapping,
     parse_time_value,
 )
@@ -52,7 +52,7 @@ def test_taobao_demo_reads_every_row() -> None:
     assert r.counts == {"rows_read": 31446, "blank_lines": 0, "rows_rejected": 0, "errors": 0}
     assert r.events[S.USER].n_unique() == 300
     assert r.events[S.ROW].to_list()[:3] == [1, 2, 3]
-    assert sorted(r.events[S.EVENT].unique().to_list()) == ["buy", "cart", "fav", "pv"]
+    assert sorted(r.events[S.BEHAVIOUR].unique().to_list()) == ["buy", "cart", "fav", "pv"]
     assert r.events[S.TIME].dtype == pl.Int64 and r.events[S.TIME].min() == 1505117799
     assert r.has_time
 
@@ -62,7 +62,7 @@ def test_beauty_demo_sequences_keep_order() -> None:
     r = ingest([path], IngestOptions(format="sequences"))
     assert not r.has_time
     assert r.events.height == 24226 and r.events[S.USER].n_unique() == 2000
-    assert set(r.events[S.EVENT].unique()) == {S.DEFAULT_EVENT}
+    assert set(r.events[S.BEHAVIOUR].unique()) == {S.DEFAULT_BEHAVIOUR}
     first = line_of(path, 2).split()
     user2 = r.events.filter(pl.col(S.ROW) == 2)
     assert user2[S.USER].unique().to_list() == [first[0]]
@@ -201,15 +201,15 @@ def test_wrong_column_count(tmp_path: Path) -> None:
         ingest([path], IngestOptions(columns=TAOBAO_COLUMNS, strict=True, now=NOW))
 
 
-def test_unknown_event_type_with_fixed_vocabulary(tmp_path: Path) -> None:
+def test_unknown_behaviour_with_fixed_vocabulary(tmp_path: Path) -> None:
     text = "u1,i1,c,pv,1511544070\nu1,i2,c,like,1511544071\nu1,i3,c,buy,1511544072\n"
     path = write(tmp_path, "e.csv", text)
-    fixed = IngestOptions(columns=TAOBAO_COLUMNS, event_types=("pv", "cart", "buy"), now=NOW)
+    fixed = IngestOptions(columns=TAOBAO_COLUMNS, behaviours=("pv", "cart", "buy"), now=NOW)
     r = ingest([path], fixed)
-    assert r.events[S.EVENT].to_list() == ["pv", "buy"]
-    assert errors_at(r, 2) == [("event_type", "unknown event type 'like' (allowed: pv, cart, buy)")]
-    strict = IngestOptions(columns=TAOBAO_COLUMNS, event_types=("pv", "cart", "buy"), strict=True, now=NOW)
-    with pytest.raises(DataValidationError, match=rf"{path}:2: event_type: unknown event type 'like'"):
+    assert r.events[S.BEHAVIOUR].to_list() == ["pv", "buy"]
+    assert errors_at(r, 2) == [("behaviour", "unknown behaviour 'like' (allowed: pv, cart, buy)")]
+    strict = IngestOptions(columns=TAOBAO_COLUMNS, behaviours=("pv", "cart", "buy"), strict=True, now=NOW)
+    with pytest.raises(DataValidationError, match=rf"{path}:2: behaviour: unknown behaviour 'like'"):
         ingest([path], strict)
     # Open vocabulary by default: any behaviour name is accepted.
     assert ingest([path], OPTS).events.height == 3
@@ -256,8 +256,8 @@ def test_index_mapping_for_headerless_file(tmp_path: Path) -> None:
 
 def test_event_names_rename_codes(tmp_path: Path) -> None:
     path = write(tmp_path, "c.csv", "user_id,item_id,event_type\nu,i,1\nu,j,4\n")
-    r = ingest([path], IngestOptions(event_names=parse_event_names(["1=click", "4=buy"])))
-    assert r.events[S.EVENT].to_list() == ["click", "buy"]
+    r = ingest([path], IngestOptions(behaviour_names=parse_behaviour_names(["1=click", "4=buy"])))
+    assert r.events[S.BEHAVIOUR].to_list() == ["click", "buy"]
     assert not r.has_time
 
 
@@ -316,3 +316,19 @@ def test_format_errors_counts_rows() -> None:
         {"file": ["f", "f"], "line": [3, 3], "column": ["a", "b"], "reason": ["x", "y"], "value": [None, None]}
     )
     assert format_errors(rejects) == "2 error(s) in 1 row(s):\nf:3: a: x\nf:3: b: y"
+
+
+def test_behaviour_column_has_one_name_and_event_type_is_an_alias(tmp_path: Path) -> None:
+    """The canonical column is `behaviour`; a source column or mapping key named `event_type` (REES46,
+    older recipes) still maps to it, and the validated events only ever say `behaviour`."""
+    header = write(tmp_path, "h.csv", "user_id,item_id,event_type\nu,i,view\n")
+    canonical = write(tmp_path, "c.csv", "user_id,item_id,behaviour\nu,i,view\n")
+    mapped = write(tmp_path, "m.csv", "user_id,item_id,kind\nu,i,view\n")
+    for path, opts in ((header, IngestOptions()), (canonical, IngestOptions()),
+                       (mapped, IngestOptions(mapping=parse_mapping(["event_type=kind"])))):
+        r = ingest([path], opts)
+        assert S.BEHAVIOUR == "behaviour" and "event_type" not in r.events.columns
+        assert r.events[S.BEHAVIOUR].to_list() == ["view"], path.name
+    # a mapping file may use the old key too
+    mf = write(tmp_path, "map.json", json.dumps({"event_type": "kind"}))
+    assert load_mapping_file(mf) == {"behaviour": "kind"}

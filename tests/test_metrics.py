@@ -49,3 +49,19 @@ def test_summarise_means() -> None:
     assert out["ndcg@3"] == pytest.approx((1 + 0.5) / 2)
     assert out["coverage@1"] == pytest.approx(0.5)
     assert out["n"] == 2
+
+
+def test_one_registry_of_metric_names_feeds_summaries_cis_and_tables(monkeypatch) -> None:
+    """A metric added to RANKING_METRICS appears in summarise (with its CI) and in the report table,
+    with no other list to update."""
+    from shopformer.evaluation import metrics as M
+    from shopformer.evaluation.report import markdown_table
+
+    extra = M.RankingMetric("hit_top1", lambda r, k: (r < 1).astype(np.float64), at_k=False)
+    monkeypatch.setattr(M, "RANKING_METRICS", (*M.RANKING_METRICS, extra))
+    ranks = np.array([0, 3, 20])
+    out = M.summarise(ranks, np.zeros((3, 10), np.int64), 50, (10,), n_boot=20)
+    assert out["hit_top1"] == pytest.approx(1 / 3) and "hit_top1" in out["ci95"]
+    assert M.metric_keys((5, 10), table=True) == ["hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "hit_top1"]
+    assert "HIT_TOP1" in markdown_table({"m": out}, (10,)).splitlines()[0]
+    assert "recall@10" not in M.metric_keys((10,), table=True) and "recall@10" in out

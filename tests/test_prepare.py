@@ -57,7 +57,7 @@ def test_demo_dataset_layout(taobao_dataset: Path) -> None:
     assert sorted(p.name for p in taobao_dataset.iterdir()) == sorted(DATASET_FILES)
     df = events(taobao_dataset)
     assert df.columns == [*S.EVENTS_SCHEMA, S.ROW, S.SOURCE]
-    assert df.schema[S.EVENT_IDX] == pl.Int8 and df.schema[S.TIME] == pl.Int64
+    assert df.schema[S.BEHAVIOUR_IDX] == pl.Int8 and df.schema[S.TIME] == pl.Int64
     st = stats(taobao_dataset)
     assert st["rows_read"] == 31446 and st["events"] == df.height == 31446
     assert st["users"] == 300 and st["rows_rejected"] == 0 and st["has_time"] is True
@@ -69,7 +69,7 @@ def test_demo_dataset_layout(taobao_dataset: Path) -> None:
 def test_events_sorted_by_user_idx_time_row(taobao_dataset: Path) -> None:
     df = events(taobao_dataset)
     assert df.equals(df.sort([S.USER_IDX, S.TIME, S.ROW], maintain_order=True))
-    assert df[S.USER_IDX].min() == 1 and df[S.ITEM_IDX].min() == 1 and df[S.EVENT_IDX].min() == 1
+    assert df[S.USER_IDX].min() == 1 and df[S.ITEM_IDX].min() == 1 and df[S.BEHAVIOUR_IDX].min() == 1
     vocabs = Vocabs.load(taobao_dataset / "vocab.json")
     assert vocabs.users.decode(df[S.USER_IDX][:1]) == df[S.USER][:1].to_list()
     assert vocabs.items.decode(df[S.ITEM_IDX][-3:]) == df[S.ITEM][-3:].to_list()
@@ -97,7 +97,7 @@ def test_beauty_demo_without_time(tmp_path: Path) -> None:
     assert r.stats["duplicates_dropped"] == 0  # no dedup without timestamps
     seq = Sequences.load(out)
     vocabs = Vocabs.load(out / "vocab.json")
-    assert len(vocabs.categories) == 0 and vocabs.behaviours.tokens == ("<pad>", S.DEFAULT_EVENT)
+    assert len(vocabs.categories) == 0 and vocabs.behaviours.tokens == ("<pad>", S.DEFAULT_BEHAVIOUR)
     line = (DEMO / "beauty_head.txt").read_text().splitlines()[0].split()
     u = vocabs.users.index[line[0]]
     row = int(np.flatnonzero(seq.users == u)[0])
@@ -213,11 +213,11 @@ def test_all_rows_rejected(tmp_path: Path) -> None:
 def test_rejects_written_and_counted(tmp_path: Path) -> None:
     text = "u1,i1,c,pv,1511544070\nu1,i2,c,pv\nu1,i3,c,zap,1511544071\nu2,i4,c,pv,nope\n"
     path = write(tmp_path, "r.csv", text)
-    opts = IngestOptions(columns=TAOBAO_OPTS.columns, event_types=("pv", "buy"), now=NOW)
+    opts = IngestOptions(columns=TAOBAO_OPTS.columns, behaviours=("pv", "buy"), now=NOW)
     r = prepare([path], tmp_path / "o", opts)
     rejects = pl.read_parquet(tmp_path / "o" / "rejects.parquet")
     assert rejects["line"].to_list() == [2, 3, 4]
-    assert rejects["column"].to_list() == ["<record>", "event_type", "timestamp"]
+    assert rejects["column"].to_list() == ["<record>", "behaviour", "timestamp"]
     assert rejects["raw"].to_list() == text.splitlines()[1:]
     assert rejects["file"].to_list() == [str(path)] * 3
     assert r.stats["rows_rejected"] == 3 and r.stats["events"] == 1
@@ -291,7 +291,7 @@ def test_cli_prepare_demo(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "users" in res.output
     st = stats(tmp_path / "ds")
-    assert st["mapping"] == {"user_id": "0", "item_id": "1", "category_id": "2", "event_type": "3", "timestamp": "4"}
+    assert st["mapping"] == {"user_id": "0", "item_id": "1", "category_id": "2", "behaviour": "3", "timestamp": "4"}
     assert Sequences.load(tmp_path / "ds").n_users == st["users"]
 
 

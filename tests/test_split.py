@@ -83,3 +83,33 @@ def test_split_is_pure() -> None:
     before = seq.items.copy()
     a, b = leave_one_out(seq), leave_one_out(seq)
     assert np.array_equal(a.train_end, b.train_end) and np.array_equal(seq.items, before)
+
+
+def test_boundaries_in_0_1_are_quantiles_of_event_times_not_of_the_time_range() -> None:
+    from shopformer.data.split import resolve_boundary
+
+    # 9 events in a burst at t=0..8, one straggler at t=1000: 0.5 of the time range would be t=500
+    seq = make_seq([list(range(1, 11))], times=[[*range(9), 1000]])
+    assert resolve_boundary(seq, 0.5) == 4  # half of the events happened before t=4
+    assert resolve_boundary(seq, 0.9) == 8
+    assert resolve_boundary(seq, 1_500_000_000.0) == 1_500_000_000  # outside (0, 1): Unix seconds
+
+
+def test_small_splits_are_reported_and_empty_ones_refused(tmp_path) -> None:
+    from shopformer.config import Config
+    from shopformer.data.corpus import Dataset, make_split
+    from shopformer.data.split import split_warnings
+    from shopformer.data.vocab import PAD_TOKEN, Vocab, Vocabs
+
+    assert split_warnings(500, 500, 100) == []
+    warned = split_warnings(500, 8, 100)
+    assert len(warned) == 1 and "only 8 test targets" in warned[0]
+    with pytest.raises(ValueError, match="0 test targets"):
+        split_warnings(10, 0, 100)
+    seq = make_seq([[1, 2, 3, 4]] * 5)
+    vocab = Vocab((PAD_TOKEN, "a", "b", "c", "d"))
+    ds = Dataset(tmp_path, seq, Vocabs(Vocab((PAD_TOKEN, *"uvwxy")), vocab, Vocab((PAD_TOKEN, "x")),
+                                       Vocab((PAD_TOKEN,))), {}, "fp")
+    split = make_split(ds, Config())
+    assert len(split.test) == 5 and any("only 5 validation targets" in w for w in split.warnings)
+    assert make_split(ds, Config().override(split={"min_targets": 5})).warnings == ()

@@ -119,9 +119,14 @@ class EvalConfig(_Section):
 
 class SplitConfig(_Section):
     kind: Literal["loo", "temporal"] = "loo"
-    # Temporal split boundaries, as Unix seconds or as fractions (0..1) of the event time range.
+    # Temporal split boundaries: Unix seconds, or a number strictly between 0 and 1 read as a quantile
+    # of event times (0.9 = the time before which 90% of all events happened), NOT a fraction of the
+    # time range: on a log made of short bursts the two differ a lot.
     valid_start: float | None = None
     test_start: float | None = None
+    # Fewer validation or test targets than this is reported as a warning (CLI, report, metrics.json):
+    # metrics on a handful of targets are noise. A split with none is an error.
+    min_targets: int = Field(100, ge=1)
 
 
 class Config(_Section):

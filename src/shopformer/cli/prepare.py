@@ -19,7 +19,7 @@ from shopformer.data.ingest import (
     DataValidationError,
     IngestOptions,
     load_mapping_file,
-    parse_event_names,
+    parse_behaviour_names,
     parse_mapping,
 )
 from shopformer.data.prepare import CleanOptions, prepare
@@ -83,11 +83,13 @@ def prepare_command(
     time_format: Annotated[
         str | None, typer.Option(help="Force s/ms/us/ns or a strftime format (default: detected per value).")
     ] = None,
-    event_types: Annotated[
-        str | None, typer.Option(help="Fixed behaviour vocabulary, e.g. view,cart,buy; others are rejected.")
+    behaviours: Annotated[str | None, typer.Option(
+        "--behaviours", "--event-types",
+        help="Fixed behaviour vocabulary, e.g. view,cart,buy; others are rejected. (--event-types: old name)")
     ] = None,
-    event_name: Annotated[
-        list[str] | None, typer.Option("--event-name", help="Rename a behaviour code, e.g. 4=buy; repeatable.")
+    behaviour_name: Annotated[list[str] | None, typer.Option(
+        "--behaviour-name", "--event-name",
+        help="Rename a behaviour code, e.g. 4=buy; repeatable. (--event-name: old name)")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Fail on the first bad rows instead of quarantining them.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate events.")] = True,
@@ -110,8 +112,8 @@ def prepare_command(
             mapping=_mapping(map_items or [], mapping_file),
             order_by=_order_by(order_by),
             time_format=time_format,
-            event_types=_split_list(event_types),
-            event_names=parse_event_names(event_name or []),
+            behaviours=_split_list(behaviours),
+            behaviour_names=parse_behaviour_names(behaviour_name or []),
             strict=strict,
         )
         clean_options = CleanOptions(dedup, min_user_events, min_item_events, start, end)

@@ -45,7 +45,7 @@ def serve_command(
     }
     if api_key_file is not None:
         overrides["api_key"] = api_key_file.read_text().strip()
-    settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = ServeSettings.model_validate({k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -32,10 +32,12 @@ def train_command(
         cfg = build_config(config, overrides, **{"model.name": model, "train.max_minutes": max_minutes,
                                                  "task.kind": task, "task.target_behaviour": target_behaviour})
         if cfg.task.kind != "next-item":
-            res = run_multibehaviour(dataset, cfg, out, progress=not quiet, ablation=ablation)
+            multi = run_multibehaviour(dataset, cfg, out, progress=not quiet, ablation=ablation)
+            table, run_dir = multi.table, multi.run_dir
         else:
             res = run_experiment(dataset, cfg, out, progress=not quiet)
+            table, run_dir = res.table, res.run_dir
     except USER_ERRORS as err:
         fail(str(err))
-    console.print(res.table)
-    console.print(f"run saved to [bold]{res.run_dir}[/bold]; report: {out / 'report.md'}")
+    console.print(table)
+    console.print(f"run saved to [bold]{run_dir}[/bold]; report: {out / 'report.md'}")

@@ -29,7 +29,7 @@ def tune_command(
         base = build_config(config, overrides, **{"model.name": model})
         res = tune(dataset, base, out, trials=trials, minutes=minutes, seed=seed, augment=augment,
                    echo=console.print)
-    except (*USER_ERRORS, RuntimeError) as err:
+    except (*USER_ERRORS, RuntimeError) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
         return
     score = "nan" if math.isnan(res.best_value) else f"{res.best_value:.4f}"

@@ -82,7 +82,7 @@ def reorder(w: Windows, rng: np.random.Generator, p: float, ratio: float) -> Win
 def _positions(w: Windows, rng: np.random.Generator, p: float, ratio: float) -> np.ndarray:
     """(B, W) real events chosen with probability ``ratio`` in rows chosen with probability ``p``."""
     b, width = w["items"].shape
-    rows = rng.random(b) < p
+    rows = np.asarray(rng.random(b) < p)
     return (w["items"] != PAD) & rows[:, None] & (rng.random((b, width)) < ratio)
 
 
@@ -132,7 +132,7 @@ class Augmenter:
 
 def cl4srec_view(w: Windows, rng: np.random.Generator, ratio: float, mask_id: int) -> Windows:
     """One CL4SRec view: every row gets one of crop / mask / reorder, chosen at random."""
-    choice = rng.integers(0, 3, size=w["items"].shape[0])[:, None]  # (B, 1)
+    choice = np.asarray(rng.integers(0, 3, size=w["items"].shape[0]))[:, None]  # (B, 1)
     views = (crop(w, rng, 1.0, ratio), mask(w, rng, 1.0, ratio, mask_id), reorder(w, rng, 1.0, ratio))
     return {k: np.select([choice == i for i in range(3)], [v[k] for v in views]) for k in w}
 

@@ -8,7 +8,7 @@ layer (models, training, evaluation, pipelines) receives a ``Dataset`` rather th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from shopformer.atomic import sha256_file
 from shopformer.config import Config
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
-from shopformer.data.split import Split, leave_one_out, resolve_boundary, temporal_split
+from shopformer.data.split import Split, leave_one_out, resolve_boundary, split_warnings, temporal_split
 from shopformer.data.vocab import Vocabs
 
 
@@ -85,13 +85,18 @@ def load_dataset(path: str | Path) -> Dataset:
 
 
 def make_split(ds: Dataset, cfg: Config, target_behaviour: int | None = None) -> Split:
+    """The split ``cfg.split`` asks for; refused when validation or test is empty, with warnings
+    attached when either holds fewer than ``split.min_targets`` targets."""
     sc = cfg.split
     if sc.kind == "loo":
-        return leave_one_out(ds.seq, target_behaviour)
-    if sc.valid_start is None or sc.test_start is None:
-        raise ValueError("split.kind='temporal' needs split.valid_start and split.test_start")
-    t1, t2 = resolve_boundary(ds.seq, sc.valid_start), resolve_boundary(ds.seq, sc.test_start)
-    return temporal_split(ds.seq, t1, t2, target_behaviour)
+        split = leave_one_out(ds.seq, target_behaviour)
+    else:
+        if sc.valid_start is None or sc.test_start is None:
+            raise ValueError("split.kind='temporal' needs split.valid_start and split.test_start")
+        t1, t2 = resolve_boundary(ds.seq, sc.valid_start), resolve_boundary(ds.seq, sc.test_start)
+        split = temporal_split(ds.seq, t1, t2, target_behaviour)
+    found = split_warnings(len(split.valid), len(split.test), sc.min_targets)
+    return replace(split, warnings=tuple(found)) if found else split
 
 
 def funnel_depth(seq: Sequences, n_behaviours: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -28,7 +29,7 @@ from shopformer.data.options import (
     IngestOptions,
     MappingError,
     load_mapping_file,
-    parse_event_names,
+    parse_behaviour_names,
     parse_mapping,
 )
 from shopformer.data.raw import BLANK, ERR, FILE, ORDER, POS, RAW, RECORD, TIME_US, RawEvents, SourceInfo
@@ -43,7 +44,7 @@ __all__ = [
     "IngestOptions",
     "MappingError",
     "load_mapping_file",
-    "parse_event_names",
+    "parse_behaviour_names",
     "parse_mapping",
     # raw.py
     "BLANK",
@@ -130,19 +131,19 @@ def _timestamp_checks(opts: IngestOptions, numeric_only: bool) -> tuple[pl.Expr,
     return micros, reason
 
 
-def _event_checks(opts: IngestOptions, present: frozenset[str]) -> tuple[pl.Expr, pl.Expr | None]:
-    if S.EVENT not in present:
-        if opts.event_types is not None and S.DEFAULT_EVENT not in opts.event_types:
-            raise MappingError("--event-types was given but the data has no event_type column")
-        return pl.lit(S.DEFAULT_EVENT, pl.String), None
-    e = _text(S.EVENT)
-    if opts.event_names:
-        e = e.replace(dict(opts.event_names))
-    reason = pl.when(e.is_null()).then(pl.lit("missing event_type"))
-    if opts.event_types is not None:
-        allowed = ", ".join(opts.event_types)
-        reason = reason.when(~e.is_in(list(opts.event_types))).then(
-            pl.lit("unknown event type ") + _quoted(e) + pl.lit(f" (allowed: {allowed})")
+def _behaviour_checks(opts: IngestOptions, present: frozenset[str]) -> tuple[pl.Expr, pl.Expr | None]:
+    if S.BEHAVIOUR not in present:
+        if opts.behaviours is not None and S.DEFAULT_BEHAVIOUR not in opts.behaviours:
+            raise MappingError("--behaviours was given but the data has no behaviour column")
+        return pl.lit(S.DEFAULT_BEHAVIOUR, pl.String), None
+    e = _text(S.BEHAVIOUR)
+    if opts.behaviour_names:
+        e = e.replace(dict(opts.behaviour_names))
+    reason: Any = pl.when(e.is_null()).then(pl.lit("missing behaviour"))  # polars when/then types are private
+    if opts.behaviours is not None:
+        allowed = ", ".join(opts.behaviours)
+        reason = reason.when(~e.is_in(list(opts.behaviours))).then(
+            pl.lit("unknown behaviour ") + _quoted(e) + pl.lit(f" (allowed: {allowed})")
         )
     return e, reason
 
@@ -165,9 +166,9 @@ def _checks(raw: RawEvents, opts: IngestOptions) -> tuple[dict[str, pl.Expr], di
         values[S.TIME] = values[TIME_US] // 1_000_000
     else:
         values[S.TIME] = pl.lit(None, pl.Int64)
-    values[S.EVENT], event_reason = _event_checks(opts, raw.present)
-    if event_reason is not None:
-        reasons[S.EVENT] = event_reason
+    values[S.BEHAVIOUR], behaviour_reason = _behaviour_checks(opts, raw.present)
+    if behaviour_reason is not None:
+        reasons[S.BEHAVIOUR] = behaviour_reason
     values[S.PRICE], reasons[S.PRICE] = _number_check(S.PRICE, "price")
     if raw.has_order:
         values[ORDER], reasons[ORDER] = _number_check(ORDER, "order_by value")

@@ -46,8 +46,8 @@ class IngestOptions:
     mapping: Mapping[str, str | int] = field(default_factory=dict)  # canonical -> source column
     order_by: str | int | None = None  # numeric source column breaking ties within a timestamp
     time_format: str | None = None
-    event_types: tuple[str, ...] | None = None  # fixed behaviour vocabulary; None = open
-    event_names: Mapping[str, str] = field(default_factory=dict)  # rename raw codes, e.g. 4 -> buy
+    behaviours: tuple[str, ...] | None = None  # fixed behaviour vocabulary; None = open
+    behaviour_names: Mapping[str, str] = field(default_factory=dict)  # rename raw codes, e.g. 4 -> buy
     strict: bool = False
     now: int | None = None  # Unix seconds; None = the current time (upper bound of valid times)
 
@@ -63,6 +63,7 @@ def parse_mapping(items: Sequence[str]) -> dict[str, str | int]:
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise MappingError(f"mapping {item!r} must look like canonical=source, e.g. timestamp=ts")
+        key = S.ALIASES.get(key, key)
         mapping[key] = int(value) if value.isdigit() else value
     return mapping
 
@@ -76,15 +77,15 @@ def load_mapping_file(path: str | Path) -> dict[str, str | int]:
         raise MappingError(f"{p}: cannot read mapping file: {err}") from None
     if not isinstance(data, dict) or not all(isinstance(v, str | int) for v in data.values()):
         raise MappingError(f"{p}: a mapping file must hold a flat table of canonical = source column")
-    return {str(k): v for k, v in data.items()}
+    return {S.ALIASES.get(str(k), str(k)): v for k, v in data.items()}
 
 
-def parse_event_names(items: Sequence[str]) -> dict[str, str]:
+def parse_behaviour_names(items: Sequence[str]) -> dict[str, str]:
     """Parse ``raw=name`` pairs (``4=buy``) into a renaming table for behaviour codes."""
     pairs = [item.partition("=") for item in items]
     bad = [item for item, (k, sep, v) in zip(items, pairs, strict=True) if not (sep and k and v)]
     if bad:
-        raise MappingError(f"event names {bad} must look like raw=name, e.g. 4=buy")
+        raise MappingError(f"behaviour names {bad} must look like raw=name, e.g. 4=buy")
     return {k.strip(): v.strip() for k, _, v in pairs}
 
 
@@ -99,6 +100,9 @@ def _resolve(
 ) -> dict[str, int]:
     """Canonical (and order-by) column -> position in ``names``; fails on columns that do not exist."""
     wanted: dict[str, str | int] = {c: c for c in S.CANONICAL if c in names and c not in mapping}
+    for alias, canonical in S.ALIASES.items():  # e.g. a header column named event_type
+        if alias in names and canonical not in wanted and canonical not in mapping:
+            wanted[canonical] = alias
     wanted.update(mapping)
     if order_by is not None:
         wanted[ORDER] = order_by

@@ -14,7 +14,7 @@ Steps, in order (each step's drop count lands in ``stats.json``):
 Output directory (written to a temporary sibling, then renamed into place, so a crash never leaves a
 half-written dataset)::
 
-    events.parquet   canonical columns + user_idx, item_idx, event_idx, category_idx, row, source
+    events.parquet   canonical columns + user_idx, item_idx, behaviour_idx, category_idx, row, source
     vocab.json       Vocabs.to_json()
     stats.json       counts, behaviour mix, time range, sources with sha256, mapping and options
     rejects.parquet  file, line, column, reason, value, raw (one row per error)
@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from shopformer.atomic import atomic_write, atomic_write_text
@@ -137,15 +138,15 @@ def encode(frame: pl.DataFrame) -> tuple[pl.DataFrame, Vocabs]:
     vocabs = Vocabs(
         users=_build_vocab(frame, S.USER),
         items=_build_vocab(frame, S.ITEM),
-        behaviours=_build_vocab(frame, S.EVENT),
+        behaviours=_build_vocab(frame, S.BEHAVIOUR),
         categories=_build_vocab(frame, S.CATEGORY),
     )
     if len(vocabs.behaviours) > 127:
-        raise DataValidationError(f"{len(vocabs.behaviours)} behaviour types; at most 127 fit event_idx (int8)")
+        raise DataValidationError(f"{len(vocabs.behaviours)} behaviour types; at most 127 fit behaviour_idx (int8)")
     pairs = (
         (S.USER, S.USER_IDX, vocabs.users),
         (S.ITEM, S.ITEM_IDX, vocabs.items),
-        (S.EVENT, S.EVENT_IDX, vocabs.behaviours),
+        (S.BEHAVIOUR, S.BEHAVIOUR_IDX, vocabs.behaviours),
         (S.CATEGORY, S.CATEGORY_IDX, vocabs.categories),
     )
     encoded = frame.with_columns(
@@ -182,10 +183,12 @@ def _stats(
     clean_opts: CleanOptions,
 ) -> dict[str, object]:
     per_user = events.group_by(S.USER_IDX).len()
-    behaviour_counts = events[S.EVENT].value_counts()
-    by_name = dict(zip(behaviour_counts[S.EVENT].to_list(), behaviour_counts["count"].to_list(), strict=True))
-    t_min = events[S.TIME].min() if ingested.has_time else None
-    t_max = events[S.TIME].max() if ingested.has_time else None
+    behaviour_counts = events[S.BEHAVIOUR].value_counts()
+    by_name = dict(zip(behaviour_counts[S.BEHAVIOUR].to_list(), behaviour_counts["count"].to_list(), strict=True))
+    lengths = per_user["len"].to_numpy()
+    times = events[S.TIME].to_numpy() if ingested.has_time else None
+    t_min = None if times is None else int(times.min())
+    t_max = None if times is None else int(times.max())
     return {
         "format_version": FORMAT_VERSION,
         "has_time": ingested.has_time,
@@ -198,9 +201,9 @@ def _stats(
         "behaviours": {b: by_name[b] for b in vocabs.behaviours.tokens[1:]},
         "users_with_one_event": int((per_user["len"] == 1).sum()),
         "events_per_user": {
-            "min": int(per_user["len"].min()),
-            "median": float(per_user["len"].median()),
-            "max": int(per_user["len"].max()),
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "max": int(lengths.max()),
         },
         "time_min": t_min,
         "time_max": t_max,

@@ -15,36 +15,38 @@ PAD = 0  # dense id of padding in every vocabulary (items, behaviours, categorie
 USER = "user_id"
 ITEM = "item_id"
 TIME = "timestamp"
-EVENT = "event_type"
+BEHAVIOUR = "behaviour"  # the behaviour type of an event: view, cart, purchase, ... (open vocabulary)
 SESSION = "session_id"
 CATEGORY = "category_id"
 PRICE = "price"
 
 REQUIRED = (USER, ITEM)
-OPTIONAL = (TIME, EVENT, SESSION, CATEGORY, PRICE)
+OPTIONAL = (TIME, BEHAVIOUR, SESSION, CATEGORY, PRICE)
 CANONICAL = REQUIRED + OPTIONAL
+# Other names a source column (or a mapping key) may use for a canonical column.
+ALIASES = {"event_type": BEHAVIOUR}
 
 # Dense columns written by `prepare` next to the raw ones.
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
-EVENT_IDX = "event_idx"
+BEHAVIOUR_IDX = "behaviour_idx"
 CATEGORY_IDX = "category_idx"
 ROW = "row"  # 1-based line/row of the event in its source file: ties keep file order
 SOURCE = "source"
 
-# The single behaviour type used when a data set has no event_type column.
-DEFAULT_EVENT = "interaction"
+# The single behaviour type used when a data set has no behaviour column.
+DEFAULT_BEHAVIOUR = "interaction"
 
 EVENTS_SCHEMA: dict[str, pl.DataType] = {
     USER: pl.String(),
     ITEM: pl.String(),
     TIME: pl.Int64(),
-    EVENT: pl.String(),
+    BEHAVIOUR: pl.String(),
     SESSION: pl.String(),
     CATEGORY: pl.String(),
     PRICE: pl.Float64(),
     USER_IDX: pl.Int32(),
     ITEM_IDX: pl.Int32(),
-    EVENT_IDX: pl.Int8(),
+    BEHAVIOUR_IDX: pl.Int8(),
     CATEGORY_IDX: pl.Int32(),
 }

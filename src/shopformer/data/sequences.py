@@ -60,7 +60,7 @@ class Sequences:
             users=users.astype(np.int32),
             offsets=offsets,
             items=df[S.ITEM_IDX].to_numpy().astype(np.int32),
-            behaviours=df[S.EVENT_IDX].to_numpy().astype(np.int8),
+            behaviours=df[S.BEHAVIOUR_IDX].to_numpy().astype(np.int8),
             times=times,
             categories=cats,
             has_time=has_time,
@@ -102,6 +102,8 @@ class Sequences:
         d = Path(dataset_dir)
         stats = json.loads((d / "stats.json").read_text())
         df = pl.read_parquet(d / "events.parquet")
+        if "event_idx" in df.columns and S.BEHAVIOUR_IDX not in df.columns:  # prepared before 0.2: old name
+            df = df.rename({"event_idx": S.BEHAVIOUR_IDX})
         return cls.from_frame(df, has_time=bool(stats.get("has_time", True)))
 
 

@@ -36,6 +36,7 @@ class Split:
     # (U,) exclusive end once model selection is over (``train.refit``): the validation events
     # join the training data, nothing at or after a test target does. None = train_end.
     refit_end: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()  # plain-words problems of this split (see ``split_warnings``)
 
     def training_end(self, refit: bool = False) -> np.ndarray:
         return self.refit_end if refit and self.refit_end is not None else self.train_end
@@ -86,7 +87,8 @@ def leave_one_out(seq: Sequences, target_behaviour: int | None = None) -> Split:
 
 
 def resolve_boundary(seq: Sequences, value: float) -> int:
-    """A boundary in (0, 1) is a quantile of event times; anything else is Unix seconds."""
+    """A boundary strictly between 0 and 1 is a quantile of event times (the time before which that
+    share of all events happened, not a fraction of the time range); anything else is Unix seconds."""
     if 0.0 < value < 1.0:
         return int(np.quantile(seq.times, value, method="lower"))
     return int(value)
@@ -222,3 +224,12 @@ def subsample(ex: EvalExamples, n: int | None, seed: int = 0) -> EvalExamples:
         return ex
     keep = np.sort(np.random.default_rng(seed).choice(len(ex), n, replace=False))
     return EvalExamples(ex.rows[keep], ex.pos[keep])
+
+
+def split_warnings(n_valid: int, n_test: int, minimum: int, what: str = "targets") -> list[str]:
+    """Plain-words warnings for a split too small to measure anything; an error when one side is empty."""
+    if n_valid == 0 or n_test == 0:
+        raise ValueError(f"the split leaves {n_valid} validation and {n_test} test {what}: move the split points "
+                         "(split.valid_start / split.test_start are quantiles of event times when in (0, 1))")
+    return [f"only {n} {side} {what} (fewer than split.min_targets = {minimum}): its metrics are noise; move the "
+            "split points or use more data" for side, n in (("validation", n_valid), ("test", n_test)) if n < minimum]

@@ -7,6 +7,9 @@ constant scorer earns nothing from tie order).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -21,16 +24,46 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isneginf(t.squeeze(1)), torch.full_like(rank, scores.shape[1]), rank)
 
 
+@dataclass(frozen=True)
+class RankingMetric:
+    """One full-ranking metric, defined by its per-example value given the 0-based target rank.
+
+    The registry below is the only list of metric names: evaluation, report tables, CIs, the
+    multi-behaviour tables and the benchmarks all read it. Adding a metric is one entry here.
+    """
+
+    name: str  # key prefix: "ndcg" -> "ndcg@10"; a metric without K is reported under its name
+    value: Callable[[np.ndarray, int], np.ndarray]  # (ranks, K) -> per-example values
+    at_k: bool = True
+    ci: bool = True  # bootstrap 95% CI reported
+    table: bool = True  # a column of the report tables
+
+
+RANKING_METRICS: tuple[RankingMetric, ...] = (
+    RankingMetric("hr", lambda r, k: (r < k).astype(np.float64)),
+    RankingMetric("ndcg", lambda r, k: np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)),
+    RankingMetric("mrr", lambda r, k: 1.0 / (r + 1.0), at_k=False),
+    # One relevant item per example: recall@K equals HR@K and precision@K is HR@K / K.
+    RankingMetric("recall", lambda r, k: (r < k).astype(np.float64), ci=False, table=False),
+    RankingMetric("precision", lambda r, k: (r < k) / k, ci=False, table=False),
+)
+COVERAGE = "coverage"  # share of the catalogue in any top-K list (a property of all lists, not per example)
+
+
+def metric_keys(ks: tuple[int, ...], *, table: bool = False, ci: bool = False) -> list[str]:
+    """Metric names in report order (each @K metric over ``ks``, then those without K);
+    ``table`` / ``ci`` keep only the metrics shown in tables / reported with a CI."""
+    chosen = [m for m in RANKING_METRICS if (m.table or not table) and (m.ci or not ci)]
+    return [f"{m.name}@{k}" for m in chosen if m.at_k for k in ks] + [m.name for m in chosen if not m.at_k]
+
+
 def per_example(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Per-example metric values (their means are the reported metrics)."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    out: dict[str, np.ndarray] = {"mrr": 1.0 / (ranks + 1.0)}
-    for k in ks:
-        hit = (ranks < k).astype(np.float64)
-        out[f"hr@{k}"] = hit
-        out[f"recall@{k}"] = hit  # one relevant item: recall@K == hit rate
-        out[f"precision@{k}"] = hit / k
-        out[f"ndcg@{k}"] = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    out: dict[str, np.ndarray] = {}
+    for m in RANKING_METRICS:
+        for k in ks if m.at_k else (0,):
+            out[f"{m.name}@{k}" if m.at_k else m.name] = m.value(ranks, k)
     return out
 
 
@@ -64,12 +97,8 @@ def summarise(
     values = per_example(ranks, ks)
     out: dict = {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()}
     for k in ks:
-        out[f"coverage@{k}"] = coverage(topk[:, :k], n_items)
+        out[f"{COVERAGE}@{k}"] = coverage(topk[:, :k], n_items)
     out["n"] = int(len(ranks))
     if n_boot:
-        out["ci95"] = {
-            name: list(bootstrap_ci(v, n_boot, seed))
-            for name, v in values.items()
-            if name.startswith(("hr@", "ndcg@", "mrr"))
-        }
+        out["ci95"] = {name: list(bootstrap_ci(values[name], n_boot, seed)) for name in metric_keys(ks, ci=True)}
     return out

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from shopformer.atomic import atomic_write, atomic_write_text
+from shopformer.evaluation.metrics import COVERAGE, metric_keys
 
 
 def markdown_table(results: dict[str, dict], ks: tuple[int, ...], ci: bool = True) -> str:
     """Rows = systems (model and baselines), columns = HR/NDCG@K, MRR, coverage@max K."""
-    kmax = max(ks)
-    cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", f"coverage@{kmax}"]
-    lines = ["| system | " + " | ".join(c.upper() if c == "mrr" else c for c in cols) + " |",
+    cols = metric_keys(ks, table=True) + [f"{COVERAGE}@{max(ks)}"]
+    lines = ["| system | " + " | ".join(c.upper() if "@" not in c else c for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for name, m in results.items():
         cells = []

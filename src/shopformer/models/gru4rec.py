@@ -54,7 +54,7 @@ class RecurrentModel(SequenceModel):
     """
 
     has_attention = False  # LoRA (which targets attention projections) refuses these models
-    rnn_type: ClassVar[type[nn.RNNBase]]
+    rnn_type: ClassVar[type[nn.GRU] | type[nn.LSTM]]
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
         super().__init__(cfg, spec)

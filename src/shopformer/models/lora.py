@@ -42,9 +42,9 @@ class LoRALinear(nn.Linear):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         self.rank, self.scaling = rank, alpha / rank
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **kw))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **kw))  # (out, r): 0 => no-op
+        dev, dt = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=dev, dtype=dt))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=dev, dtype=dt))  # (out, r): 0 => no-op
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear / the reference
         self.lora_dropout = nn.Dropout(dropout)
 
@@ -100,7 +100,9 @@ def apply_lora(
     if not names:
         raise ValueError(f"no nn.Linear named one of {target} in {type(model).__name__}")
     for name in names:
-        _replace(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+        base = model.get_submodule(name)
+        assert isinstance(base, nn.Linear)
+        _replace(model, name, LoRALinear(base, rank, alpha, dropout))
     return len(names)
 
 
@@ -123,5 +125,7 @@ def merge_lora(model: nn.Module) -> int:
     """Fold every LoRALinear back into a plain nn.Linear (same outputs). Returns how many."""
     names = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
     for name in names:
-        _replace(model, name, model.get_submodule(name).merged())
+        lora = model.get_submodule(name)
+        assert isinstance(lora, LoRALinear)
+        _replace(model, name, lora.merged())
     return len(names)

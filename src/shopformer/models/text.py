@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -52,7 +54,7 @@ def read_titles(path: str | Path) -> dict[str, str]:
     return dict(zip(df["item_id"].str.strip_chars().to_list(), titles.to_list(), strict=True))
 
 
-def load_encoder():
+def load_encoder() -> Any:  # a sentence_transformers.SentenceTransformer (untyped package)
     """The bundled all-MiniLM-L6-v2 SentenceTransformer, loaded without any network access."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -134,6 +136,10 @@ class TextFusion(nn.Module):
     learns to place a title alone where its item belongs: that is all a cold item has.
     """
 
+    text: torch.Tensor  # (n_items + 2, text dim) buffers, registered in __init__
+    id_scale: torch.Tensor
+    cold: torch.Tensor | None
+
     def __init__(
         self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None, id_dropout: float = 0.0
     ) -> None:
@@ -178,12 +184,14 @@ def add_text(
         raise ValueError("the model already has text fused in")
     if has_id is not None and len(has_id) != model.spec.n_items + 1:
         raise ValueError(f"has_id must have n_items + 1 = {model.spec.n_items + 1} entries, got {len(has_id)}")
-    model.item_emb = TextFusion(model.item_emb, text, has_id, id_dropout)
+    model.item_emb = TextFusion(model.item_emb, text, has_id, id_dropout)  # type: ignore[assignment]
     return model
 
 
-def text_preparer(titles: str | Path, cache: str | Path | None = None, id_dropout: float = 0.0):
-    """``prepare_model(model, ctx)`` for ``experiment.train_model``: fuse the titles of ``titles``
+def text_preparer(
+    titles: str | Path, cache: str | Path | None = None, id_dropout: float = 0.0
+) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
+    """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_model``: fuse the titles of ``titles``
     into a freshly built model; items without training events (``ctx['counts']``) are cold."""
     if not Path(titles).exists():
         raise FileNotFoundError(f"text.titles: file not found: {titles}")

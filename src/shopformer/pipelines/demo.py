@@ -23,7 +23,7 @@ from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender, describe
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_DATA = ROOT / "data" / "demo" / "taobao_head300.csv"
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
-TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "event_type", "timestamp")
+TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behaviour", "timestamp")
 
 
 def run_demo(out: Path, max_minutes: float, console: Console) -> None:
