@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from zoo import BEAUTY, base_config, load_or_prepare, train_and_evaluate
+from common import load_or_prepare, provenance
+from zoo import BEAUTY, base_config, train_and_evaluate
 
 from shopformer.data.ingest import IngestOptions
 
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_or_prepare(args.data, IngestOptions(format="sequences"))
     cfg = base_config(args.quick, args.max_minutes, args.overrides)
     only = {s for s in args.only.split(",") if s}
-    common = {"bench": "augment_ablation", "dataset": args.data.name, "quick": args.quick,
-              "command": " ".join(sys.argv)}
+    common = {**provenance(__file__, argv), "dataset": args.data.name, "quick": args.quick}
     for name, aug in variants(args.prob, args.ratio, args.weight).items():
         if only and name not in only:
             continue

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, SHARED, machine, matmul_gflops, peak_rss_mb, skip_if_missing
+from common import ROOT, SHARED, machine, matmul_gflops, peak_rss_mb, provenance, skip_if_missing
 from torch.utils.flop_counter import FlopCounterMode
 
 from shopformer.config import apply_overrides, load_config
-from shopformer.data.batches import EventArrays, TrainLoader, training_windows
+from shopformer.data.batches import EventArrays, make_train_loader
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
@@ -35,8 +35,7 @@ def train_step_flops(ds: Dataset, cfg, n_batches: int = 20) -> float:
     """Matmul FLOPs per training target (forward + backward), measured on real batches."""
     split = make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
-    ends, starts = training_windows(ds.seq, split.train_end, cfg.model.max_len, cfg.train.sliding_window)
-    loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, cfg.train.batch_size, seed=0)
+    loader = make_train_loader(cfg.override(train={"seed": 0}), ds.seq, split.train_end, arrays)
     model = build_model(cfg.model, ds.spec)
     sampler = make_sampler(cfg, ds.spec.n_items, item_counts(ds.seq, split.train_end, ds.spec.n_items))
     flops, targets = 0, 0
@@ -50,12 +49,12 @@ def train_step_flops(ds: Dataset, cfg, n_batches: int = 20) -> float:
     return flops / max(targets, 1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "beauty.toml"))
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default=None, help="run directory (default: a temporary one)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     src = SHARED / "amazon_beauty" / "Beauty.txt"
     skip_if_missing(src, "beauty")
     cfg = apply_overrides(load_config(args.config), args.overrides)
@@ -73,7 +72,7 @@ def main() -> None:
     fit = res.fit
     achieved = flops_per_target * fit.tokens_per_second / 1e9
     line = {
-        "bench": "beauty",
+        **provenance(__file__, argv),
         "protocol": "LOO, full ranking over 12,101 items, seen items removed, ties pessimistic",
         "config": args.config,
         "overrides": args.overrides,

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from zoo import BEAUTY, ROOT, TITLES, base_config, load_or_prepare, train_and_evaluate, with_text
+from common import ROOT, load_or_prepare, provenance
+from zoo import BEAUTY, TITLES, base_config, train_and_evaluate, with_text
 
 from shopformer.data.corpus import make_split
 from shopformer.data.ingest import IngestOptions
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
                "warm": EvalExamples(split.test.rows[~cold], split.test.pos[~cold])}
     train_items = ds.seq.items[np.arange(len(ds.seq.items)) < np.repeat(split.train_end, ds.seq.lengths)]
     assert not np.isin(train_items, hidden).any(), "a hidden item leaked into training"
-    common = {"bench": "cold_start", "dataset": args.data.name, "hidden_items": len(hidden),
+    common = {**provenance(__file__, argv), "dataset": args.data.name, "hidden_items": len(hidden),
               "cold_test_examples": int(cold.sum()), "warm_test_examples": int((~cold).sum()),
-              "n_items": n_items, "neighbours": args.neighbours, "quick": args.quick, "command": " ".join(sys.argv)}
+              "n_items": n_items, "neighbours": args.neighbours, "quick": args.quick}
     text = with_text(args.titles, args.text_cache, args.id_dropout)
 
     def neighbours(model, counts):  # the same trained model, cold items given their title neighbours' vectors

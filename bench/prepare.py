@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+from common import provenance
 
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
@@ -45,7 +46,6 @@ def run(data: Path, repeat: int) -> dict[str, object]:
     rows = int(result.stats["rows_read"])  # type: ignore[call-overload]
     best = min(times)
     return {
-        "bench": "prepare",
         "data": str(data),
         "rows": rows,
         "events": result.stats["events"],
@@ -60,15 +60,15 @@ def run(data: Path, repeat: int) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_file():
-        print(json.dumps({"bench": "prepare", "skipped": f"data not found: {args.data}"}))
+        print(json.dumps({**provenance(__file__, argv), "skipped": f"data not found: {args.data}"}))
         return
-    print(json.dumps(run(args.data, args.repeat)))
+    print(json.dumps({**provenance(__file__, argv), **run(args.data, args.repeat)}))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from zoo import KEEP, SHARED, load_or_prepare
+from common import SHARED, load_or_prepare, provenance
+from zoo import KEEP
 
 from shopformer.artifacts import load_run, save_run
 from shopformer.config import Config, apply_overrides
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
     fast_valid = cfg.override(eval={"bootstrap": 0})  # fit's own validation passes
     ft_cfg = fast_valid.override(train={"max_minutes": args.ft_minutes})
-    common = {"dataset": args.data.name, "target": "next purchase (buy)", "valid_n": len(split.valid),
-              "test_n": len(split.test), "test_target_in_history": in_history(ds.seq, split.test),
-              "command": " ".join(sys.argv)}
+    common = {**provenance(__file__, argv), "dataset": args.data.name, "target": "next purchase (buy)",
+              "valid_n": len(split.valid), "test_n": len(split.test),
+              "test_target_in_history": in_history(ds.seq, split.test)}
 
     def emit(row: dict) -> None:
         print(json.dumps({**row, **common}), flush=True)

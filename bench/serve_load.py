@@ -29,7 +29,6 @@ import json
 import os
 import random
 import resource
-import shlex
 import sys
 import time
 from collections import Counter, deque
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import provenance
 
 from shopformer.config import ModelConfig
 
@@ -298,7 +298,7 @@ async def bench_catalogue(kind: str, rows: list, levels: list[int], args: argpar
         server.stop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalogue", choices=["beauty", "1m", "all"], default="all")
     ap.add_argument("--levels", default="1,4,16,32,64", help="client concurrency levels")
@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/shopformer-serve-bench")
     ap.add_argument("--out", default="bench/results/serve_load.json")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. machine conditions)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     loadavg0 = Path("/proc/loadavg").read_text().split()[:3]
     rows = load_stream(STREAM)
     results: list[dict] = []
@@ -318,7 +318,7 @@ def main() -> None:
         levels = args.levels_1m if kind == "1m" else args.levels
         asyncio.run(bench_catalogue(kind, rows, [int(x) for x in levels.split(",")], args, results))
     out = {
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        **provenance(__file__, argv),
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": loadavg0,
                     "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
         "note": args.note,

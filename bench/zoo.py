@@ -12,36 +12,31 @@ full fine-tuning; SASRec + title vectors (needs ``shopformer[text]``). The popul
 Markov baselines come first. ``bench/zoo_report.py`` turns the lines into tables.
 
 This module also holds the plumbing the other Beauty benchmarks share (same protocol):
-``load_or_prepare``, ``base_config``, ``train_and_evaluate``.
+``base_config``, ``train_and_evaluate`` (dataset preparation: ``common.load_or_prepare``).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, SHARED, load_or_prepare, provenance
 
 from shopformer.config import AugmentConfig, Config, apply_overrides
 from shopformer.data.batches import EventArrays
-from shopformer.data.corpus import Dataset, load_dataset, make_split
+from shopformer.data.corpus import Dataset, make_split
 from shopformer.data.ingest import IngestOptions
-from shopformer.data.prepare import prepare
 from shopformer.evaluation.baselines import Markov, Popularity, item_counts
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import REGISTRY
 from shopformer.models.lora import count_parameters
-from shopformer.pipelines.next_item import train_model
+from shopformer.pipelines.next_item import train_next_item
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 BEAUTY = SHARED / "amazon_beauty" / "Beauty.txt"
 TITLES = SHARED / "amazon_beauty" / "Beauty_item_text.tsv"
-CACHE = ROOT / "out" / "bench_data"
 KEEP = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "coverage@10", "n")
 
 # The shared base (SASRec paper scale, Beauty-friendly regularisation).
@@ -51,15 +46,6 @@ BASE = {
     "eval": {"exclude_seen": True, "bootstrap": 0},
 }
 QUICK = {"model": {"dim": 32, "layers": 1}, "train": {"epochs": 3, "patience": 2}, "eval": {"max_users": 1000}}
-
-
-def load_or_prepare(raw: Path, options: IngestOptions, cache: Path = CACHE) -> Dataset:
-    """A prepared dataset for ``raw`` (prepared once into ``cache``, keyed by the file's hash)."""
-    digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:12]
-    out = cache / f"{raw.stem}-{digest}"
-    if not (out / "stats.json").exists():
-        prepare([raw], out, options, overwrite=True)
-    return load_dataset(out)
 
 
 def base_config(quick: bool, max_minutes: float | None, overrides: list[str] | None = None) -> Config:
@@ -103,7 +89,7 @@ def train_and_evaluate(name: str, cfg: Config, ds: Dataset, prepare_model=None, 
     split = split or make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     t0 = time.perf_counter()
-    trained = train_model(ds, cfg, split, arrays, prepare_model)
+    trained = train_next_item(ds, cfg, split, arrays, prepare_model)
     model, res = trained.model, trained.fit
     defaults = AugmentConfig().model_dump()
     refit = trained.refit
@@ -178,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_or_prepare(args.data, IngestOptions(format="sequences"))
     cfg = base_config(args.quick, args.max_minutes, args.overrides)
     only = {s for s in args.only.split(",") if s}
-    common = {"dataset": args.data.name, "quick": args.quick, "command": " ".join(sys.argv)}
+    common = {**provenance(__file__, argv), "dataset": args.data.name, "quick": args.quick}
     if not only or only & {"popularity", "markov"}:
         for line in baseline_lines(ds, cfg):
             print(json.dumps({**line, **common}), flush=True)

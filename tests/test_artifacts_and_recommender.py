@@ -76,6 +76,62 @@ def test_batch_equals_single(run_dir) -> None:
         assert one.scores == pytest.approx(m.scores, rel=1e-4, abs=1e-5)
 
 
+def test_an_answer_does_not_depend_on_its_batch(run_dir) -> None:
+    """Histories with and without timestamps batched together: each row keeps its own gap features."""
+    from shopformer.recommender import RecRequest
+
+    rec = Recommender.load(run_dir)
+    timed = History(["i3", "i10", "i17"], ["view", "buy", "view"], [100, 200, 4000])
+    untimed = History(["i4", "i11"], ["view", "view"])
+    alone = rec.recommend_many([timed], k=60)[0]
+    mixed = rec.recommend_many([timed, untimed], k=60)
+    assert mixed[0].items == alone.items and mixed[0].scores == pytest.approx(alone.scores, abs=1e-5)
+    assert mixed[1].items == rec.recommend_many([untimed], k=60)[0].items
+    reqs = rec.recommend_requests([RecRequest(timed, 60), RecRequest(untimed, 60)])
+    assert reqs[0].items == alone.items and reqs[0].scores == pytest.approx(alone.scores, abs=1e-5)
+    # and the timestamps do matter for this model, so the test would see them dropped
+    assert rec.recommend_many([History(timed.items, timed.behaviours)], k=60)[0].scores != pytest.approx(
+        alone.scores, abs=1e-5)
+
+
+def test_unknown_behaviours_in_a_history_are_skipped_and_reported(run_dir) -> None:
+    rec = Recommender.load(run_dir)
+    with pytest.warns(UserWarning, match=r"unknown behaviour.*'teleport'.*known: view, buy"):
+        out = rec.recommend(["i3", "i10", "i17"], k=10, behaviours=["view", "teleport", "buy"])
+    assert out.skipped_behaviours == ["teleport"] and out.skipped == [] and not out.fallback
+    # the event is left out, never read as another type (e.g. the most frequent one)
+    assert out.pairs() == rec.recommend(["i3", "i17"], k=10, behaviours=["view", "buy"]).pairs()
+    assert out.pairs() != rec.recommend(["i3", "i10", "i17"], k=10, behaviours=["view", "view", "buy"]).pairs()
+    with pytest.warns(UserWarning, match="unknown behaviour"):
+        only = rec.recommend(["i3"], k=3, behaviours=["teleport"])
+    assert only.fallback and only.skipped_behaviours == ["teleport"]
+    assert rec.knows_behaviour("buy") and not rec.knows_behaviour("teleport") and not rec.knows_behaviour("<pad>")
+
+
+def test_ranking_behaviours_resolve_through_the_vocabulary(run_dir) -> None:
+    from shopformer.data.vocab import UnknownBehaviourError
+    from shopformer.recommender import ANY_BEHAVIOUR
+
+    rec = Recommender.load(run_dir)  # a next-item model: no behaviour-specific head
+    with pytest.raises(UnknownBehaviourError, match=r"unknown behaviour 'teleport'; known: view, buy"):
+        rec.behaviour_id("teleport")
+    with pytest.raises(ValueError, match="no behaviour-specific head"):
+        rec.behaviour_id("buy")
+    assert rec.behaviour_id(ANY_BEHAVIOUR) == 0 and rec.behaviour_id(None) is None
+    with pytest.raises(UnknownBehaviourError):
+        rec.recommend(["i3"], behaviour="teleport")
+
+
+def test_the_window_is_the_models_not_the_configs(run_dir) -> None:
+    run = load_run(run_dir)
+    assert run.model.max_len == 10  # from the config the model was built with
+    run.config = run.config.override(model={"max_len": 100})  # e.g. an override after loading
+    rec = Recommender(run)
+    assert rec.max_len == run.model.max_len == 10
+    batch = rec.make_batch([rec._encode(History([f"i{i}" for i in range(1, 31)]))[:3]])
+    assert batch.items.shape[1] == 10
+
+
 def test_similar_items(run_dir) -> None:
     rec = Recommender.load(run_dir)
     out = rec.similar_items("i5", k=4)

@@ -193,11 +193,16 @@ def test_training_step_with_augmentation(contrastive: float) -> None:
     loader, objective = augmented_training(model, cfg, seq, seq.offsets[1:], arrays)
     assert loader.augment is not None
     for batch in loader:
+        model.zero_grad(set_to_none=True)
         out = objective(batch)
         assert torch.isfinite(out.total)
         assert ("contrastive" in out.parts) == (contrastive > 0)
         out.total.backward()
-    assert model.item_emb.weight.grad is not None
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        grad = model.item_emb.weight.grad
+        assert grad is not None and grad.abs().sum() > 0, "the item table learns from every batch"
+        assert grad[1:].abs().sum(-1).count_nonzero() > 1  # more than one item row moves
 
 
 def test_mask_rejected_for_bidirectional_models() -> None:

@@ -40,6 +40,14 @@ def test_evaluate_reproduces_the_saved_test_metrics(trained) -> None:
     assert f"{saved['hr@10']:.4f}" in r.output
 
 
+def test_evaluate_rejects_model_overrides_and_accepts_evaluation_ones(trained) -> None:
+    r = runner.invoke(app, ["evaluate", str(trained / "run"), "--set", "model.max_len=100"])
+    assert r.exit_code == 2 and r.output.startswith("error:"), r.output
+    assert "model.max_len is fixed by the trained weights" in " ".join(r.output.split())
+    r = runner.invoke(app, ["evaluate", str(trained / "run"), "--set", "eval.ks=[5]"])
+    assert r.exit_code == 0 and "hr@5" in r.output and "hr@10" not in r.output, r.output
+
+
 def test_refit_trains_again_on_validation_events_for_the_chosen_epochs(trained) -> None:
     out = trained / "refit"
     r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(out), *TINY, "--set", "train.refit=true"])
@@ -95,7 +103,10 @@ def test_train_multi_task_from_the_cli(trained) -> None:
     assert buy.output.splitlines()[:3] != view.output.splitlines()[:3]
     assert "next action: " in buy.output and "purchase intent: P(buy within" in buy.output
     r = runner.invoke(app, ["recommend", str(trained / "multi"), *user, "--behaviour", "teleport"])
-    assert r.exit_code != 0 and "unknown behaviour 'teleport'" in r.output
+    assert r.exit_code == 2 and "unknown behaviour 'teleport'" in r.output
+    # evaluate follows the run's task: the multi-behaviour protocol, not the next-item table
+    r = runner.invoke(app, ["evaluate", str(trained / "multi")])
+    assert r.exit_code == 0 and "next action" in r.output and "purchase intent" in r.output, r.output
     r = runner.invoke(app, ["train", str(trained / "ds"), "-o", str(trained / "x2"), "--task", "multi",
                             "--target-behaviour", "no-such-behaviour", "--set", "split.kind=temporal",
                             "--set", "split.valid_start=0.8", "--set", "split.test_start=0.9", *TINY])

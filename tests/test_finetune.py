@@ -8,14 +8,14 @@ import torch
 
 from shopformer.artifacts import load_run, save_run
 from shopformer.config import Config
-from shopformer.data.batches import Batch, EventArrays, history_batches, training_windows
+from shopformer.data.batches import Batch, EventArrays, history_batches, target_windows, training_windows
 from shopformer.data.corpus import DataSpec
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import leave_one_out
 from shopformer.data.vocab import Vocab, Vocabs
 from shopformer.models import build_model
 from shopformer.models.lora import LoRALinear
-from shopformer.training.finetune import check_finetune, finetune, pretrain, target_objective, target_windows
+from shopformer.training.finetune import check_finetune, finetune, pretrain, target_objective
 
 N_ITEMS, PV, BUY = 20, 1, 2
 
@@ -106,10 +106,18 @@ def test_bidirectional_target_objective_masks_purchases_only() -> None:
         return real_encode(batch)
 
     model.encode = spy  # type: ignore[method-assign]
+    real_corrupt = model.corrupt
+
+    def corrupt_spy(*args, **kwargs):
+        seen["corrupt"] = kwargs
+        return real_corrupt(*args, **kwargs)
+
+    model.corrupt = corrupt_spy  # type: ignore[method-assign]
     items = torch.tensor([[1, 2, 3, 4]])
     batch = Batch(items, torch.tensor([[PV, BUY, PV, BUY]]), torch.ones_like(items), torch.zeros_like(items),
                   torch.tensor([[2, 3, 4, 5]]), torch.tensor([[BUY, PV, BUY, BUY]]))
     target_objective(model, cfg, BUY)(batch)
+    assert seen["corrupt"]["eligible"] is not None, "the model's own masking, restricted to purchases"
     masked = seen["inputs"].items == model.mask_id
     full_beh = torch.tensor([[PV, BUY, PV, BUY, BUY]])[:, -masked.shape[1] :]
     assert masked[0, -1], "the final purchase is always masked"

@@ -90,3 +90,28 @@ def test_inference_appends_a_mask_and_drops_the_oldest_event_when_full() -> None
     s2 = m.score_all(Batch(older, hist.behaviours, hist.gaps, hist.categories))
     assert torch.allclose(s, s2)
     assert torch.allclose(m.last_hidden(hist), m.encode(ext)[:, -1])
+
+
+def test_corrupt_with_eligible_events_masks_only_those_and_an_eligible_last_one_always() -> None:
+    """The fine-tuning cloze (training/finetune.py target_objective) is ``corrupt`` with ``eligible``."""
+    m = model(mask_prob=0.3)
+    big = train_batch(rows=2000, pad=(0, 3) * 1000, seed=2)
+    full = m.training_window(big)
+    real = full.items != 0
+    beh = torch.cat([big.behaviours, big.target_behaviours[:, -1:]], dim=1)  # (B, L + 1): wider than L'
+    eligible = beh == 2
+    inputs, targets = m.corrupt(big, torch.Generator().manual_seed(0), eligible=eligible)
+    masked = targets != 0
+    cut = eligible[:, -masked.shape[1] :] & real
+    assert (masked <= cut).all(), "only eligible events are masked"
+    assert torch.equal(masked[:, -1], cut[:, -1]), "the last event is masked exactly when eligible"
+    rate = masked[:, :-1][cut[:, :-1]].float().mean().item()
+    assert abs(rate - 0.3) < 0.03
+    assert (inputs.items[masked] == m.mask_id).all() and (inputs.behaviours[masked] == 0).all()
+    assert not masked[~cut[:, -1]].any(-1).all(), "no forced mask: a row may have no target"
+    again, targets2 = m.corrupt(big, torch.Generator().manual_seed(0), eligible=eligible)
+    assert torch.equal(targets, targets2) and torch.equal(inputs.items, again.items)
+    # every event eligible: the same random draws mask the same events, but the last one always
+    _, every = m.corrupt(big, torch.Generator().manual_seed(0), eligible=torch.ones_like(eligible))
+    _, plain = m.corrupt(big, torch.Generator().manual_seed(0))
+    assert torch.equal((every != 0)[:, :-1], (plain != 0)[:, :-1]) and (every[:, -1] != 0).all()

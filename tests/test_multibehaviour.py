@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from shopformer.config import Config
-from shopformer.data.batches import Batch, EventArrays, MultiTaskLoader, training_windows
+from shopformer.data.batches import Batch, EventArrays, TaskBatch, TrainLoader, training_windows
 from shopformer.data.corpus import default_target_behaviour, funnel_depth
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import Window, intent_examples, intent_labels_after, subsample, window_examples
@@ -64,9 +64,10 @@ def test_loader_labels_agree_with_window_labels_and_know_more() -> None:
     train_end = s.offsets[1:] - 2
     labels = intent_labels_after(s, train_end, TAKE, 3)
     ends, starts = training_windows(s, train_end, 6)
-    loader = MultiTaskLoader(labels, EventArrays.from_sequences(s, 8), ends, starts, 6, 4, 0)
+    loader = TrainLoader(EventArrays.from_sequences(s, 8), ends, starts, 6, 4, 0, labels=labels)
     known_loader = known_window = 0
     for b in loader:
+        assert isinstance(b, TaskBatch)
         win = window_intent_labels(b.target_behaviours, TAKE, 3)
         both = (win >= 0) & (b.intent_labels >= 0)
         assert torch.equal(win[both], b.intent_labels[both])
@@ -223,7 +224,19 @@ def test_run_multibehaviour_end_to_end(prepared: Path, tmp_path: Path) -> None:
     assert m["next_action"]["majority class"]["per_class_recall"]["look"] == 1.0
     intent = m["intent"]["sasrec"]
     assert 0.0 <= intent["roc_auc"] <= 1.0 and 0.0 <= intent["ece"] <= 1.0
-    assert m["excluded"]["items_take"]["users_in_window_without_event"] >= 0
+    # users active in the test window without a "take" there: counted, not scored (by hand)
+    from shopformer.data.corpus import load_dataset
+    from shopformer.data.split import make_windows
+    from shopformer.pipelines.multi_behaviour import configure
+
+    ds = load_dataset(prepared)
+    rcfg, take_id = configure(ds, small_cfg())
+    test_w = make_windows(ds.seq, rcfg)[2]
+    in_test = (ds.seq.times >= test_w.lo) & (True if test_w.hi is None else ds.seq.times < test_w.hi)
+    user = ds.seq.user_row_of_event()
+    without = set(user[in_test].tolist()) - set(user[in_test & (ds.seq.behaviours == take_id)].tolist())
+    assert len(without) > 0
+    assert m["excluded"]["items_take"]["users_in_window_without_event"] == len(without)
     assert m["excluded"]["intent"]["censored_horizon"] > 0  # last events of each user cannot be labelled
     for f in ("metrics.json", "report.md", "confusion_sasrec.png", "reliability_sasrec.png", "train_log.csv"):
         assert (tmp_path / "run" / f).exists(), f
@@ -258,6 +271,59 @@ def test_run_multibehaviour_end_to_end(prepared: Path, tmp_path: Path) -> None:
     assert "next action" in table
 
 
+def test_refit_heads_goes_through_fit_and_lowers_the_heads_validation_loss(prepared: Path, monkeypatch) -> None:
+    import torch.nn.functional as F
+
+    import shopformer.pipelines.multi_behaviour as mb
+    import shopformer.training.heads as training_heads
+    from shopformer.data.batches import history_batches
+    from shopformer.data.corpus import load_dataset
+    from shopformer.data.split import make_windows
+
+    ds = load_dataset(prepared)
+    cfg, target = mb.configure(ds, small_cfg())
+    train_end, valid_w, _ = make_windows(ds.seq, cfg)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+
+    def features(model, ex) -> torch.Tensor:
+        batches = history_batches(ds.seq, arrays, ex, cfg.model.max_len, 64)
+        return torch.cat([model.head_features(b) for _, b in batches])
+
+    def valid_losses(model) -> dict[str, float]:
+        """The heads' losses at the validation window's events (what the refit early-stops on)."""
+        model.eval()
+        with torch.no_grad():
+            ex, _ = window_examples(ds.seq, valid_w)
+            y = torch.from_numpy(ds.seq.behaviours[ex.pos].astype(np.int64))
+            action = F.cross_entropy(model.heads.action_logits(features(model, ex))[:, 1:], y - 1)
+            ex, labels, _ = intent_examples(ds.seq, valid_w, target, cfg.task.intent_horizon)
+            logit = model.heads.intent_logit(features(model, ex))
+            intent = F.binary_cross_entropy_with_logits(logit, torch.from_numpy(labels).float())
+        return {"action": float(action), "intent": float(intent)}
+
+    calls: list = []
+    before: dict[str, float] = {}
+    real_fit, real_refit = training_heads.fit, mb.refit_heads
+
+    def fit_spy(module, cfg_, *args, **kwargs):
+        calls.append((module, cfg_.train, kwargs))
+        return real_fit(module, cfg_, *args, **kwargs)
+
+    def refit_spy(model, *args, **kwargs):
+        before.update(valid_losses(model))  # the heads as the encoder's fit left them
+        return real_refit(model, *args, **kwargs)
+
+    monkeypatch.setattr(training_heads, "fit", fit_spy)
+    monkeypatch.setattr(mb, "refit_heads", refit_spy)
+    model, _ = mb.train_multi_task(ds, cfg, target, train_end, valid_w, arrays, None, False)
+    assert before, "train_multi_task refits the heads"
+    assert [c[0] for c in calls] == [model.heads.action, model.heads.intent], "each head MLP is refitted by fit"
+    for _, tc, kwargs in calls:
+        assert kwargs["validate"] is not None and kwargs["score_start"] and tc.learning_rate == 1e-3
+    after = valid_losses(model)
+    assert after["action"] < before["action"] and after["intent"] < before["intent"], (before, after)
+
+
 def test_unknown_behaviours_in_a_fixed_vocabulary(tmp_path: Path) -> None:
     """Strict prepare names the value and the line; the default quarantines the row."""
     import polars as pl
@@ -268,8 +334,8 @@ def test_unknown_behaviours_in_a_fixed_vocabulary(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     path.write_text("u1,i1,look,1600000000\nu1,i2,grab,1600000001\nu1,i3,take,1600000002\n")
     cols = ("user_id", "item_id", "event_type", "timestamp")
-    fixed = IngestOptions(columns=cols, event_types=("look", "keep", "take"), now=2_000_000_000)
-    with pytest.raises(DataValidationError, match=r"log.csv:2: event_type: unknown event type 'grab'"):
+    fixed = IngestOptions(columns=cols, behaviours=("look", "keep", "take"), now=2_000_000_000)
+    with pytest.raises(DataValidationError, match=r"log.csv:2: behaviour: unknown behaviour 'grab'"):
         prepare([path], tmp_path / "strict", IngestOptions(**{**fixed.__dict__, "strict": True}))
     out = prepare([path], tmp_path / "lenient", fixed)
     rejects = pl.read_parquet(out.path / "rejects.parquet")

@@ -4,11 +4,20 @@ import torch
 from conftest import cyclic_sequences
 
 from shopformer.config import Config, apply_overrides
-from shopformer.data.batches import EventArrays, TrainLoader, gather_windows, training_windows
+from shopformer.data.batches import (
+    EventArrays,
+    TaskBatch,
+    TrainLoader,
+    gather_windows,
+    make_train_loader,
+    target_windows,
+    training_windows,
+)
 from shopformer.data.corpus import DataSpec
 from shopformer.data.split import leave_one_out
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import build_model
+from shopformer.models.base import LossOutput
 from shopformer.training.fit import early_stopping, fit, lr_lambda
 
 
@@ -17,6 +26,10 @@ def test_early_stopping_rule() -> None:
     assert early_stopping([0.1, 0.2, 0.15], 2) == (False, 1)
     assert early_stopping([0.1, 0.2, 0.15, 0.19], 2) == (True, 1)
     assert early_stopping([0.3, 0.3, 0.3], 2) == (True, 0)  # a tie is not an improvement
+    # min_delta: a gain must exceed it to count (0.2 -> 0.205 is no new best with min_delta 0.01)
+    assert early_stopping([0.1, 0.2, 0.205], 1, min_delta=0.01) == (True, 1)
+    assert early_stopping([0.1, 0.2, 0.215], 1, min_delta=0.01) == (False, 2)
+    assert early_stopping([0.1, 0.2, 0.205, 0.215], 1, min_delta=0.01) == (False, 3)  # vs the best, not the last
 
 
 def test_lr_schedule() -> None:
@@ -93,3 +106,66 @@ def test_fit_without_validation_stops_after_the_given_epochs_and_keeps_the_last_
     assert res.epochs == 3 and res.best_epoch == 3 and res.stopped_by == "stop_after"
     assert not any(k.startswith("valid_") for row in res.history for k in row)
     assert res.history[-1]["lr"] == pytest.approx(cfg.train.learning_rate)  # constant schedule, 10-epoch span
+
+
+def test_make_train_loader_is_the_wiring_of_the_config() -> None:
+    seq = type(cyclic_sequences(n_users=2)).from_lists(
+        [list(range(1, 13)), [3, 4, 5], [7, 8, 9, 10, 11]], [[1, 1, 2] * 4, [1, 1, 1], [1, 2, 1, 1, 1]], None)
+    cfg = apply_overrides(Config(), ["model.max_len=4", "train.batch_size=2", "train.seed=3"])
+    train_end = seq.offsets[1:] - 1
+    arrays = EventArrays.from_sequences(seq, cfg.model.time_buckets)
+    loader = make_train_loader(cfg, seq, train_end, arrays)
+    ends, starts = training_windows(seq, train_end, 4, cfg.train.sliding_window)
+    manual = TrainLoader(arrays, ends, starts, 4, 2, 3)
+    assert (loader.max_len, loader.batch_size) == (4, 2)
+    assert np.array_equal(loader.ends, ends) and np.array_equal(loader.starts, starts)
+    for a, b in zip(loader, manual, strict=True):  # same windows, same shuffling
+        assert torch.equal(a.items, b.items) and torch.equal(a.targets, b.targets)
+    # only windows with a target of behaviour 2 (user 1 has none)
+    only = make_train_loader(cfg, seq, train_end, arrays, target_behaviour=2)
+    kept, _ = target_windows(seq, ends, starts, 4, 2)
+    assert np.array_equal(only.ends, kept) and 0 < len(kept) < len(ends)
+    assert all((b.target_behaviours == 2).any(-1).all() for b in only)
+    # intent labels make TaskBatches; they follow the stored order, so no augmentation with them
+    labels = np.arange(len(seq.items)) % 2
+    labelled = next(iter(make_train_loader(cfg, seq, train_end, arrays, labels=labels)))
+    assert isinstance(labelled, TaskBatch) and (labelled.intent_labels[labelled.items == 0] == -1).all()
+    with pytest.raises(ValueError, match="augmentation"):
+        make_train_loader(cfg, seq, train_end, arrays, augment=lambda w, rng: w, labels=labels)
+
+
+def test_fit_trains_any_module_on_any_loader_and_keeps_the_start_when_nothing_beats_it() -> None:
+    """The generic path (used by training.heads.refit_heads): a loader of tensors, an objective, a
+    ``validate`` callable (higher is better), the starting weights as a candidate."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    cfg = Config().override(train={"epochs": 30, "patience": 3, "learning_rate": 0.05, "monitor": "mse"})
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+
+    def run(module: torch.nn.Module, target: torch.Tensor, min_delta: float = 0.0):
+        def objective(batch):
+            loss = torch.nn.functional.mse_loss(module(batch[0]).squeeze(-1), batch[1])
+            return LossOutput(loss, {"mse": float(loss.detach())})
+
+        def validate():
+            with torch.no_grad():
+                mse = float(torch.nn.functional.mse_loss(module(x).squeeze(-1), target))
+            return -mse, {"mse": mse}
+
+        return fit(module, cfg, loader=batches, objective=objective, validate=validate, progress=False,
+                   score_start=True, min_delta=min_delta)
+
+    lin = torch.nn.Linear(4, 1)
+    res = run(lin, y)
+    assert res.start_score is not None and res.best_score > res.start_score and res.best_epoch > 0
+    assert res.best_metrics["mse"] == pytest.approx(-res.best_score)
+    assert res.history[res.best_epoch - 1]["valid_mse"] == res.best_metrics["mse"]
+    with torch.no_grad():
+        assert float(torch.nn.functional.mse_loss(lin(x).squeeze(-1), y)) == pytest.approx(-res.best_score)
+    # validated on a target no training step can approach: the starting weights are restored
+    stuck = torch.nn.Linear(4, 1)
+    start = {k: v.clone() for k, v in stuck.state_dict().items()}
+    res = run(stuck, y + 1e6, min_delta=1e9)
+    assert res.best_epoch == 0 and res.stopped_by == "early_stopping" and res.epochs == cfg.train.patience
+    assert all(torch.equal(start[k], v) for k, v in stuck.state_dict().items())

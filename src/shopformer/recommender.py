@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from shopformer.artifacts import ArtifactError, Run, load_run
+from shopformer.artifacts import ArtifactError, Run, load_run  # noqa: F401 - ArtifactError: re-exported for serving/
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
+from shopformer.data.vocab import UnknownBehaviourError
 from shopformer.models.base import SequenceModel
 
 
 @dataclass(frozen=True)
 class History:
-    """One user's events, oldest first, in raw ids. Behaviours/timestamps are optional."""
+    """One user's events, oldest first, in raw ids. Behaviours/timestamps are optional.
+
+    An event without a behaviour (``None``) reads as the most frequent type; an event whose
+    behaviour the model does not know is skipped and reported, never remapped to another type."""
 
     items: list[str]
     behaviours: list[str] | None = None
@@ -37,6 +41,8 @@ class Recommendations:
     scores: list[float]
     fallback: bool = False  # True when the history had no known item (popularity answer)
     skipped: list[str] = field(default_factory=list)  # unknown item ids ignored in the history
+    # behaviour names the model does not know: their events were ignored (like unknown items)
+    skipped_behaviours: list[str] = field(default_factory=list)
 
     def pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.items, self.scores, strict=True))
@@ -54,6 +60,16 @@ class RecRequest:
     k: int = 10
     exclude_seen: bool | None = None  # None: the run's eval.exclude_seen
     behaviour: str | None = None  # rank for this next-event type; see Recommender.target_behaviours
+
+
+class Encoded(NamedTuple):
+    """One history in dense ids, with what was left out of it."""
+
+    items: list[int]
+    behaviours: list[int]
+    times: list[int] | None  # None: the history has no timestamps
+    skipped: list[str]  # unknown item ids (their events are left out)
+    skipped_behaviours: list[str]  # unknown behaviour names (their events are left out)
 
 
 class ItemIndex(Protocol):
@@ -82,7 +98,7 @@ class Recommender:
         self.run = run
         self.model = run.model.eval()
         self.spec, self.cfg, self.vocabs = run.spec, run.config, run.vocabs
-        self.max_len = self.cfg.model.max_len
+        self.max_len = self.model.max_len  # the window of the model's position table, not a config value
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads
         pop = torch.as_tensor(run.item_counts, dtype=torch.float32).clone()
         pop[PAD] = float("-inf")
@@ -98,50 +114,68 @@ class Recommender:
         return self.run.version
 
     # -- encoding ---------------------------------------------------------------------------
-    def _encode(self, h: History) -> tuple[list[int], list[int], list[int] | None, list[str]]:
-        iv, bv = self.vocabs.items.index, self.vocabs.behaviours.index
-        items, behs, times, skipped = [], [], [], []
+    def _encode(self, h: History) -> Encoded:
+        """Dense ids of a history. Events of unknown items or of behaviours the model does not know
+        (``Vocabs.behaviour_id``) are left out and reported; a missing behaviour (None) is the
+        most frequent type."""
+        iv = self.vocabs.items.index
+        items, behs, times, skipped, skipped_behs = [], [], [], [], []
         for pos, raw in enumerate(h.items):
             idx = iv.get(str(raw), 0)
             if idx == PAD:
                 skipped.append(str(raw))
                 continue
-            items.append(idx)
             b = h.behaviours[pos] if h.behaviours is not None else None
-            behs.append(bv.get(str(b), self._default_behaviour) if b is not None else self._default_behaviour)
+            if b is None:
+                bid = self._default_behaviour
+            else:
+                try:
+                    bid = self.vocabs.behaviour_id(str(b))
+                except UnknownBehaviourError:
+                    skipped_behs.append(str(b))
+                    continue
+            items.append(idx)
+            behs.append(bid)
             if h.timestamps is not None:
                 times.append(int(h.timestamps[pos]))
-        return items, behs, (times if h.timestamps is not None else None), skipped
+        return Encoded(items, behs, (times if h.timestamps is not None else None), skipped, skipped_behs)
 
     def make_batch(self, encoded: list[tuple[list[int], list[int], list[int] | None]]) -> Batch:
-        """Left-padded Batch of the last ``max_len`` events of each encoded history."""
-        has_time = self.spec.has_time and all(t is not None for _, _, t in encoded)
+        """Left-padded Batch of the last ``max_len`` events of each encoded history.
+
+        Time-gap features are per row: a history with timestamps gets its real gaps, one without
+        gets the "unknown gap" bucket (as a data set without timestamps), so a row's features, and
+        hence its scores, never depend on which other histories share its batch."""
+        timed = np.array([self.spec.has_time and e[2] is not None for e in encoded], dtype=bool)
         items = [e[0] for e in encoded]
         cats = [self.run.item_category[np.asarray(x, dtype=np.int64)].tolist() for x in items]
-        seq = Sequences.from_lists(items, [e[1] for e in encoded], [e[2] for e in encoded] if has_time else None,
-                                   cats)
+        times = [list(e[2]) if t else [0] * len(e[0]) for e, t in zip(encoded, timed, strict=True)]  # type: ignore[arg-type]
+        seq = Sequences.from_lists(items, [e[1] for e in encoded], times if timed.any() else None, cats)
         arrays = EventArrays.from_sequences(seq, self.cfg.model.time_buckets)
+        if timed.any() and not timed.all():
+            untimed = np.repeat(~timed, seq.lengths)
+            arrays = replace(arrays, gaps=np.where(untimed, 1, arrays.gaps))  # 1 = unknown gap
         w = arrays.windows(seq.offsets[1:], seq.offsets[:-1], self.max_len)
         return Batch(**{k: torch.from_numpy(v) for k, v in w.items()})
 
     # -- scoring ----------------------------------------------------------------------------
     def score_histories(
         self, histories: list[History], behaviour: str | None = None
-    ) -> tuple[torch.Tensor, list[list[int]], list[list[str]]]:
-        """(B, n_items + 1) scores for many histories in one forward pass.
+    ) -> tuple[torch.Tensor, list[list[int]], list[Encoded]]:
+        """(B, n_items + 1) scores for many histories in one forward pass, the dense items of each
+        history and its encoding (with the unknown items / behaviours it skipped).
 
         ``behaviour`` ranks for the next event of that type (see ``behaviour_id``)."""
         beh = self.behaviour_id(behaviour)
         encoded = [self._encode(h) for h in histories]
-        skipped = [e[3] for e in encoded]
-        seen = [e[0] for e in encoded]
-        known = [i for i, e in enumerate(encoded) if e[0]]
+        seen = [e.items for e in encoded]
+        known = [i for i, e in enumerate(encoded) if e.items]
         scores = self.popularity.unsqueeze(0).repeat(len(histories), 1)
         if known:
             batch = self.make_batch([encoded[i][:3] for i in known])
             with self._lock, torch.inference_mode():
                 scores[torch.tensor(known)] = self.model.score_all(batch, beh).float()
-        return scores, seen, skipped
+        return scores, seen, encoded
 
     def recommend_many(
         self,
@@ -154,7 +188,7 @@ class Recommender:
         if k < 1:
             raise ValueError("k must be >= 1")
         exclude = self.cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
-        scores, seen, skipped = self.score_histories(histories, behaviour)
+        scores, seen, encoded = self.score_histories(histories, behaviour)
         if exclude:
             rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
             cols = np.fromiter((i for s in seen for i in s), dtype=np.int64, count=len(rows))
@@ -165,13 +199,19 @@ class Recommender:
         for r in range(len(histories)):
             ids, vals = top.indices[r].tolist(), top.values[r].tolist()
             keep = [j for j, v in enumerate(vals) if v != float("-inf")]
-            if skipped[r]:
-                warnings.warn(f"skipped {len(skipped[r])} unknown item id(s): {skipped[r][:5]}", stacklevel=2)
+            skipped, skipped_behs = encoded[r].skipped, encoded[r].skipped_behaviours
+            if skipped:
+                warnings.warn(f"skipped {len(skipped)} unknown item id(s): {skipped[:5]}", stacklevel=2)
+            if skipped_behs:
+                known = ", ".join(self.vocabs.behaviours.tokens[1:])
+                warnings.warn(f"skipped {len(skipped_behs)} event(s) of unknown behaviour(s): "
+                              f"{sorted(set(skipped_behs))[:5]} (known: {known})", stacklevel=2)
             out.append(Recommendations(
                 items=self.vocabs.items.decode([ids[j] for j in keep]),
                 scores=[float(vals[j]) for j in keep],
                 fallback=not seen[r],
-                skipped=skipped[r],
+                skipped=skipped,
+                skipped_behaviours=skipped_behs,
             ))
         return out
 
@@ -212,36 +252,36 @@ class Recommender:
         Without ``index`` the whole catalogue is scored (exact); with one, the user vectors are
         searched in it, asking for ``k`` plus the number of seen items so exclusion still leaves k.
         """
+        behaviours = []
         for r in requests:
             if r.k < 1:
                 raise ValueError("k must be >= 1")
-            if r.behaviour is not None and r.behaviour not in self.target_behaviours:
-                raise ValueError(f"behaviour {r.behaviour!r}: model {self.version} has no behaviour-specific head")
+            behaviours.append(self.behaviour_id(r.behaviour))  # an unknown name is an error, never a fallback
         if index is not None and not self.supports_index:
             raise ValueError(f"model {self.cfg.model.name} overrides score_all; an item index would change its scores")
         encoded = [self._encode(r.history) for r in requests]
         out: list[Recommendations | None] = [None] * len(requests)
-        # make_batch drops time gaps for a whole batch when one history lacks timestamps, so
-        # histories with and without them are scored apart: an answer never depends on its batch.
-        for timed in (True, False):
-            known = [i for i, e in enumerate(encoded) if e[0] and (e[2] is not None) == timed]
-            if not known:
-                continue
+        # One forward pass: make_batch builds every row's features from that row alone (time gaps
+        # included), and left padding changes nothing, so an answer never depends on its batch.
+        known = [i for i, e in enumerate(encoded) if e.items]
+        if known:
             batch = _trim_padding(self.make_batch([encoded[i][:3] for i in known]))
-            reqs, seen = [requests[i] for i in known], [encoded[i][0] for i in known]
+            reqs, seen = [requests[i] for i in known], [encoded[i].items for i in known]
             with self._lock, torch.inference_mode():
                 if index is None:
-                    beh = [self.behaviour_id(r.behaviour) for r in reqs]
+                    beh = [behaviours[i] for i in known]
                     rows = self._exact_top(batch, reqs, seen, None if self.model.heads is None else torch.tensor(
                         [self.model.heads.default_behaviour if b is None else b for b in beh]))
                 else:
                     rows = self._index_top(index, self.model.last_hidden(batch).float(), reqs, seen)
             for i, (ids, vals) in zip(known, rows, strict=True):
-                out[i] = Recommendations(self.vocabs.items.decode(ids), vals, skipped=encoded[i][3])
+                out[i] = Recommendations(self.vocabs.items.decode(ids), vals, skipped=encoded[i].skipped,
+                                         skipped_behaviours=encoded[i].skipped_behaviours)
         for i, r in enumerate(requests):
             if out[i] is None:
                 pop = self.popular(r.k)
-                out[i] = Recommendations(pop.items, pop.scores, fallback=True, skipped=encoded[i][3])
+                out[i] = Recommendations(pop.items, pop.scores, fallback=True, skipped=encoded[i].skipped,
+                                         skipped_behaviours=encoded[i].skipped_behaviours)
         return out  # type: ignore[return-value]
 
     def _exclude(self, r: RecRequest) -> bool:
@@ -296,20 +336,31 @@ class Recommender:
 
     # -- multi-behaviour heads (models/heads.py) --------------------------------------------------
     def behaviour_id(self, name: str | None) -> int | None:
-        """Dense id of a behaviour name to rank for; None = the model's default, ANY_BEHAVIOUR = 0."""
+        """Dense id of a behaviour name to rank for; None = the model's default, ANY_BEHAVIOUR = 0.
+
+        Names resolve through ``Vocabs.behaviour_id``: an unknown name raises
+        ``UnknownBehaviourError`` (a ValueError listing the known names); a known one raises
+        ValueError for a model without behaviour-specific heads."""
         if name is None:
             return None
-        if self.model.heads is None:
-            if name == ANY_BEHAVIOUR:
-                return PAD
-            raise ValueError(f"behaviour {name!r}: model {self.version} has no behaviour-specific head "
-                             "(trained with task.kind='next-item')")
         if name == ANY_BEHAVIOUR:
             return PAD
-        if name not in self.vocabs.behaviours.index:
-            known = ", ".join(self.vocabs.behaviours.tokens[1:])
-            raise ValueError(f"unknown behaviour {name!r}; this model knows: {known} (or {ANY_BEHAVIOUR!r})")
-        return self.vocabs.behaviours.index[name]
+        try:
+            bid = self.vocabs.behaviour_id(name)
+        except UnknownBehaviourError as err:
+            raise UnknownBehaviourError(f"{err} (or {ANY_BEHAVIOUR!r} for any)") from None
+        if self.model.heads is None:
+            raise ValueError(f"behaviour {name!r}: model {self.version} has no behaviour-specific head "
+                             "(trained with task.kind='next-item')")
+        return bid
+
+    def knows_behaviour(self, name: str) -> bool:
+        """True when ``name`` is a behaviour of this model's vocabulary (``Vocabs.behaviour_id``)."""
+        try:
+            self.vocabs.behaviour_id(name)
+        except UnknownBehaviourError:
+            return False
+        return True
 
     @property
     def head_parts(self) -> tuple[str, ...]:
@@ -325,7 +376,7 @@ class Recommender:
 
     def _head_batch(self, history: History | list[str]) -> Batch:
         h = history if isinstance(history, History) else History(list(history))
-        items, behs, times, _ = self._encode(h)
+        items, behs, times, _, _ = self._encode(h)
         if not items:
             raise ValueError("the history has no known item; behaviour heads need at least one event")
         return self.make_batch([(items, behs, times)])

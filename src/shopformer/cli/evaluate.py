@@ -1,4 +1,10 @@
-"""``shopformer evaluate``: re-evaluate a saved run on its data set's test split."""
+"""``shopformer evaluate``: re-evaluate a saved run on its data set's test split.
+
+The protocol follows the run's task: next-item runs get the next-item table (model beside the
+popularity and Markov baselines), multi-task runs the multi-behaviour protocol (next item per
+behaviour, next action, intent). Evaluation never changes the saved model; ``--set`` may change
+evaluation settings but not ``model.*`` or ``task.kind``, which the trained weights fix.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +21,29 @@ def evaluate_command(
     dataset: Annotated[Path | None, typer.Option(help="dataset directory (default: the one it was trained on)")] = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Re-evaluate a saved model and the baselines on the test split."""
+    """Re-evaluate a saved model and the baselines on the test split (the protocol of its task)."""
     from shopformer.artifacts import ArtifactError, load_run
-    from shopformer.config import apply_overrides
-    from shopformer.data.corpus import load_dataset, make_split
-    from shopformer.evaluation.report import markdown_table
-    from shopformer.pipelines.next_item import evaluate_systems
+    from shopformer.config import ConfigError, apply_overrides, parse_override
 
     try:
+        for o in overrides or []:
+            section, key, _ = parse_override(o)
+            if section == "model" or (section, key) == ("task", "kind"):
+                raise ConfigError(f"{section}.{key} is fixed by the trained weights (retrain to change it)")
         loaded = load_run(model_dir(run))
         cfg = apply_overrides(loaded.config, list(overrides or []))
-        ds = load_dataset(dataset or loaded.manifest.get("dataset_dir") or "")
-        split = make_split(ds, cfg)
-        results = evaluate_systems(loaded.model, ds, split, cfg)
-    except (ArtifactError, *USER_ERRORS) as err:
+        if loaded.config.task.kind != "next-item":
+            from shopformer.pipelines.multi_behaviour import evaluate_run
+
+            _, table = evaluate_run(loaded, dataset, cfg=cfg)
+        else:
+            from shopformer.data.corpus import load_dataset, make_split
+            from shopformer.evaluation.report import markdown_table
+            from shopformer.pipelines.next_item import evaluate_systems
+
+            ds = load_dataset(dataset or loaded.manifest.get("dataset_dir") or "")
+            results = evaluate_systems(loaded.model, ds, make_split(ds, cfg), cfg)
+            table = markdown_table(results, cfg.eval.ks)
+    except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
-    console.print(markdown_table(results, cfg.eval.ks))
+    console.print(table)

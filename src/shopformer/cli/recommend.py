@@ -33,6 +33,7 @@ def recommend_command(
         fail("give exactly one of --user or --history")
     try:
         rec = Recommender.load(model_dir(run))
+        rec.behaviour_id(behaviour)  # an unknown name fails here (one line, exit 2), never falls back
         if user is not None:
             h = user_history(rec, user)
         else:
@@ -45,7 +46,7 @@ def recommend_command(
             intent = rec.purchase_intent(h) if "intent" in parts else None
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}")
-    except (ArtifactError, *USER_ERRORS) as err:
+    except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
     if out.fallback:
         console.print("[yellow]no known item in the history: popularity fallback[/yellow]")
@@ -72,4 +73,4 @@ def user_history(rec: Recommender, user: str) -> History:
     if ev.is_empty():
         raise KeyError(f"unknown user {user!r} in {ds}")
     times = ev[S.TIME].to_list() if rec.spec.has_time and S.TIME in ev.columns else None
-    return History(ev[S.ITEM].to_list(), ev[S.EVENT].to_list() if S.EVENT in ev.columns else None, times)
+    return History(ev[S.ITEM].to_list(), ev[S.BEHAVIOUR].to_list() if S.BEHAVIOUR in ev.columns else None, times)

@@ -2,6 +2,10 @@
 
 Sequences are right-aligned (padding on the left, most recent event last), so "the next item
 after this history" is always read from the last position.
+
+Every training loop gets its batches from ``make_train_loader`` (windows of the training
+prefixes from ``cfg.model`` / ``cfg.train``; optionally only windows with a target of one
+behaviour, an augmentation hook, or exact intent labels), one ``TrainLoader`` class.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from shopformer.config import Config
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences, gap_buckets
 from shopformer.data.split import EvalExamples
@@ -98,8 +103,28 @@ def training_windows(
     return ends.astype(np.int64), starts[user].astype(np.int64)
 
 
+def target_windows(
+    seq: Sequences, ends: np.ndarray, starts: np.ndarray, max_len: int, behaviour: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the training windows with at least one target event of ``behaviour``.
+
+    A window is events ``[max(start, end - max_len - 1), end)``; its targets are all but the first.
+    """
+    lo = np.maximum(starts, ends - max_len - 1)
+    csum = np.concatenate([[0], np.cumsum(seq.behaviours == behaviour)])
+    keep = (csum[ends] - csum[np.minimum(lo + 1, ends)]) > 0
+    return ends[keep], starts[keep]
+
+
 # An augmentation maps the numpy windows of one batch (each (B, W), left-padded) to new ones.
 Augment = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TaskBatch(Batch):
+    """A training Batch plus (B, L) intent labels read from the whole training prefix (-1 unknown)."""
+
+    intent_labels: torch.Tensor | None = None
 
 
 class TrainLoader:
@@ -107,6 +132,12 @@ class TrainLoader:
 
     ``augment`` (optional) rewrites each batch's windows on the fly, before inputs and
     next-item targets are derived from them, so targets always follow the augmented order.
+
+    ``labels`` (optional, one per flat event, e.g. ``split.intent_labels_after``) makes the
+    loader yield ``TaskBatch``es whose ``intent_labels`` are read from the whole training
+    prefix, so a window's last positions are labelled from the events after the window whenever
+    those are training data (-1: unknown or padding). Labels follow the stored event order, so
+    they cannot be combined with ``augment``.
     """
 
     def __init__(
@@ -118,11 +149,16 @@ class TrainLoader:
         batch_size: int,
         seed: int,
         augment: Augment | None = None,
+        labels: np.ndarray | None = None,
     ) -> None:
+        if augment is not None and labels is not None:
+            raise ValueError("intent labels follow the stored event order: they cannot be combined with augmentation")
         self.arrays, self.ends, self.starts = arrays, ends, starts
         self.max_len, self.batch_size = max_len, batch_size
         self.rng = np.random.default_rng(seed)
         self.augment = augment
+        # shifted by 2 so that window padding (0) reads as unknown (-1) once shifted back
+        self.labels = None if labels is None else labels.astype(np.int64) + 2
 
     def __len__(self) -> int:
         return (len(self.ends) + self.batch_size - 1) // self.batch_size
@@ -139,7 +175,13 @@ class TrainLoader:
             w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
             if self.augment is not None:
                 w = self.augment(w, self.rng)
-            yield windows_to_batch(w)
+            batch = windows_to_batch(w)
+            if self.labels is None:
+                yield batch
+                continue
+            lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
+            real = batch.padding_mask.numpy()
+            yield TaskBatch(**vars(batch), intent_labels=torch.from_numpy(np.where(real, lab, -1)).float())
 
     def batch_indices(self) -> Iterator[tuple[np.ndarray, int]]:
         """One epoch of (window indices, trimmed width) in length-bucketed, shuffled order."""
@@ -153,6 +195,31 @@ class TrainLoader:
             batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
         for b in self.rng.permutation(len(batches)):
             yield batches[b], int(lengths[batches[b]].max())
+
+
+def make_train_loader(
+    cfg: Config,
+    seq: Sequences,
+    train_end: np.ndarray,
+    arrays: EventArrays | None = None,
+    augment: Augment | None = None,
+    labels: np.ndarray | None = None,
+    target_behaviour: int | None = None,
+) -> TrainLoader:
+    """The training loader of ``cfg``: windows of each user's events before ``train_end``
+    (``cfg.model.max_len``, ``cfg.train.sliding_window``), ``cfg.train.batch_size``, shuffled
+    by ``cfg.train.seed``.
+
+    ``target_behaviour`` keeps only the windows with a target of that behaviour (fine-tuning);
+    ``augment`` and ``labels`` are passed to ``TrainLoader``.
+    """
+    max_len = cfg.model.max_len
+    ends, starts = training_windows(seq, train_end, max_len, cfg.train.sliding_window)
+    if target_behaviour is not None:
+        ends, starts = target_windows(seq, ends, starts, max_len, target_behaviour)
+    arrays = arrays or EventArrays.from_sequences(seq, cfg.model.time_buckets)
+    return TrainLoader(arrays, ends, starts, max_len, cfg.train.batch_size, cfg.train.seed, augment=augment,
+                       labels=labels)
 
 
 def windows_to_batch(w: dict[str, np.ndarray]) -> Batch:
@@ -189,36 +256,3 @@ def seen_pairs(seq: Sequences, examples: EvalExamples, idx: np.ndarray) -> tuple
     row = np.repeat(np.arange(len(idx)), lens)
     flat = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
     return row, seq.items[flat].astype(np.int64)
-
-
-@dataclass(frozen=True)
-class TaskBatch(Batch):
-    """A training Batch plus (B, L) intent labels read from the whole training prefix (-1 unknown)."""
-
-    intent_labels: torch.Tensor | None = None
-
-
-class MultiTaskLoader(TrainLoader):
-    """TrainLoader whose batches carry intent labels computed on the training prefix, so a window's
-    last positions are labelled from the events after the window whenever those are training data."""
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        arrays: EventArrays,
-        ends: np.ndarray,
-        starts: np.ndarray,
-        max_len: int,
-        batch_size: int,
-        seed: int,
-    ) -> None:
-        super().__init__(arrays, ends, starts, max_len, batch_size, seed)
-        self.labels = labels.astype(np.int64) + 2  # shift so that window padding (0) reads as unknown
-
-    def __iter__(self) -> Iterator[Batch]:
-        for sel, width in self.batch_indices():  # same length bucketing as TrainLoader
-            w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
-            lab = gather_windows(self.labels, self.ends[sel], self.starts[sel], width)[:, :-1] - 2
-            base = windows_to_batch(w)
-            real = base.padding_mask.numpy()
-            yield TaskBatch(**vars(base), intent_labels=torch.from_numpy(np.where(real, lab, -1)).float())

@@ -82,6 +82,7 @@ def behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
         with torch.inference_mode():
             return model.score_all(batch, behaviour).float()
 
+    score.max_len = model.max_len  # type: ignore[attr-defined]  # evaluate never feeds it more
     return score
 
 
@@ -118,6 +119,9 @@ def _decide(logp: np.ndarray, offsets: np.ndarray, labels: list[int]) -> np.ndar
 
 @dataclass
 class EvalContext:
+    """What every part of the protocol shares. ``max_len`` is the history window, read from the
+    evaluated model (``SequenceModel.max_len``), never from the config: baselines see the same one."""
+
     ds: Dataset
     cfg: Config
     arrays: EventArrays
@@ -125,6 +129,7 @@ class EvalContext:
     valid: Window
     test: Window
     target: int
+    max_len: int
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -175,25 +180,61 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
         systems["recent items"] = RecentItems(all_types, b_counts)
         out[key] = {
             name: _item_metrics(
-                evaluate(fn, seq, ctx.arrays, ex, n_items, cfg.model.max_len, ecfg).metrics, cfg.eval.ks
+                evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg).metrics, cfg.eval.ks
             )
             for name, fn in systems.items()
         }
     return out
 
 
+def _training_prior(ctx: EvalContext) -> np.ndarray:
+    """(n_behaviours + 1,) share of each behaviour type among training events (0 at padding)."""
+    seq = ctx.ds.seq
+    mask = training_mask(seq, ctx.train_end)
+    prior = np.bincount(seq.behaviours[mask], minlength=ctx.n_behaviours + 1).astype(np.float64)
+    prior[PAD] = 0.0
+    return prior / prior.sum()
+
+
+def calibrate_heads(ctx: EvalContext, model: SequenceModel) -> dict:
+    """Fit a model's validation-time post-processing and store it in its head buffers.
+
+    A training step (the training pipeline calls it once, before saving the run), never part of
+    evaluation: the next-action decision offsets (macro-F1 on the validation window) and the
+    intent Platt scaling (validation window) are written into ``heads.action_offsets`` and
+    ``heads.intent_calibration``; ``evaluate_actions`` / ``evaluate_intent`` only read them.
+    Returns what was fitted ({"decision_tau": ..., "platt": [a, b]}, for the parts present)."""
+    heads = model.heads
+    if heads is None:
+        return {}
+    seq, bs = ctx.ds.seq, ctx.cfg.eval.batch_size
+    out: dict = {}
+    if "action" in heads.parts:
+        labels = list(range(1, ctx.n_behaviours + 1))
+        ex_v, _ = window_examples(seq, ctx.valid)
+        y_v = seq.behaviours[ex_v.pos].astype(np.int64)
+        p_v = _collect(_action_probs(model), seq, ctx.arrays, ex_v, model.max_len, bs)
+        tau, offsets = decision_offsets(p_v, y_v, _training_prior(ctx), labels)
+        heads.action_offsets.copy_(torch.from_numpy(offsets).float())
+        out["decision_tau"] = tau
+    if "intent" in heads.parts:
+        ex_v, y_v, _ = intent_examples(seq, ctx.valid, ctx.target, ctx.cfg.task.intent_horizon)
+        a, b = fit_platt(_collect(_intent_logits(model), seq, ctx.arrays, ex_v, model.max_len, bs), y_v)
+        heads.intent_calibration.copy_(torch.tensor([a, b]))
+        out["platt"] = [float(v) for v in heads.intent_calibration.tolist()]
+    return out
+
+
 def evaluate_actions(ctx: EvalContext, models: dict[str, SequenceModel], plot_dir: Path | None) -> dict:
-    """(c) next behaviour type: models and baselines, decision offsets tuned on validation."""
+    """(c) next behaviour type: models (with the decision offsets stored by ``calibrate_heads``)
+    and baselines (offsets tuned on validation here: they are not saved). Never modifies a model."""
     seq, cfg = ctx.ds.seq, ctx.cfg
     labels = list(range(1, ctx.n_behaviours + 1))
     ex_v, _ = window_examples(seq, ctx.valid)
     ex_t, excl = window_examples(seq, ctx.test)
     ctx.excluded["action"] = excl
     y_v, y_t = seq.behaviours[ex_v.pos].astype(np.int64), seq.behaviours[ex_t.pos].astype(np.int64)
-    mask = training_mask(seq, ctx.train_end)
-    prior = np.bincount(seq.behaviours[mask], minlength=ctx.n_behaviours + 1).astype(np.float64)
-    prior[PAD] = 0.0
-    prior /= prior.sum()
+    prior = _training_prior(ctx)
     trans = behaviour_transitions(seq, ctx.train_end, ctx.n_behaviours)
     fns: dict[str, ProbFn] = {}
     for name, m in models.items():
@@ -204,19 +245,26 @@ def evaluate_actions(ctx: EvalContext, models: dict[str, SequenceModel], plot_di
     out = {}
     bs = cfg.eval.batch_size
     for name, fn in fns.items():
-        p_v = _collect(fn, seq, ctx.arrays, ex_v, cfg.model.max_len, bs)
-        p_t = _collect(fn, seq, ctx.arrays, ex_t, cfg.model.max_len, bs)
-        if name == "majority class":
+        window = models[name].max_len if name in models else ctx.max_len
+        p_t = _collect(fn, seq, ctx.arrays, ex_t, window, bs)
+        stored: list[float] | None = None
+        if name in models:  # the model's own offsets, fitted once in training (calibrate_heads)
+            heads = models[name].heads
+            assert heads is not None  # only models with an action head are in fns
+            offsets = heads.action_offsets.detach().double().cpu().numpy()
+            stored = [float(v) for v in offsets]
+        elif name == "majority class":
             tau, offsets = 0.0, np.zeros(ctx.n_behaviours + 1)  # always the majority: the reference point
         else:
-            tau, offsets = decision_offsets(p_v, y_v, prior, labels)
+            tau, offsets = decision_offsets(_collect(fn, seq, ctx.arrays, ex_v, window, bs), y_v, prior, labels)
         pred = _decide(np.log(np.clip(p_t, 1e-12, None)), offsets, labels)
         res = multiclass_summary(y_t, pred, ctx.names, labels)
-        res["decision_tau"] = tau
+        if stored is None:
+            res["decision_tau"] = tau
+        else:
+            res["decision_offsets"] = stored
         res["log_loss"] = float(-np.mean(np.log(np.clip(p_t[np.arange(len(y_t)), y_t], 1e-12, None))))
         out[name] = res
-        if name in models and models[name].heads is not None:
-            models[name].heads.action_offsets.copy_(torch.from_numpy(offsets).float())
         if plot_dir is not None and name in models:
             plot_confusion(np.asarray(res["confusion"]), ctx.names, plot_dir / f"confusion_{_slug(name)}.png",
                            f"next action: {name}")
@@ -242,7 +290,9 @@ def _intent_logits(model: SequenceModel) -> ProbFn:
 
 
 def evaluate_intent(ctx: EvalContext, models: dict[str, SequenceModel], plot_dir: Path | None) -> dict:
-    """(d) purchase intent: ROC-AUC, PR-AUC and calibration; Platt scaling fitted on validation."""
+    """(d) purchase intent: ROC-AUC, PR-AUC and calibration. Models use the Platt scaling stored in
+    their heads (fitted on validation in training, ``calibrate_heads``); baselines are Platt-scaled
+    on validation here (they are not saved). Never modifies a model."""
     seq, cfg, target = ctx.ds.seq, ctx.cfg, ctx.target
     horizon = cfg.task.intent_horizon
     ex_v, y_v, _ = intent_examples(seq, ctx.valid, target, horizon)
@@ -270,19 +320,22 @@ def evaluate_intent(ctx: EvalContext, models: dict[str, SequenceModel], plot_dir
     out: dict = {}
     bs = cfg.eval.batch_size
     for name, fn in fns.items():
-        s_v = _collect(fn, seq, ctx.arrays, ex_v, cfg.model.max_len, bs)
-        s_t = _collect(fn, seq, ctx.arrays, ex_t, cfg.model.max_len, bs)
-        a, b = fit_platt(s_v, y_v)
+        window = models[name].max_len if name in models else ctx.max_len
+        s_t = _collect(fn, seq, ctx.arrays, ex_t, window, bs)
+        if name in models:
+            heads = models[name].heads
+            assert heads is not None  # only models with an intent head are in fns
+            a, b = (float(v) for v in heads.intent_calibration.tolist())
+        else:
+            a, b = fit_platt(_collect(fn, seq, ctx.arrays, ex_v, window, bs), y_v)
         prob = sigmoid(a * s_t + b)
         res = binary_summary(y_t, prob)
         res["platt"] = [a, b]
         res["uncalibrated_roc_auc"] = res["roc_auc"]  # Platt is monotone (a > 0): AUC unchanged
         out[name] = res
-        if name in models:
-            models[name].heads.intent_calibration.copy_(torch.tensor([a, b]))
-            if plot_dir is not None:
-                plot_reliability(res["reliability"], plot_dir / f"reliability_{_slug(name)}.png",
-                                 f"purchase intent: {name} (ECE {res['ece']:.3f})")
+        if name in models and plot_dir is not None:
+            plot_reliability(res["reliability"], plot_dir / f"reliability_{_slug(name)}.png",
+                             f"purchase intent: {name} (ECE {res['ece']:.3f})")
     out["constant training rate"] = binary_summary(y_t, np.full(len(y_t), base_rate))
     return out
 
@@ -307,7 +360,8 @@ def protocol_text(cfg: Config) -> str:
         "what they viewed or carted), ties count against the system. Next action: decision offsets "
         "(argmax log p - tau log prior) tuned for macro-F1 on validation. Intent: target behaviour within the next "
         f"{cfg.task.intent_horizon} events; Platt scaling fitted on validation; censored horizons excluded and "
-        "counted. Model selected on validation, test used once."
+        "counted. A model's offsets and Platt scaling are fitted once in training and saved with it (evaluation "
+        "reads them, never refits); baselines are fitted on validation. Model selected on validation, test used once."
     )
 
 

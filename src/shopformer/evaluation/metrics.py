@@ -102,3 +102,49 @@ def summarise(
     if n_boot:
         out["ci95"] = {name: list(bootstrap_ci(values[name], n_boot, seed)) for name in metric_keys(ks, ci=True)}
     return out
+
+
+def repeat_mask(history_rows: np.ndarray, history_items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(E,) True where example e's target item is among its history items (a *repeat* target;
+    otherwise an *explore* target, as in Li et al. 2023, "A Next Basket Recommendation Reality Check").
+
+    ``history_rows`` / ``history_items`` are flat (H,) arrays: history event h of example
+    ``history_rows[h]`` is on item ``history_items[h]``. Vectorised: one membership test on keys."""
+    targets = np.asarray(targets, dtype=np.int64)
+    rows = np.asarray(history_rows, dtype=np.int64)
+    items = np.asarray(history_items, dtype=np.int64)
+    if len(targets) == 0:
+        return np.zeros(0, dtype=bool)
+    width = int(max(targets.max(initial=0), items.max(initial=0))) + 1
+    hist_keys = rows * width + items
+    target_keys = np.arange(len(targets), dtype=np.int64) * width + targets
+    return np.isin(target_keys, hist_keys)
+
+
+def split_repeat_explore(
+    ranks: np.ndarray, is_repeat: np.ndarray, ks: tuple[int, ...], n_boot: int = 0, seed: int = 0
+) -> dict[str, dict]:
+    """Every registry metric overall and separately on repeat and explore targets.
+
+    Returns ``{"overall": ..., "repeat": ..., "explore": ...}``; each part holds the mean of each
+    ``per_example`` metric, ``"n"`` (its examples), ``"share"`` (n / all examples; repeat + explore
+    = 1) and, when ``n_boot`` > 0, ``"ci95"`` for the metrics reported with a CI (as ``summarise``).
+    A part without examples reports means of 0.0 (as ``summarise``) and its n of 0 says so."""
+    ranks = np.asarray(ranks)
+    rep = np.asarray(is_repeat, dtype=bool)
+    if rep.shape != ranks.shape:
+        raise ValueError(f"is_repeat has shape {rep.shape}, ranks {ranks.shape}")
+    values = per_example(ranks, ks)
+    total = len(ranks)
+    out: dict[str, dict] = {}
+    for part, mask in (("overall", np.ones(total, dtype=bool)), ("repeat", rep), ("explore", ~rep)):
+        n = int(mask.sum())
+        d: dict = {name: float(v[mask].mean()) if n else 0.0 for name, v in values.items()}
+        d["n"] = n
+        d["share"] = n / total if total else 0.0
+        if n_boot:
+            d["ci95"] = {
+                name: list(bootstrap_ci(values[name][mask], n_boot, seed)) for name in metric_keys(ks, ci=True)
+            }
+        out[part] = d
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,15 +30,36 @@ class EvalResult:
     topk: np.ndarray  # (E, max K) recommended item ids
 
 
-def model_scorer(model: torch.nn.Module) -> ScoreFn:
-    """Wrap a SequenceModel for evaluation (eval mode, no autograd)."""
+class RankingModel(Protocol):
+    """What full-ranking evaluation needs of a model (a SequenceModel, or a fine-tuning wrapper)."""
+
+    @property
+    def max_len(self) -> int: ...
+
+    def eval(self) -> object: ...
+
+    def score_all(self, batch: Batch) -> torch.Tensor: ...
+
+
+def model_scorer(model: RankingModel) -> ScoreFn:
+    """Wrap a SequenceModel for evaluation (eval mode, no autograd).
+
+    The scorer carries the model's window (``score.max_len``): ``evaluate`` never feeds it more."""
 
     def score(batch: Batch) -> torch.Tensor:
         model.eval()
         with torch.inference_mode():
             return model.score_all(batch).float()
 
+    score.max_len = model.max_len  # type: ignore[attr-defined]
     return score
+
+
+def scorer_window(score_fn: ScoreFn, max_len: int) -> int:
+    """The history window to feed ``score_fn``: ``max_len``, but never more than the window of the
+    model behind it (a scorer made from a model carries ``max_len``); baselines take ``max_len``."""
+    own = getattr(score_fn, "max_len", None)
+    return max_len if own is None else min(max_len, int(own))
 
 
 def evaluate(
@@ -50,6 +72,9 @@ def evaluate(
     cfg: EvalConfig,
     bootstrap: bool = True,
 ) -> EvalResult:
+    """Full-ranking metrics of ``score_fn`` on ``examples``, each from its last ``max_len`` events
+    (capped to the model's own window when ``score_fn`` carries one, see ``scorer_window``)."""
+    max_len = scorer_window(score_fn, max_len)
     examples = examples.head(cfg.max_users)
     kmax = max(cfg.ks)
     ranks = np.empty(len(examples), dtype=np.int64)

@@ -14,7 +14,7 @@ Multi-task: ``build_model(..., task=cfg.task)`` attaches ``MultiTaskHeads`` (mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,9 @@ from shopformer.data.batches import Batch
 from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
 from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax
+
+if TYPE_CHECKING:  # heads import this module; the annotation alone needs them
+    from shopformer.models.heads import MultiTaskHeads
 
 
 @dataclass
@@ -47,7 +50,16 @@ class SequenceModel(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=cfg.dim**-0.5)
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
-        self.heads: nn.Module | None = None  # MultiTaskHeads, attached by build_model(task=...)
+        self.heads: MultiTaskHeads | None = None  # MultiTaskHeads, attached by build_model(task=...)
+        self._max_len = int(cfg.max_len)  # the window the position tables were built for
+
+    @property
+    def max_len(self) -> int:
+        """Longest window this model reads (its position table size, fixed at build time).
+
+        Evaluation and inference cut histories to this, never to a config value: a longer window
+        would silently clamp positions."""
+        return self._max_len
 
     @property
     def mask_id(self) -> int:
@@ -95,7 +107,7 @@ class SequenceModel(nn.Module):
         heads = self._require_heads()
         return heads.summary(self.encode(batch), batch)[:, -1]
 
-    def _require_heads(self) -> nn.Module:
+    def _require_heads(self) -> MultiTaskHeads:
         if self.heads is None:
             raise ValueError("this model has no task heads (trained with task.kind='next-item')")
         return self.heads

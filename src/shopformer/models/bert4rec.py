@@ -21,6 +21,9 @@ positions) or ``last_hidden`` (appended [MASK]) for anything predictive.
 
 A masked event hides its behaviour, time gap and category too (set to padding): at inference
 nothing about the next event is known, and a category would give most of the answer away.
+
+``corrupt`` is the one place that masks: ``loss`` uses it over all events, and fine-tuning on a
+target behaviour (training/finetune.py) uses it with ``eligible`` (the target-type events only).
 """
 
 from __future__ import annotations
@@ -74,21 +77,32 @@ class BERT4Rec(SequenceModel):
             categories=_append(batch.categories, zero, n),  # unknown for the final target
         )
 
-    def corrupt(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[Batch, torch.Tensor]:
+    def corrupt(
+        self, batch: Batch, generator: torch.Generator | None = None, eligible: torch.Tensor | None = None
+    ) -> tuple[Batch, torch.Tensor]:
         """Mask a training batch: (masked input window, (B, L') targets, 0 where not masked).
 
+        Each real event is masked with probability ``cfg.mask_prob``; the last one also for a
+        share of rows (``last_mask_frac``) and for every row that drew no mask at all.
+        ``eligible`` ((B, >= L') bool, right-aligned with the full window; optional) restricts
+        masking to those events, and then the last event is masked whenever it is eligible (the
+        inference task, e.g. "the next purchase"); a row may end with no mask at all.
         Randomness comes from ``generator`` (drawn on its device) or the global torch RNG.
         """
         full = self.training_window(batch)
         real = full.items != PAD  # (B, L')
         dev = generator.device if generator is not None else real.device
+        candidates = real if eligible is None else real & eligible[:, -real.shape[1] :]
         r = torch.rand(real.shape, generator=generator, device=dev).to(real.device)  # (B, L')
-        r_last = torch.rand(real.shape[0], generator=generator, device=dev).to(real.device)  # (B,)
-        masked = real & (r < self.cfg.mask_prob)
-        # Mask the last event for a share of rows, and for any row that drew no mask at all
-        # (it would contribute nothing, and a batch without masks would give a NaN loss).
-        force_last = (r_last < self.last_mask_frac) | ~masked.any(-1)
-        masked[:, -1] |= force_last & real[:, -1]
+        masked = candidates & (r < self.cfg.mask_prob)
+        if eligible is None:
+            r_last = torch.rand(real.shape[0], generator=generator, device=dev).to(real.device)  # (B,)
+            # Mask the last event for a share of rows, and for any row that drew no mask at all
+            # (it would contribute nothing, and a batch without masks would give a NaN loss).
+            force_last = (r_last < self.last_mask_frac) | ~masked.any(-1)
+            masked[:, -1] |= force_last & real[:, -1]
+        else:
+            masked[:, -1] |= candidates[:, -1]
         keep = ~masked
         inputs = Batch(
             items=full.items.masked_fill(masked, self.mask_id),

@@ -122,6 +122,12 @@ class HistoryPointer(nn.Module):
 
 
 class MultiTaskHeads(nn.Module):
+    # buffers (registered in __init__; saved with the weights)
+    target: torch.Tensor  # () dense id of the target behaviour
+    catalogue_weight: torch.Tensor  # () weight of full-catalogue scores at inference
+    action_offsets: torch.Tensor  # (n_behaviours + 1,) decision offsets of the next-action head
+    intent_calibration: torch.Tensor  # (2,) Platt scaling (a, b) of the intent logit
+
     def __init__(self, task: TaskConfig, model_cfg: ModelConfig, spec: DataSpec) -> None:
         super().__init__()
         dim = model_cfg.dim
@@ -139,8 +145,10 @@ class MultiTaskHeads(nn.Module):
         with torch.no_grad():
             self.query.weight[PAD].zero_()
         self.adapt = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        nn.init.zeros_(self.adapt[-1].weight)  # start as the unconditioned state
-        nn.init.zeros_(self.adapt[-1].bias)
+        out = self.adapt[-1]
+        assert isinstance(out, nn.Linear)
+        nn.init.zeros_(out.weight)  # start as the unconditioned state
+        nn.init.zeros_(out.bias)
         use_time = model_cfg.use_time_gap and spec.has_time
         self.pointer = HistoryPointer(dim, model_cfg.max_len, model_cfg.time_buckets if use_time else None)
         self.use_behaviour = model_cfg.use_behaviour
@@ -289,11 +297,13 @@ class MultiTaskHeads(nn.Module):
         summary = self.summary(hidden, batch) if {"action", "intent"} & set(self.parts) else None
         if "action" in self.parts:
             tb = batch.target_behaviours
+            assert summary is not None and tb is not None  # a training batch has targets
             logits = self.action_logits(summary[rows, cols])  # (M, C)
             parts["action"] = F.cross_entropy(logits[:, 1:], tb[rows, cols] - 1)
         if "intent" in self.parts:
             labels = self.intent_labels(batch)
             known = (labels >= 0) & real
+            assert summary is not None
             logit = self.intent_logit(summary[known])
             parts["intent"] = (
                 F.binary_cross_entropy_with_logits(logit, labels[known]) if known.any() else hidden.sum() * 0.0

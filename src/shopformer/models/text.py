@@ -191,7 +191,7 @@ def add_text(
 def text_preparer(
     titles: str | Path, cache: str | Path | None = None, id_dropout: float = 0.0
 ) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
-    """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_model``: fuse the titles of ``titles``
+    """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles of ``titles``
     into a freshly built model; items without training events (``ctx['counts']``) are cold."""
     if not Path(titles).exists():
         raise FileNotFoundError(f"text.titles: file not found: {titles}")

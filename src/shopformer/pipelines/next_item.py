@@ -21,11 +21,11 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import Markov, Popularity, item_counts
-from shopformer.evaluation.ranking import evaluate, model_scorer
+from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
 from shopformer.evaluation.report import write_report
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
-from shopformer.training.fit import FitResult, fit, set_seed
+from shopformer.training.fit import FitResult, Hook, fit, set_seed
 from shopformer.training.objectives import augmented_training
 
 
@@ -56,17 +56,19 @@ class ExperimentResult:
 def evaluate_systems(
     model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None
 ) -> dict[str, dict]:
-    """Test metrics of the model and both baselines on the same examples (and training events)."""
-    arrays = arrays or EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    """Test metrics of the model and both baselines on the same examples (and training events).
+
+    Every system reads the model's own history window (``model.max_len``), never the config's."""
+    arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
     n_items = ds.spec.n_items
     train_end = split.training_end(cfg.train.refit)  # baselines see the same events as the model
-    systems = {
+    systems: dict[str, ScoreFn] = {
         cfg.model.name: model_scorer(model),
         "popularity": Popularity(item_counts(ds.seq, train_end, n_items)),
         "markov": Markov(ds.seq, train_end, n_items),
     }
     return {
-        name: evaluate(fn, ds.seq, arrays, split.test, n_items, cfg.model.max_len, cfg.eval).metrics
+        name: evaluate(fn, ds.seq, arrays, split.test, n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
     }
 
@@ -87,7 +89,7 @@ class Trained:
     wall_seconds: float = 0.0
 
 
-def train_model(
+def train_next_item(
     ds: Dataset,
     cfg: Config,
     split: Split,
@@ -95,29 +97,38 @@ def train_model(
     prepare_model: Prepare | None = None,
     log_dir: Path | None = None,
     progress: bool = False,
+    on_epoch: Hook | None = None,
+    text_cache: Path | None = None,
 ) -> Trained:
     """Build, prepare, fit with early stopping on validation (augmentation from cfg.augment).
 
+    The one next-item model builder: ``shopformer train``, ``shopformer tune`` and the benchmarks
+    all come here, so they train the same model. ``prepare_model`` (default: fuse the titles of
+    ``cfg.text`` when set, caching their vectors in ``text_cache``) changes the freshly built model.
     With ``train.refit`` a fresh model (same seed, same schedule) then trains on training +
     validation events for the selected number of epochs; that is the model returned. The test
     split is never read here.
     """
     t0 = time.perf_counter()
+    if prepare_model is None and cfg.text.titles:
+        from shopformer.models.text import text_preparer
+
+        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout)
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
-                                               prepare_model, log_dir, progress)
+                                               prepare_model, log_dir, progress, on_epoch)
     valid = result.best_metrics  # fit evaluated these weights already when it kept them
     refit = None
     if cfg.train.refit:
         model, refit, counts, extra = _train_once(
             ds, cfg, split, arrays, split.training_end(refit=True), None, max(result.best_epoch, 1), prepare_model,
-            log_dir / "refit" if log_dir else None, progress)
+            log_dir / "refit" if log_dir else None, progress, None)
     return Trained(model, result, counts, valid, extra, refit, time.perf_counter() - t0)
 
 
 def _train_once(
     ds: Dataset, cfg: Config, split: Split, arrays: EventArrays, train_end: np.ndarray,
     valid: EvalExamples | None, stop_after: int | None, prepare_model: Prepare | None,
-    log_dir: Path | None, progress: bool,
+    log_dir: Path | None, progress: bool, on_epoch: Hook | None,
 ) -> tuple[SequenceModel, FitResult, np.ndarray, dict]:
     counts = item_counts(ds.seq, train_end, ds.spec.n_items)
     set_seed(cfg.train.seed)  # initial weights follow train.seed too
@@ -129,7 +140,7 @@ def _train_once(
     # augmentation (crop/mask/reorder/substitute/prefix, optional contrastive loss) from cfg.augment
     loader, objective = augmented_training(model, cfg, ds.seq, train_end, arrays, counts, ds.item_category())
     result = fit(model, cfg, ds.seq, train_end, valid, arrays, counts, log_dir=log_dir, progress=progress,
-                 loader=loader, objective=objective, stop_after=stop_after)
+                 loader=loader, objective=objective, stop_after=stop_after, on_epoch=on_epoch)
     return model, result, counts, extra
 
 
@@ -143,16 +154,10 @@ def run_experiment(
 ) -> ExperimentResult:
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     out = Path(out_dir)
-    split = make_split(ds, cfg)
-    if len(split.valid) == 0 or len(split.test) == 0:
-        raise ValueError(f"split leaves no validation or test examples (excluded: {split.excluded})")
+    split = make_split(ds, cfg)  # refuses an empty validation or test side
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
-    prepare_model = None
-    if cfg.text.titles:
-        from shopformer.models.text import text_preparer
-
-        prepare_model = text_preparer(cfg.text.titles, out / "title_vectors.safetensors", cfg.text.id_dropout)
-    trained = train_model(ds, cfg, split, arrays, prepare_model, log_dir=out, progress=progress)
+    trained = train_next_item(ds, cfg, split, arrays, log_dir=out, progress=progress,
+                              text_cache=out / "title_vectors.safetensors")
     model = trained.model
     if cfg.text.titles:
         from shopformer.models.text import fold_text

@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from shopformer.config import Config
+from shopformer.data.batches import EventArrays
+from shopformer.data.corpus import load_dataset, make_split
+from shopformer.data.split import make_windows
+from shopformer.models import REGISTRY
+from shopformer.pipelines.multi_behaviour import configure, train_multi_task
+from shopformer.pipelines.next_item import train_next_item
+from shopformer.training.fit import FitResult, Hook
 
 MAX_TRIAL_MINUTES = 30.0
 
 
 def suggest(trial: Any, base: Config, augment: bool = False) -> Config:
     """One point of the search space, as overrides of ``base`` (names are ``section.key``)."""
-    from shopformer.models import REGISTRY
-
     dim = trial.suggest_categorical("model.dim", [32, 64, 128])
     values: dict[str, dict[str, Any]] = {
         "model": {
@@ -74,22 +79,27 @@ def tune(
     except ImportError:
         raise RuntimeError("hyper-parameter search needs optuna: pip install 'shopformer[tune]'") from None
 
-    from shopformer.data.batches import EventArrays
-    from shopformer.data.corpus import load_dataset, make_split
-    from shopformer.evaluation.baselines import item_counts
-    from shopformer.models import build_model
-    from shopformer.training.fit import fit, set_seed
-    from shopformer.training.objectives import augmented_training
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset)
-    split = make_split(ds, base, ds.behaviour_id(base.task.target_behaviour))
-    if len(split.valid) == 0:
-        raise ValueError(f"the split leaves no validation examples (excluded: {split.excluded})")
     arrays = EventArrays.from_sequences(ds.seq, base.model.time_buckets)
-    counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
     monitor = base.train.monitor
+    # The same split and the same model builder as `shopformer train` for this task kind: a trial
+    # trains exactly the model `train` would build for its config (task heads, [text] titles, ...).
+    if base.task.kind == "next-item":
+        split = make_split(ds, base)
+
+        def train_trial(cfg: Config, report: Hook) -> FitResult:
+            cfg = cfg.override(train={"refit": False})  # a refit never changes the validation score
+            return train_next_item(ds, cfg, split, arrays, on_epoch=report,
+                                   text_cache=out / "title_vectors.safetensors").fit
+    else:
+        resolved, target = configure(ds, base)
+        train_end, valid_w, _ = make_windows(ds.seq, resolved)
+
+        def train_trial(cfg: Config, report: Hook) -> FitResult:
+            cfg, _ = configure(ds, cfg)
+            return train_multi_task(ds, cfg, target, train_end, valid_w, arrays, None, False, on_epoch=report)[1]
     start = time.perf_counter()
     log_path = out / "trials.jsonl"
     log_path.write_text("")
@@ -98,9 +108,6 @@ def tune(
         left = minutes - (time.perf_counter() - start) / 60
         budget = min(left, base.train.max_minutes or MAX_TRIAL_MINUTES)
         cfg = suggest(trial, base, augment).override(train={"max_minutes": max(budget, 0.05)})
-        set_seed(cfg.train.seed)  # the same initial weights for the same config
-        model = build_model(cfg.model, ds.spec)
-        loader, obj = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts, ds.item_category())
 
         def report(epoch: int, row: dict) -> None:
             if f"valid_{monitor}" in row:
@@ -108,8 +115,7 @@ def tune(
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        res = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, progress=False,
-                  on_epoch=report, loader=loader, objective=obj)
+        res = train_trial(cfg, report)
         trial.set_user_attr("best_epoch", res.best_epoch)
         trial.set_user_attr("stopped_by", res.stopped_by)
         return res.best_score
@@ -133,6 +139,7 @@ def tune(
     if not done:
         raise RuntimeError("no trial completed within the budget; give more minutes")
     best = study.best_trial
+    assert best.value is not None  # a completed trial has its value
     best_cfg = suggest(optuna.trial.FixedTrial(best.params), base, augment)
     (out / "best_config.json").write_text(best_cfg.to_json())
     result = TuneResult(float(best.value), dict(best.params), best_cfg, len(study.trials),

@@ -10,7 +10,7 @@ batch (note that the event loop rounds timer waits up to whole milliseconds).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
@@ -33,7 +33,7 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        fn: Callable[[list[T]], list[R | BaseException]],
+        fn: Callable[[list[T]], Sequence[R | BaseException]],
         executor: Executor | None,
         max_batch: int = 64,
         window_s: float = 0.0,

@@ -77,6 +77,9 @@ class Engine:
     def knows_item(self, item_id: str) -> bool:
         return item_id in self.rec.vocabs.items.index
 
+    def knows_behaviour(self, name: str) -> bool:
+        return self.rec.knows_behaviour(name)
+
     def warm_up(self) -> None:
         """One forward pass now, so the first real request does not pay for lazy initialisation."""
         top = self._popular.items[:2] or []

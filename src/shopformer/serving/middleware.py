@@ -24,7 +24,7 @@ class BodyTooLarge(HTTPException):
     """Raised from the counting receive(); an HTTPException so FastAPI's body reader passes it on."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, _too_large_detail(max_bytes))
+        super().__init__(413, _too_large_detail(max_bytes))  # type: ignore[arg-type]  # FastAPI renders any detail
 
 
 def _too_large_detail(max_bytes: int) -> list[dict]:

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shopformer.recommender import ArtifactError, History, Recommendations, RecRequest
+from shopformer.recommender import ArtifactError, History, Recommendations, RecRequest, UnknownBehaviourError
 from shopformer.serving.batching import BatcherClosed
 from shopformer.serving.engine import Engine
 from shopformer.serving.middleware import VERSION_KEY
@@ -68,7 +69,7 @@ def respond(request: Request, engine: Engine, payload: dict[str, Any], status: i
     return JSONResponse(payload, status_code=status)
 
 
-def api_key_guard(settings: ServeSettings):  # noqa: ANN201 - a FastAPI dependency
+def api_key_guard(settings: ServeSettings) -> Callable[..., Awaitable[None]]:  # a FastAPI dependency
     bearer = HTTPBearer(auto_error=False, description="API key for writes, deletes and admin")
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
@@ -93,15 +94,23 @@ def recs_payload(rec: Recommendations, reason: str | None, history_length: int, 
         "fallback": rec.fallback,
         "fallback_reason": reason if rec.fallback else None,
         "skipped_items": rec.skipped,
+        "skipped_behaviours": rec.skipped_behaviours,
         "history_length": history_length,
     }
 
 
 def check_behaviour(engine: Engine, behaviour: str | None, loc: list[str | int]) -> None:
-    if behaviour is not None and behaviour not in engine.rec.target_behaviours:
-        heads = ", ".join(engine.rec.target_behaviours) or "none (next-item model)"
-        raise field_error(422, loc, f"model {engine.version} cannot rank for behaviour {behaviour!r}; "
-                          f"behaviour-specific heads: {heads}", "behaviour_unsupported")
+    """A ranking query's behaviour through the one resolver (``Recommender.behaviour_id``): an
+    unknown name is a 422 listing the known ones, never a fallback to another type."""
+    if behaviour is None:
+        return
+    try:
+        engine.rec.behaviour_id(behaviour)
+    except UnknownBehaviourError as err:
+        raise field_error(422, loc, f"model {engine.version}: {err}", "behaviour_unknown") from None
+    except ValueError as err:
+        raise field_error(422, loc, f"model {engine.version} cannot rank for behaviour {behaviour!r}: {err}",
+                          "behaviour_unsupported") from None
 
 
 async def recommend(svc: ServiceState, req: RecRequest) -> tuple[Engine, Recommendations]:
@@ -131,17 +140,20 @@ def build_router(settings: ServeSettings) -> APIRouter:
         engine = svc.engine
         now = int(time.time())
         events = [
-            StoredEvent(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.event_type,
+            StoredEvent(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.behaviour,
                         e.session_id, e.category_id, e.price, e.event_id)
             for e in batch.events
         ]
         res = await svc.store.append(events, engine.max_len)
         unknown = [e.item_id for e in events if not engine.knows_item(e.item_id)]
+        odd = [e.behaviour for e in events if e.behaviour is not None and not engine.knows_behaviour(e.behaviour)]
         svc.metrics.events.labels("applied").inc(res.applied)
         svc.metrics.events.labels("duplicate").inc(len(res.duplicates))
         svc.metrics.events.labels("unknown_item").inc(len(unknown))
+        svc.metrics.events.labels("unknown_behaviour").inc(len(odd))
         return respond(request, engine, {"accepted": res.applied, "duplicates": len(res.duplicates),
-                                         "duplicate_event_ids": res.duplicates, "unknown_items": sorted(set(unknown))})
+                                         "duplicate_event_ids": res.duplicates, "unknown_items": sorted(set(unknown)),
+                                         "unknown_behaviours": sorted(set(odd))})
 
     @router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
                 responses=ERRORS)
@@ -159,7 +171,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
         if not stored:
             engine, rec, reason = svc.engine, svc.engine.popular(k), "unknown_user"
         else:
-            hist = History([e.item_id for e in stored], [e.event_type for e in stored],  # type: ignore[misc]
+            hist = History([e.item_id for e in stored], [e.behaviour for e in stored],  # type: ignore[misc]
                            [e.timestamp for e in stored])
             engine, rec = await recommend(svc, RecRequest(hist, k, exclude_seen, behaviour))
             reason = "no_known_items"
@@ -183,7 +195,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
             engine, rec, reason = svc.engine, svc.engine.popular(body.k), "empty_history"
         else:
             times = [e.timestamp for e in h]
-            hist = History([e.item_id for e in h], [e.event_type for e in h],  # type: ignore[misc]
+            hist = History([e.item_id for e in h], [e.behaviour for e in h],  # type: ignore[misc]
                            times if all(t is not None for t in times) else None)  # type: ignore[arg-type]
             engine, rec = await recommend(svc, RecRequest(hist, body.k, body.exclude_seen, body.behaviour))
             reason = "no_known_items"

@@ -3,13 +3,17 @@
 Requests are strict and closed: unknown fields, wrong JSON types (``"5"`` for a number, ``5``
 for an id) and empty ids are 4xx errors that name the field, never silently coerced. Ids are
 strings, exactly as ``prepare`` keeps raw ids.
+
+The behaviour of an event (view, cart, purchase, ...) is called ``behaviour`` everywhere: in
+events, ad-hoc histories and the ``behaviour`` query of recommendations. ``event_type``, its old
+name in event bodies, is still accepted as a deprecated alias for one release.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -18,13 +22,36 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class EventIn(_Closed):
+BEHAVIOUR_DOC = ("behaviour of the event, e.g. pv / cart / buy (open vocabulary: a name the serving model does not "
+                 "know is stored, and its event is skipped when scoring and reported)")
+EVENT_TYPE_DOC = ("deprecated alias of `behaviour` (its old name), accepted for one more release and then removed; "
+                  "send `behaviour` instead. Giving both with different values is an error")
+EVENT_TYPE_DEPRECATED = "event_type is a deprecated alias of behaviour"
+
+
+class _WithBehaviour(_Closed):
+    """Folds the deprecated ``event_type`` alias into ``behaviour`` (subclasses declare both)."""
+
+    @model_validator(mode="after")
+    def _fold_event_type(self) -> Self:
+        old = self.__dict__.get("event_type")  # not the attribute: it warns (deprecated)
+        if old is not None:
+            new = self.__dict__.get("behaviour")
+            if new is not None and new != old:
+                raise ValueError(f"behaviour {new!r} and its deprecated alias event_type {old!r} disagree; "
+                                 "send behaviour only")
+            self.__dict__["behaviour"] = old
+        return self
+
+
+class EventIn(_WithBehaviour):
     """One event in the canonical schema (see ``shopformer.data.schema``)."""
 
     user_id: Id
     item_id: Id
     timestamp: int | None = Field(None, ge=0, description="Unix seconds; the server's clock when omitted")
-    event_type: Id | None = Field(None, description="behaviour, e.g. pv / cart / buy (open vocabulary)")
+    behaviour: Id | None = Field(None, description=BEHAVIOUR_DOC)
+    event_type: Id | None = Field(None, description=EVENT_TYPE_DOC, deprecated=EVENT_TYPE_DEPRECATED)
     session_id: Id | None = None
     category_id: Id | None = None
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -41,6 +68,9 @@ class EventsAck(BaseModel):
     duplicates: int = Field(description="events skipped because their event_id was already stored")
     duplicate_event_ids: list[str]
     unknown_items: list[str] = Field(description="item ids the serving model does not know: stored, not scored")
+    unknown_behaviours: list[str] = Field(
+        default_factory=list,
+        description="behaviour names the serving model does not know: stored, their events not scored")
 
 
 class ScoredItem(BaseModel):
@@ -55,12 +85,16 @@ class RecommendationsOut(BaseModel):
     fallback: bool = Field(description="true when the answer is the popularity ranking")
     fallback_reason: str | None = Field(None, description="unknown_user | empty_history | no_known_items")
     skipped_items: list[str] = Field(description="history item ids unknown to the model (not scored)")
+    skipped_behaviours: list[str] = Field(
+        default_factory=list,
+        description="history behaviour names unknown to the model (their events are not scored, never remapped)")
     history_length: int
 
 
-class HistoryEventIn(_Closed):
+class HistoryEventIn(_WithBehaviour):
     item_id: Id
-    event_type: Id | None = None
+    behaviour: Id | None = Field(None, description=BEHAVIOUR_DOC)
+    event_type: Id | None = Field(None, description=EVENT_TYPE_DOC, deprecated=EVENT_TYPE_DEPRECATED)
     timestamp: int | None = Field(None, ge=0)
 
 
@@ -68,7 +102,8 @@ class AdHocRequest(_Closed):
     history: list[HistoryEventIn] = Field(description="events oldest first; nothing is stored")
     k: int = Field(10, ge=1)
     exclude_seen: bool | None = None
-    behaviour: Id | None = None
+    behaviour: Id | None = Field(None, description="rank for the next event of this behaviour ('*' = any); "
+                                 "an unknown name is a 422 listing the known ones")
 
 
 class SimilarOut(BaseModel):

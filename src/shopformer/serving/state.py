@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from shopformer.serving.engine import Engine
 from shopformer.serving.metrics import Metrics
@@ -32,7 +34,7 @@ class ServiceState:
         self.metrics.set_model(engine.version, engine.rec.cfg.model.name, engine.index_kind, str(engine.run_dir),
                                engine.rec.spec.n_items, time.time(), engine.ann_recall)
 
-    def spawn(self, coro) -> None:  # noqa: ANN001 - any coroutine
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run in the background, keeping a reference (the loop only holds weak ones)."""
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)

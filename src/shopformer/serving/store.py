@@ -1,7 +1,9 @@
 """Per-user event state behind one small async interface: SQLite (default) or Redis.
 
 What is stored is the raw event (raw ids, behaviour, timestamp, optional fields), never dense
-ids, so a reloaded model with a different vocabulary reads the same histories. Each user keeps
+ids, so a reloaded model with a different vocabulary reads the same histories. The behaviour is
+kept where it always was (SQLite column ``event_type``, second field of the Redis payload), so
+stores written by earlier releases load unchanged. Each user keeps
 at most ``max_len`` events (the model's window), the most recent by (timestamp, arrival).
 
 Durability: ``append`` returns only after the events are durable.
@@ -29,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlparse
 
 from shopformer.serving.batching import MicroBatcher
@@ -42,11 +44,16 @@ class StoredEvent:
     user_id: str
     item_id: str
     timestamp: int
-    event_type: str | None = None
+    behaviour: str | None = None  # stored as column / payload field ``event_type`` (format unchanged)
     session_id: str | None = None
     category_id: str | None = None
     price: float | None = None
     event_id: str | None = None
+
+    @property
+    def event_type(self) -> str | None:
+        """Deprecated alias of ``behaviour`` (its old name), kept for one release."""
+        return self.behaviour
 
 
 @dataclass
@@ -170,7 +177,7 @@ class SQLiteStore:
                 con.executemany("INSERT INTO event_ids VALUES (?, ?)", [(i, now) for i in claimed])
                 con.executemany(
                     f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(e.user_id, e.item_id, e.timestamp, e.event_type, e.session_id, e.category_id, e.price,
+                    [(e.user_id, e.item_id, e.timestamp, e.behaviour, e.session_id, e.category_id, e.price,
                       e.event_id) for e in fresh],
                 )
                 con.executemany(
@@ -289,11 +296,12 @@ class RedisStore:
             return AppendResult()
         if not self._checked:
             await self._check_durability()
-        keys, args = [f"{self.prefix}seq"], [max_len, self.dedup_ttl_s]
+        keys: list[str] = [f"{self.prefix}seq"]
+        args: list[int | str] = [max_len, self.dedup_ttl_s]
         for e in events:
             hk = self._hkey(e.user_id)
             keys += [hk, f"{self.prefix}e:{e.event_id}" if e.event_id is not None else hk]
-            payload = json.dumps([e.item_id, e.event_type, e.session_id, e.category_id, e.price, e.event_id],
+            payload = json.dumps([e.item_id, e.behaviour, e.session_id, e.category_id, e.price, e.event_id],
                                  separators=(",", ":"))
             args += ["1" if e.event_id is not None else "0", e.timestamp, payload]
         flags = await self._append_script(keys=keys, args=args)
@@ -306,7 +314,8 @@ class RedisStore:
         return res
 
     async def history(self, user_id: str, limit: int) -> list[StoredEvent]:
-        rows = await self._r.zrange(self._hkey(user_id), -limit, -1, withscores=True)
+        rows = cast(list[tuple[str, float]],  # decode_responses=True: members are str
+                    await self._r.zrange(self._hkey(user_id), -limit, -1, withscores=True))
         out = []
         for member, score in rows:
             item, etype, session, cat, price, eid = json.loads(member.split("|", 1)[1])
@@ -315,7 +324,9 @@ class RedisStore:
 
     async def forget(self, user_id: str) -> int:
         async with self._r.pipeline(transaction=True) as pipe:
-            n, _ = await pipe.zcard(self._hkey(user_id)).delete(self._hkey(user_id)).execute()
+            pipe.zcard(self._hkey(user_id))  # queued: an asyncio pipeline buffers commands until execute
+            pipe.delete(self._hkey(user_id))
+            n, _ = await pipe.execute()
         return int(n)
 
     async def ping(self) -> bool:

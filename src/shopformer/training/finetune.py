@@ -21,11 +21,14 @@ Fine-tuning modes, all through ``train.fit`` with early stopping on the validati
 
 The fine-tuning target: with ``target_behaviour`` (e.g. the id of "buy") a position is trained
 only when its next event has that behaviour, all other events stay as context; windows
-without any such target are skipped. Without it the target is the next item.
+without any such target are skipped (``make_train_loader(target_behaviour=...)``). Without it the
+target is the next item. Bidirectional models mask only target-type events (``BERT4Rec.corrupt``
+with ``eligible``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,9 +36,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shopformer.config import Config
-from shopformer.data.augment import Augmenter
-from shopformer.data.batches import Batch, EventArrays, TrainLoader, training_windows
+from shopformer.config import Config, LossConfig
+from shopformer.data.batches import Batch, EventArrays, make_train_loader
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
@@ -43,8 +45,15 @@ from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import attention_models, model_class
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.lora import apply_lora, count_parameters, mark_only_lora_trainable, merge_lora
+from shopformer.models.losses import NegativeSampler
 from shopformer.training.fit import FitResult, fit
-from shopformer.training.objectives import contrastive_loss, make_sampler, training_objective, zero_loss
+from shopformer.training.objectives import (
+    augment_hook,
+    contrastive_loss,
+    make_sampler,
+    training_objective,
+    zero_loss,
+)
 
 Mode = Literal["full", "frozen", "lora"]
 PretrainObjective = Literal["auto", "next-item", "masked", "contrastive"]
@@ -108,7 +117,7 @@ class WithHead(nn.Module):
         self.base = base
         self.head = ResidualHead(base.cfg.dim)
         self.cfg, self.spec, self.name = base.cfg, base.spec, base.name
-        self.causal, self.mask_id = base.causal, base.mask_id
+        self.causal, self.mask_id, self.max_len = base.causal, base.mask_id, base.max_len
 
     def encode(self, batch: Batch) -> torch.Tensor:
         return self.head(self.base.encode(batch))
@@ -124,12 +133,14 @@ class WithHead(nn.Module):
         scores[:, PAD] = float("-inf")
         return scores
 
-    def item_loss(self, hidden: torch.Tensor, targets: torch.Tensor, loss_cfg, sampler=None) -> torch.Tensor:
+    def item_loss(self, hidden: torch.Tensor, targets: torch.Tensor, loss_cfg: LossConfig,
+                  sampler: NegativeSampler | None = None) -> torch.Tensor:
         return self.base.item_loss(hidden, targets, loss_cfg, sampler)
 
-    def loss(self, batch: Batch, loss_cfg, sampler=None) -> LossOutput:
+    def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         if not self.causal:
             raise ValueError("WithHead.loss supports causal models; use target_objective")
+        assert batch.targets is not None  # a training batch
         out = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler)
         return LossOutput(out, {"item": float(out.detach())})
 
@@ -137,36 +148,8 @@ class WithHead(nn.Module):
 # ---- training targets ----------------------------------------------------------------------
 
 
-def target_windows(
-    seq: Sequences, ends: np.ndarray, starts: np.ndarray, max_len: int, behaviour: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the training windows with at least one target event of ``behaviour``.
-
-    A window is events ``[max(start, end - max_len - 1), end)``; its targets are all but the first.
-    """
-    lo = np.maximum(starts, ends - max_len - 1)
-    csum = np.concatenate([[0], np.cumsum(seq.behaviours == behaviour)])
-    keep = (csum[ends] - csum[np.minimum(lo + 1, ends)]) > 0
-    return ends[keep], starts[keep]
-
-
-def _mask_like_bert(model: SequenceModel, batch: Batch, is_target: torch.Tensor) -> tuple[Batch, torch.Tensor]:
-    """Cloze on a bidirectional model, masking only target-type events (the last one always)."""
-    full = model.training_window(batch)  # items + the final target, (B, L')
-    cut = is_target[:, -full.items.shape[1] :]
-    masked = cut & (torch.rand(cut.shape) < model.cfg.mask_prob)
-    masked[:, -1] |= cut[:, -1]  # the inference task: the event after the history
-    keep = ~masked
-    inputs = Batch(
-        items=full.items.masked_fill(masked, model.mask_id),
-        behaviours=full.behaviours * keep,
-        gaps=full.gaps * keep,
-        categories=full.categories * keep,
-    )
-    return inputs, full.items * masked
-
-
-def target_objective(model: SequenceModel | WithHead, cfg: Config, behaviour: int, sampler=None):
+def target_objective(model: SequenceModel | WithHead, cfg: Config, behaviour: int,
+                     sampler: NegativeSampler | None = None) -> Callable[[Batch], LossOutput]:
     """Loss only where the next event has ``behaviour``; all events remain inputs."""
 
     def objective(batch: Batch) -> LossOutput:
@@ -174,10 +157,10 @@ def target_objective(model: SequenceModel | WithHead, cfg: Config, behaviour: in
         if model.causal:
             targets = batch.targets * (batch.target_behaviours == behaviour)
             hidden = model.encode(batch) if bool((targets != PAD).any()) else None
-        else:  # bidirectional: mask the target-type events of the full window
+        else:  # bidirectional: mask the target-type events of the full window (the last one always)
             beh = torch.cat([batch.behaviours, batch.target_behaviours[:, -1:]], dim=1)
-            inputs, targets = _mask_like_bert(model.base if isinstance(model, WithHead) else model, batch,
-                                              beh == behaviour)
+            base = model.base if isinstance(model, WithHead) else model
+            inputs, targets = base.corrupt(batch, eligible=beh == behaviour)  # type: ignore[operator]
             hidden = model.encode(inputs) if bool((targets != PAD).any()) else None
         if hidden is None:
             return LossOutput(zero_loss(model), {"target": 0.0})
@@ -252,7 +235,8 @@ class FinetuneResult:
         }
 
 
-def _metrics(model, cfg: Config, seq: Sequences, arrays: EventArrays, valid: EvalExamples) -> dict[str, float]:
+def _metrics(model: SequenceModel | WithHead, cfg: Config, seq: Sequences, arrays: EventArrays,
+             valid: EvalExamples) -> dict[str, float]:
     res = evaluate(model_scorer(model), seq, arrays, valid, model.spec.n_items, cfg.model.max_len, cfg.eval,
                    bootstrap=False)
     return {k: v for k, v in res.metrics.items() if isinstance(v, float) and not k.startswith(("recall", "prec"))}
@@ -301,18 +285,15 @@ def finetune(
     trainee, n_lora = prepare_mode(model, mode, rank, lora_alpha or 2.0 * rank, train_also)
     trainable, total = count_parameters(trainee)
     sampler = make_sampler(cfg, trainee.spec.n_items, item_counts)
-    ends, starts = training_windows(seq, train_end, cfg.model.max_len, cfg.train.sliding_window)
     if target_behaviour is None:
         objective = training_objective(trainee, cfg, sampler)  # type: ignore[arg-type]
     else:
-        ends, starts = target_windows(seq, ends, starts, cfg.model.max_len, target_behaviour)
         objective = target_objective(trainee, cfg, target_behaviour, sampler)
-    if len(ends) == 0:
+    loader = make_train_loader(cfg, seq, train_end, arrays, augment=augment_hook(cfg, model.spec.n_items),
+                               target_behaviour=target_behaviour)
+    if target_behaviour is not None and len(loader) == 0:
         raise ValueError("no training window holds a target of the fine-tuning behaviour")
-    augmenter = Augmenter(cfg.augment, model.spec.n_items)
-    loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, cfg.train.batch_size, cfg.train.seed,
-                         augment=augmenter if augmenter.active else None)
-    result = fit(trainee, cfg, seq, train_end, valid, arrays, item_counts, log_dir=log_dir,  # type: ignore[arg-type]
+    result = fit(trainee, cfg, seq, train_end, valid, arrays, item_counts, log_dir=log_dir,
                  progress=progress, loader=loader, objective=objective)
     if mode == "lora":
         merge_lora(model)  # plain nn.Linear again: saves and loads without LoRA code

@@ -1,4 +1,11 @@
-"""Fit a model with AdamW and early stopping on the validation split only.
+"""The one training loop: AdamW, a learning-rate schedule and early stopping on validation only.
+
+Every trainer goes through ``fit``: next item (with or without augmentation), multi-task,
+pre-training, fine-tuning, the refit on training + validation, hyper-parameter trials and the
+refit of the multi-task classifier heads on frozen features (training/heads.py). What varies is
+passed in: the batches (``loader``, default: ``make_train_loader`` of ``cfg``), the loss of a
+batch (``objective``, default: the model's own ``loss``) and the validation (``validate``,
+default: full-ranking ``evaluate`` on ``valid`` by ``train.monitor``).
 
 The test split is never touched here: the best epoch is chosen on validation, and its
 weights are restored before returning.
@@ -10,16 +17,17 @@ import copy
 import csv
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shopformer.config import Config
-from shopformer.data.batches import Batch, EventArrays, TrainLoader, training_windows
+from shopformer.data.batches import Batch, EventArrays, make_train_loader
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
 from shopformer.evaluation.ranking import evaluate, model_scorer
@@ -28,14 +36,19 @@ from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.training.objectives import make_sampler
 
 
-def early_stopping(scores: list[float], patience: int) -> tuple[bool, int]:
+def early_stopping(scores: list[float], patience: int, min_delta: float = 0.0) -> tuple[bool, int]:
     """Pure rule on a history of validation scores (higher is better).
 
-    Returns (stop, best_index): stop once ``patience`` evaluations passed without a new best.
+    A score is a new best only when it beats the best so far by more than ``min_delta`` (ties
+    keep the earlier model). Returns (stop, best_index): stop once ``patience`` evaluations
+    passed without a new best.
     """
     if not scores:
         return False, -1
-    best = int(np.argmax(scores))  # first index of the maximum: ties keep the earlier model
+    best = 0
+    for i in range(1, len(scores)):
+        if scores[i] > scores[best] + min_delta:
+            best = i
     return len(scores) - 1 - best >= patience, best
 
 
@@ -60,6 +73,7 @@ class FitResult:
     best_epoch: int = -1
     best_score: float = float("-inf")
     best_metrics: dict = field(default_factory=dict)  # validation metrics of the restored (best) weights
+    start_score: float | None = None  # validation score of the starting weights (``score_start``)
     epochs: int = 0
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0
@@ -68,44 +82,69 @@ class FitResult:
 
 Hook = Callable[[int, dict], None]
 # A training objective maps a batch to a loss; the default is the model's own ``loss``.
-Objective = Callable[[Batch], LossOutput]
+Objective = Callable[[Any], LossOutput]
+# A validation: () -> (score, higher is better; metrics logged as ``valid_<name>``).
+Validate = Callable[[], tuple[float, dict]]
+
+
+class Loader(Protocol):
+    """What ``fit`` trains on: re-iterable (one pass = one epoch) with a number of batches."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
 def fit(
-    model: SequenceModel,
+    model: torch.nn.Module,
     cfg: Config,
-    seq: Sequences,
-    train_end: np.ndarray,
-    valid: EvalExamples | None,
+    seq: Sequences | None = None,
+    train_end: np.ndarray | None = None,
+    valid: EvalExamples | None = None,
     arrays: EventArrays | None = None,
     item_counts: np.ndarray | None = None,
     log_dir: str | Path | None = None,
     progress: bool = True,
     on_epoch: Hook | None = None,
-    loader: TrainLoader | None = None,
+    loader: Loader | None = None,
     objective: Objective | None = None,
     stop_after: int | None = None,
+    *,
+    validate: Validate | None = None,
+    score_start: bool = False,
+    min_delta: float = 0.0,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the best-on-validation weights.
+    """Train the trainable parameters of ``model`` in place; on return it holds the
+    best-on-validation weights.
 
-    ``valid=None`` (a refit, see ``experiment.train_model``) trains without looking at any held-out
-    data and keeps the last weights; ``stop_after`` ends training after that many epochs of
-    the configured schedule (the schedule itself still spans ``train.epochs``).
+    ``cfg.train`` is the schedule (epochs, learning rate, weight decay, warm-up and decay,
+    gradient clipping (``inf``: none), patience, ``eval_every``, time budget, seed).
+    Validation is ``validate`` (its metrics should include ``train.monitor``, the one logged and
+    plotted) or, without it, full ranking on ``valid`` (a ``SequenceModel``); with
+    neither (a refit, see ``pipelines.next_item.train_next_item``) training looks at no held-out data and
+    keeps the last weights. ``score_start`` also validates the starting weights, which are kept
+    when no epoch beats them by more than ``min_delta``. ``stop_after`` ends training after that
+    many epochs of the configured schedule (the schedule itself still spans ``train.epochs``).
+    ``seq``/``train_end`` are needed only for the default loader and validation.
     """
     tc = cfg.train
     set_seed(tc.seed)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    arrays = arrays or EventArrays.from_sequences(seq, cfg.model.time_buckets)
-    if loader is None:
-        ends, starts = training_windows(seq, train_end, cfg.model.max_len, tc.sliding_window)
-        loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, tc.batch_size, tc.seed)
+    if loader is None or (validate is None and valid is not None):
+        if seq is None or train_end is None:
+            raise ValueError("fit needs seq and train_end for its default loader and validation")
+        arrays = arrays or EventArrays.from_sequences(seq, cfg.model.time_buckets)
+        loader = loader if loader is not None else make_train_loader(cfg, seq, train_end, arrays)
+        if validate is None and valid is not None:
+            validate = _ranking_validation(model, cfg, seq, arrays, valid)  # type: ignore[arg-type]
     if len(loader) == 0:
         raise ValueError("no training windows: every user has fewer than 2 training events")
-    sampler = make_sampler(cfg, model.spec.n_items, item_counts)
     if objective is None:
+        sampler = make_sampler(cfg, model.spec.n_items, item_counts)  # type: ignore[union-attr, arg-type]
+
         def objective(batch: Batch) -> LossOutput:
-            return model.loss(batch, cfg.loss, sampler)
+            return model.loss(batch, cfg.loss, sampler)  # type: ignore[operator]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * len(loader)
@@ -119,6 +158,13 @@ def fit(
     start = time.perf_counter()
     train_time = 0.0
     tokens = 0
+    if score_start and validate is not None:
+        model.eval()
+        score, metrics = validate()
+        scores.append(score)
+        best_state = copy.deepcopy(model.state_dict())
+        result.best_epoch, result.best_score, result.best_metrics = 0, score, metrics
+        result.start_score = score
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
@@ -133,25 +179,26 @@ def fit(
                 out = objective(batch)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                if math.isfinite(tc.grad_clip):
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
                 loss_sum += float(out.total.detach())
                 n_batches += 1
-                tokens += int((batch.targets != 0).sum()) if batch.targets is not None else 0
+                targets = getattr(batch, "targets", None)
+                tokens += int((targets != 0).sum()) if targets is not None else 0
             train_time += time.perf_counter() - t0
             row: dict = {"epoch": epoch, "loss": loss_sum / max(n_batches, 1),
                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-            if valid is not None and (epoch % tc.eval_every == 0 or epoch in (1, tc.epochs)):
-                res = evaluate(model_scorer(model), seq, arrays, valid, model.spec.n_items,
-                               cfg.model.max_len, cfg.eval, bootstrap=False)
-                score = float(res.metrics[tc.monitor])
-                row.update({f"valid_{k}": v for k, v in res.metrics.items() if isinstance(v, float)})
+            if validate is not None and (epoch % tc.eval_every == 0 or epoch in (1, tc.epochs)):
+                model.eval()
+                score, metrics = validate()
+                row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
                 scores.append(score)
-                stop, best = early_stopping(scores, tc.patience)
+                stop, best = early_stopping(scores, tc.patience, min_delta)
                 if best == len(scores) - 1:
                     best_state = copy.deepcopy(model.state_dict())
-                    result.best_epoch, result.best_score, result.best_metrics = epoch, score, res.metrics
+                    result.best_epoch, result.best_score, result.best_metrics = epoch, score, metrics
             else:
                 stop = False
             result.history.append(row)
@@ -174,13 +221,25 @@ def fit(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    elif valid is None:
+    elif validate is None:
         result.best_epoch = result.epochs
     result.train_seconds = train_time
     result.tokens_per_second = tokens / max(train_time, 1e-9)
     if log_dir:
         plot_training_curve(result.history, Path(log_dir) / "training_curve.png", tc.monitor)
     return result
+
+
+def _ranking_validation(model: SequenceModel, cfg: Config, seq: Sequences, arrays: EventArrays,
+                        valid: EvalExamples) -> Validate:
+    """Full-ranking metrics of ``model`` on ``valid``; the score is ``train.monitor``."""
+
+    def validate() -> tuple[float, dict]:
+        res = evaluate(model_scorer(model), seq, arrays, valid, model.spec.n_items, cfg.model.max_len, cfg.eval,
+                       bootstrap=False)
+        return float(res.metrics[cfg.train.monitor]), res.metrics
+
+    return validate
 
 
 def _append_csv(path: Path | None, row: dict) -> None:

@@ -9,6 +9,7 @@ target-behaviour objective lives with fine-tuning (training/finetune.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from shopformer.config import AugmentConfig, Config
 from shopformer.data.augment import KEYS, Augmenter, Windows, cl4srec_view
-from shopformer.data.batches import Augment, Batch, EventArrays, TrainLoader, training_windows
+from shopformer.data.batches import Augment, Batch, EventArrays, TrainLoader, make_train_loader
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.models.base import LossOutput, SequenceModel
@@ -81,7 +82,7 @@ def check_augment(cfg: Config, model: SequenceModel) -> None:
 
 def training_objective(
     model: SequenceModel, cfg: Config, sampler: NegativeSampler | None = None, seed: int | None = None
-):
+) -> Callable[[Batch], LossOutput]:
     """The model's own loss (+ weight * contrastive loss), skipping [MASK] targets.
 
     Returns a ``fit`` objective: Batch -> LossOutput.
@@ -115,18 +116,21 @@ def augmented_training(
     arrays: EventArrays,
     item_counts: np.ndarray | None = None,
     item_category: np.ndarray | None = None,
-):
+) -> tuple[TrainLoader, Callable[[Batch], LossOutput]]:
     """(loader, objective) for ``fit(..., loader=loader, objective=objective)`` from ``cfg.augment``.
 
     The loader is the standard one with the ``Augmenter`` hook (or none when every probability
     is 0); the objective is ``training_objective`` with the sampler ``fit`` would have built.
     """
-    tc = cfg.train
-    augmenter = Augmenter(cfg.augment, model.spec.n_items, item_category)
-    ends, starts = training_windows(seq, train_end, cfg.model.max_len, tc.sliding_window)
-    hook: Augment | None = augmenter if augmenter.active else None
-    loader = TrainLoader(arrays, ends, starts, cfg.model.max_len, tc.batch_size, tc.seed, augment=hook)
+    hook = augment_hook(cfg, model.spec.n_items, item_category)
+    loader = make_train_loader(cfg, seq, train_end, arrays, augment=hook)
     return loader, training_objective(model, cfg, make_sampler(cfg, model.spec.n_items, item_counts))
+
+
+def augment_hook(cfg: Config, n_items: int, item_category: np.ndarray | None = None) -> Augment | None:
+    """The loader's augmentation hook from ``cfg.augment`` (None when every probability is 0)."""
+    augmenter = Augmenter(cfg.augment, n_items, item_category)
+    return augmenter if augmenter.active else None
 
 
 def make_sampler(cfg: Config, n_items: int, item_counts: np.ndarray | None) -> NegativeSampler | None:
