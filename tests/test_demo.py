@@ -7,7 +7,7 @@ from shopformer.pipelines.demo import run_demo
 
 def test_demo_end_to_end_with_a_tiny_budget(tmp_path) -> None:
     console = Console(record=True, width=140)
-    run_demo(tmp_path / "demo", max_minutes=0.01, console=console)
+    run_demo(tmp_path / "demo", console, epochs=1)
     text = console.export_text()
     for row in ("| sasrec |", "| popularity |", "| markov |", "| recent items |", "| majority class |"):
         assert row in text, row

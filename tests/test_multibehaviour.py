@@ -265,7 +265,14 @@ def test_run_multibehaviour_end_to_end(prepared: Path, tmp_path: Path) -> None:
     from shopformer.pipelines.multi_behaviour import evaluate_run
 
     again, table = evaluate_run(res.run_dir)
-    assert again["next_item"]["take"]["sasrec"] == pytest.approx(take["sasrec"])
+
+    def numbers(d: dict, prefix: str = "") -> dict[str, float]:  # nested metrics, flattened
+        out: dict[str, float] = {}
+        for k, v in d.items():
+            out.update(numbers(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    assert numbers(again["next_item"]["take"]["sasrec"]) == pytest.approx(numbers(take["sasrec"]))
     assert again["intent"]["sasrec"]["roc_auc"] == pytest.approx(intent["roc_auc"])
     assert again["next_action"]["sasrec"]["macro_f1"] == pytest.approx(m["next_action"]["sasrec"]["macro_f1"])
     assert "next action" in table

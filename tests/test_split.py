@@ -113,3 +113,23 @@ def test_small_splits_are_reported_and_empty_ones_refused(tmp_path) -> None:
     split = make_split(ds, Config())
     assert len(split.test) == 5 and any("only 5 validation targets" in w for w in split.warnings)
     assert make_split(ds, Config().override(split={"min_targets": 5})).warnings == ()
+
+
+def test_intent_labels_within_a_time_horizon_with_censoring() -> None:
+    from shopformer.data.split import intent_labels_after
+
+    # behaviour 2 = the target ("buy"); times in hours
+    h = 3600
+    seq = make_seq([[1, 2, 3, 4], [5, 6]], behaviours=[[1, 1, 2, 1], [1, 2]],
+                   times=[[0, 10 * h, 30 * h, 100 * h], [0, 50 * h]])
+    end = seq.offsets[1:]  # labels may read every event
+    day = intent_labels_after(seq, end, target=2, horizon=99, seconds=24 * h, end_time=110 * h)
+    # user 0: event at 0h -> buy at 30h (> 24h) -> 0; 10h -> 30h (20h) -> 1; 30h (the buy itself) -> no later
+    # buy, horizon ends 54h < 110h -> 0; 100h -> horizon ends 124h > 110h, nothing seen -> censored
+    # user 1: 0h -> buy at 50h -> 0; 50h -> horizon 74h < 110h, no later buy -> 0
+    assert day.tolist() == [0, 1, 0, -1, 0, 0]
+    # a bound that hides the buy: user 0's events before it cannot see it, and the period is cut at 20h
+    cut = intent_labels_after(seq, np.array([2, 6]), target=2, horizon=99, seconds=24 * h, end_time=20 * h)
+    assert cut[:2].tolist() == [-1, -1]
+    # the event-count horizon is unchanged
+    assert intent_labels_after(seq, end, target=2, horizon=2).tolist() == [1, 1, -1, -1, -1, -1]

@@ -59,6 +59,18 @@ class TaskConfig(_Section):
     kind: Literal["next-item", "next-purchase", "next-action", "intent", "multi"] = "next-item"
     target_behaviour: str | None = None  # e.g. "buy"; None means the data's most valuable type
     intent_horizon: int = Field(10, ge=1)  # purchase within the next N events
+    # Purchase within the next T seconds instead (e.g. 86400: the one-day horizon an ad campaign
+    # uses); needs timestamps. Predictions whose horizon runs past the data they may read are censored.
+    intent_seconds: int | None = Field(None, ge=1)
+
+    @property
+    def intent_text(self) -> str:
+        """The intent horizon in words: 'within the next 10 events' / 'within 24 h'."""
+        if self.intent_seconds is None:
+            return f"within the next {self.intent_horizon} events"
+        s = self.intent_seconds
+        unit = next(((n, u) for n, u in ((86400, "d"), (3600, "h"), (60, "min")) if s % n == 0), (1, "s"))
+        return f"within {s // unit[0]} {unit[1]}"
     w_item: float = Field(1.0, ge=0.0)
     w_target: float = Field(1.0, ge=0.0)
     w_action: float = Field(0.2, ge=0.0)

@@ -34,12 +34,14 @@ def models() -> None:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
-    max_minutes: Annotated[float, typer.Option(help="training budget")] = 4.0,
+    epochs: Annotated[int | None, typer.Option(help="training epochs (default: configs/demo.toml)")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="wall-clock safety net (off by default: a clock makes numbers depend on machine load)")] = None,
 ) -> None:
     """Prepare the bundled Taobao slice, train, compare with baselines, show example users."""
     from shopformer.pipelines.demo import run_demo
 
-    run_demo(out, max_minutes, console)
+    run_demo(out, console, epochs=epochs, max_minutes=max_minutes)
 
 
 app.command("prepare")(prepare_command)

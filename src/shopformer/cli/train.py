@@ -33,11 +33,13 @@ def train_command(
                                                  "task.kind": task, "task.target_behaviour": target_behaviour})
         if cfg.task.kind != "next-item":
             multi = run_multibehaviour(dataset, cfg, out, progress=not quiet, ablation=ablation)
-            table, run_dir = multi.table, multi.run_dir
+            table, run_dir, warnings = multi.table, multi.run_dir, multi.metrics.get("warnings", [])
         else:
             res = run_experiment(dataset, cfg, out, progress=not quiet)
-            table, run_dir = res.table, res.run_dir
+            table, run_dir, warnings = res.table, res.run_dir, res.warnings
     except USER_ERRORS as err:
         fail(str(err))
     console.print(table)
+    for w in warnings:  # also in report.md and metrics.json
+        console.print(f"[bold yellow]warning:[/bold yellow] {w}", highlight=False)
     console.print(f"run saved to [bold]{run_dir}[/bold]; report: {out / 'report.md'}")

@@ -141,20 +141,46 @@ def temporal_split(
     )
 
 
-def intent_labels_after(seq: Sequences, end: np.ndarray, target: int, horizon: int) -> np.ndarray:
+def intent_labels_after(
+    seq: Sequences, end: np.ndarray, target: int, horizon: int, seconds: int | None = None,
+    end_time: int | None = None,
+) -> np.ndarray:
     """(N,) int8 label of a prediction made right after flat event i: 1 if the target behaviour
     occurs among events i+1 .. i+horizon, 0 if not, -1 (unknown) if those events are not all
-    before ``end[user]`` (exclusive flat bound: the end of the window the labels may read)."""
+    before ``end[user]`` (exclusive flat bound: the end of the window the labels may read).
+
+    With ``seconds``: 1 if a target event (before ``end[user]``) follows within ``seconds`` of
+    event i's time, 0 if none does and that whole period lies before ``end_time`` (the time the
+    labels may read up to; None = the last event's time + 1), -1 (censored) otherwise."""
     n = len(seq.items)
     rows = seq.user_row_of_event()
     idx = np.arange(n)
     bound = np.asarray(end, dtype=np.int64)[rows]  # (N,)
+    if seconds is not None:
+        return _intent_labels_by_time(seq, rows, bound, target, seconds, end_time)
     hit = ((seq.behaviours == target) & (idx < bound)).astype(np.int64)
     csum = np.concatenate([[0], np.cumsum(hit)])  # csum[j] = hits among events < j
     last = idx + horizon  # the horizon's last event
     known = last < bound
     count = csum[np.minimum(last + 1, n)] - csum[idx + 1]
     return np.where(known, (count > 0).astype(np.int8), np.int8(-1)).astype(np.int8)
+
+
+def _intent_labels_by_time(
+    seq: Sequences, rows: np.ndarray, bound: np.ndarray, target: int, seconds: int, end_time: int | None
+) -> np.ndarray:
+    n = len(seq.items)
+    idx = np.arange(n)
+    t = seq.times.astype(np.int64)
+    hits = np.flatnonzero((seq.behaviours == target) & (idx < bound))  # sorted flat indices
+    # the first target event after i; it counts only inside i's own user (before the user's end)
+    j = np.searchsorted(hits, idx, side="right")
+    nxt = np.append(hits, n)[j]
+    found = nxt < seq.offsets[1:][rows]
+    within = found & (t[np.minimum(nxt, max(n - 1, 0))] - t <= seconds)
+    limit = (int(t.max()) + 1 if n else 0) if end_time is None else int(end_time)
+    known = within | (t + seconds < limit)
+    return np.where(known, within.astype(np.int8), np.int8(-1)).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -208,11 +234,12 @@ def window_examples(seq: Sequences, w: Window, behaviour: int | None = None) -> 
 
 
 def intent_examples(
-    seq: Sequences, w: Window, target: int, horizon: int
+    seq: Sequences, w: Window, target: int, horizon: int, seconds: int | None = None
 ) -> tuple[EvalExamples, np.ndarray, dict[str, int]]:
-    """Prediction points before each event of the window, their labels, and the censored count."""
+    """Prediction points before each event of the window, their labels, and the censored count
+    (``seconds``: the horizon in time, see ``intent_labels_after``)."""
     ex, excluded = window_examples(seq, w)
-    labels = intent_labels_after(seq, w.label_end, target, horizon)[ex.pos - 1]  # predicted after event p - 1
+    labels = intent_labels_after(seq, w.label_end, target, horizon, seconds, w.hi)[ex.pos - 1]  # after event p - 1
     known = labels >= 0
     excluded = {**excluded, "censored_horizon": int((~known).sum())}
     return EvalExamples(ex.rows[known], ex.pos[known]), labels[known].astype(np.int64), excluded

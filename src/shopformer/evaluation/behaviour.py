@@ -42,12 +42,15 @@ from shopformer.evaluation.baselines import (
     Markov,
     Popularity,
     RecentItems,
+    WeightedRecentItems,
     behaviour_transitions,
     item_counts,
     majority_behaviour,
+    shop_baselines,
     training_mask,
 )
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
+from shopformer.evaluation.metrics import metric_keys
 from shopformer.evaluation.ranking import ScoreFn, evaluate
 from shopformer.evaluation.report import plot_confusion, plot_reliability
 from shopformer.models.base import SequenceModel
@@ -87,11 +90,18 @@ def behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
 
 
 def _item_metrics(m: dict, ks: tuple[int, ...]) -> dict:
-    keep = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", "n"]
-    out = {k: m[k] for k in keep if k in m}
-    if "ci95" in m:
-        out["ci95"] = {k: v for k, v in m["ci95"].items() if k.startswith(("ndcg@", "mrr"))}
-    return out
+    """The table metrics of the registry (+ n, CIs), overall and on repeat / explore targets."""
+    keep = [*metric_keys(ks, table=True), "n"]
+
+    def part(d: dict) -> dict:
+        out = {k: d[k] for k in keep if k in d}
+        if "share" in d:
+            out["share"] = d["share"]
+        if "ci95" in d:
+            out["ci95"] = {k: v for k, v in d["ci95"].items() if k in keep}
+        return out
+
+    return {**part(m), **{p: part(m[p]) for p in ("repeat", "explore") if p in m}}
 
 
 def decision_offsets(
@@ -154,6 +164,9 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
     non_majority = np.ones(ctx.n_behaviours + 1, bool)
     non_majority[[PAD, majority]] = False
     markov = Markov(seq, ctx.train_end, n_items)
+    # fitted once: item-to-item neighbours and category popularity do not depend on the behaviour asked
+    shop = shop_baselines(seq, ctx.train_end, n_items, ctx.n_behaviours)
+    discovery: dict[str, ScoreFn] = {k: shop[k] for k in ("co-occurrence", "category popularity") if k in shop}
     out: dict = {}
     for b in [PAD, *range(1, ctx.n_behaviours + 1)]:
         key = "any" if b == PAD else ctx.ds.vocabs.behaviours.tokens[b]
@@ -178,6 +191,9 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
         all_types = np.ones(ctx.n_behaviours + 1, bool)
         all_types[PAD] = False
         systems["recent items"] = RecentItems(all_types, b_counts)
+        systems["weighted recent items"] = WeightedRecentItems.fit(
+            seq, ctx.train_end, n_items, ctx.n_behaviours, target_behaviour=None if b == PAD else b)
+        systems.update(discovery)
         out[key] = {
             name: _item_metrics(
                 evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg).metrics, cfg.eval.ks
@@ -218,7 +234,8 @@ def calibrate_heads(ctx: EvalContext, model: SequenceModel) -> dict:
         heads.action_offsets.copy_(torch.from_numpy(offsets).float())
         out["decision_tau"] = tau
     if "intent" in heads.parts:
-        ex_v, y_v, _ = intent_examples(seq, ctx.valid, ctx.target, ctx.cfg.task.intent_horizon)
+        task = ctx.cfg.task
+        ex_v, y_v, _ = intent_examples(seq, ctx.valid, ctx.target, task.intent_horizon, task.intent_seconds)
         a, b = fit_platt(_collect(_intent_logits(model), seq, ctx.arrays, ex_v, model.max_len, bs), y_v)
         heads.intent_calibration.copy_(torch.tensor([a, b]))
         out["platt"] = [float(v) for v in heads.intent_calibration.tolist()]
@@ -294,11 +311,11 @@ def evaluate_intent(ctx: EvalContext, models: dict[str, SequenceModel], plot_dir
     their heads (fitted on validation in training, ``calibrate_heads``); baselines are Platt-scaled
     on validation here (they are not saved). Never modifies a model."""
     seq, cfg, target = ctx.ds.seq, ctx.cfg, ctx.target
-    horizon = cfg.task.intent_horizon
-    ex_v, y_v, _ = intent_examples(seq, ctx.valid, target, horizon)
-    ex_t, y_t, excl = intent_examples(seq, ctx.test, target, horizon)
+    horizon, seconds = cfg.task.intent_horizon, cfg.task.intent_seconds
+    ex_v, y_v, _ = intent_examples(seq, ctx.valid, target, horizon, seconds)
+    ex_t, y_t, excl = intent_examples(seq, ctx.test, target, horizon, seconds)
     ctx.excluded["intent"] = excl
-    train_labels = intent_labels_after(seq, ctx.train_end, target, horizon)
+    train_labels = intent_labels_after(seq, ctx.train_end, target, horizon, seconds, ctx.valid.lo)
     known = (train_labels >= 0) & training_mask(seq, ctx.train_end)
     base_rate = float(train_labels[known].mean()) if known.any() else 0.0
     majority = majority_behaviour(seq, ctx.train_end, ctx.n_behaviours)
@@ -358,8 +375,8 @@ def protocol_text(cfg: Config) -> str:
         "[valid_start, test_start), test predictions at every event from test_start on, each from the full history "
         "before it. Item rankings: full ranking over the whole catalogue, items already seen kept (users re-buy "
         "what they viewed or carted), ties count against the system. Next action: decision offsets "
-        "(argmax log p - tau log prior) tuned for macro-F1 on validation. Intent: target behaviour within the next "
-        f"{cfg.task.intent_horizon} events; Platt scaling fitted on validation; censored horizons excluded and "
+        f"(argmax log p - tau log prior) tuned for macro-F1 on validation. Intent: target behaviour "
+        f"{cfg.task.intent_text}; Platt scaling fitted on validation; censored horizons excluded and "
         "counted. A model's offsets and Platt scaling are fitted once in training and saved with it (evaluation "
         "reads them, never refits); baselines are fitted on validation. Model selected on validation, test used once."
     )

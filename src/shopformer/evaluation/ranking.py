@@ -18,7 +18,8 @@ from shopformer.config import EvalConfig
 from shopformer.data.batches import Batch, EventArrays, history_batches, seen_pairs
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.evaluation.metrics import summarise, target_ranks
+from shopformer.evaluation.baselines import repeat_targets
+from shopformer.evaluation.metrics import split_repeat_explore, summarise, target_ranks
 
 ScoreFn = Callable[[Batch], torch.Tensor]
 
@@ -28,6 +29,7 @@ class EvalResult:
     metrics: dict
     ranks: np.ndarray  # (E,) 0-based rank of each target
     topk: np.ndarray  # (E, max K) recommended item ids
+    is_repeat: np.ndarray  # (E,) True where the target item is already in the user's history
 
 
 class RankingModel(Protocol):
@@ -88,6 +90,12 @@ def evaluate(
         targets = targets_all[idx]
         ranks[idx] = target_ranks(scores, targets).numpy()
         topk[idx] = scores.topk(kmax, dim=1).indices.numpy()
-    metrics = summarise(ranks, topk, n_items, cfg.ks, cfg.bootstrap if bootstrap else 0)
+    n_boot = cfg.bootstrap if bootstrap else 0
+    metrics = summarise(ranks, topk, n_items, cfg.ks, n_boot)
     metrics["exclude_seen"] = cfg.exclude_seen
-    return EvalResult(metrics, ranks, topk)
+    # Repeat targets (the item is already in the user's full history) and explore targets (new to
+    # the user) measured apart: shop logs are full of repeats, which heuristics get right for free.
+    is_repeat = repeat_targets(seq, examples)
+    parts = split_repeat_explore(ranks, is_repeat, cfg.ks, n_boot)
+    metrics["repeat"], metrics["explore"] = parts["repeat"], parts["explore"]
+    return EvalResult(metrics, ranks, topk, is_repeat)

@@ -7,25 +7,37 @@ from pathlib import Path
 import numpy as np
 
 from shopformer.atomic import atomic_write, atomic_write_text
+from shopformer.config import TaskConfig
 from shopformer.evaluation.metrics import COVERAGE, metric_keys
 
 
-def markdown_table(results: dict[str, dict], ks: tuple[int, ...], ci: bool = True) -> str:
-    """Rows = systems (model and baselines), columns = HR/NDCG@K, MRR, coverage@max K."""
-    cols = metric_keys(ks, table=True) + [f"{COVERAGE}@{max(ks)}"]
-    lines = ["| system | " + " | ".join(c.upper() if "@" not in c else c for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
+def markdown_table(results: dict[str, dict], ks: tuple[int, ...], ci: bool = True, compact: bool = False) -> str:
+    """Rows = systems (model and baselines, same examples). Columns: the registry's table metrics
+    (``compact``: only @K for K = 10, or the largest K), coverage@max K when measured, then the
+    primary NDCG@K on repeat targets (already in the user's history) and on explore targets (new
+    to the user), with their shares in the header."""
+    kk = 10 if 10 in ks else max(ks)
+    cols = metric_keys((kk,) if compact else ks, table=True)
+    first = next(iter(results.values()), {})
+    if f"{COVERAGE}@{max(ks)}" in first:
+        cols.append(f"{COVERAGE}@{max(ks)}")
+    split = [part for part in ("repeat", "explore") if part in first]
+    head = [c.upper() if "@" not in c else c for c in cols] + [
+        f"ndcg@{kk} {part} ({first[part].get('share', 0.0):.0%})" for part in split]
+    lines = ["| system | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for name, m in results.items():
-        cells = []
-        for c in cols:
-            v = m.get(c, float("nan"))
-            cell = f"{v:.4f}"
-            if ci and c in m.get("ci95", {}):
-                lo, hi = m["ci95"][c]
-                cell += f" ({lo:.4f}–{hi:.4f})"
-            cells.append(cell)
+        cells = [_cell(m, c, ci) for c in cols]
+        cells += [_cell(m[part], f"ndcg@{kk}", ci) if m.get(part, {}).get("n") else "–" for part in split]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(m: dict, key: str, ci: bool) -> str:
+    cell = f"{m.get(key, float('nan')):.4f}"
+    if ci and key in m.get("ci95", {}):
+        lo, hi = m["ci95"][key]
+        cell += f" ({lo:.4f}–{hi:.4f})"
+    return cell
 
 
 def plot_metrics_at_k(results: dict[str, dict], ks: tuple[int, ...], path: str | Path, title: str) -> None:
@@ -56,11 +68,13 @@ def plot_metrics_at_k(results: dict[str, dict], ks: tuple[int, ...], path: str |
 
 
 def write_report(results: dict[str, dict], ks: tuple[int, ...], out_dir: str | Path, title: str,
-                 protocol: str) -> str:
-    """Write report.md and metrics_at_k.png; return the markdown."""
+                 protocol: str, warnings: list[str] | None = None) -> str:
+    """Write report.md (warnings first, then the protocol and the table) and metrics_at_k.png;
+    return the markdown table."""
     out = Path(out_dir)
     table = markdown_table(results, ks)
-    text = f"# {title}\n\n{protocol}\n\n{table}\n\n![metrics at K](metrics_at_k.png)\n"
+    warned = warnings_markdown(warnings or [])
+    text = f"# {title}\n\n{warned}{protocol}\n\n{table}\n\n![metrics at K](metrics_at_k.png)\n"
     atomic_write_text(out / "report.md", text)
     plot_metrics_at_k(results, ks, out / "metrics_at_k.png", title)
     return table
@@ -117,7 +131,6 @@ def plot_reliability(rel: dict[str, list[float]], path: Path, title: str) -> Non
 
 def markdown_summary(metrics: dict, ks: tuple[int, ...] = (10,)) -> str:
     """Compact tables: next-target-behaviour ranking, any-behaviour ranking, next action, intent."""
-    k = 10 if 10 in ks else max(ks)
     lines: list[str] = []
     target = metrics["target_behaviour"]
     for key, title in ((target, f"next item with behaviour '{target}'"), ("any", "next item, any behaviour")):
@@ -125,9 +138,7 @@ def markdown_summary(metrics: dict, ks: tuple[int, ...] = (10,)) -> str:
         if not rows:
             continue
         n = next(iter(rows.values())).get("n", 0)
-        lines += [f"**{title}** ({n} test examples)", "", f"| system | HR@{k} | NDCG@{k} | MRR |", "|---|---|---|---|"]
-        lines += [f"| {s} | {m[f'hr@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m['mrr']:.4f} |" for s, m in rows.items()]
-        lines.append("")
+        lines += [f"**{title}** ({n} test examples)", "", markdown_table(rows, ks, ci=False, compact=True), ""]
     if "next_action" in metrics:
         rows = metrics["next_action"]
         lines += ["**next action**", "", "| system | accuracy | macro-F1 | " + " | ".join(
@@ -138,7 +149,7 @@ def markdown_summary(metrics: dict, ks: tuple[int, ...] = (10,)) -> str:
             lines.append(f"| {s} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {rec} |")
         lines.append("")
     if "intent" in metrics:
-        lines += [f"**purchase intent** ('{target}' within the next {metrics['task']['intent_horizon']} events)", "",
+        lines += [f"**purchase intent** ('{target}' {TaskConfig(**metrics['task']).intent_text})", "",
                   "| system | ROC-AUC | PR-AUC | ECE | positive rate |", "|---|---|---|---|---|"]
         lines += [f"| {s} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} | {m['ece']:.4f} | {m['positive_rate']:.3f} |"
                   for s, m in metrics["intent"].items()]
@@ -167,3 +178,26 @@ def plot_training_curve(history: list[dict], path: Path, monitor: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: str) -> list[str]:
+    """One plain-words line for every baseline that scores above ``model`` on ``metric`` (all
+    systems measured on the same examples): a model must never be silently below a heuristic."""
+    own = results[model]
+    score = float(own[metric])
+    ci = own.get("ci95", {}).get(metric)
+    out = []
+    for name, m in results.items():
+        if name == model or metric not in m or not float(m[metric]) > score:
+            continue
+        verdict = "significantly (above the model's 95% CI)" if ci and float(m[metric]) > ci[1] else "within noise"
+        out.append(f"baseline '{name}' beats {model} on {where} {metric}: {float(m[metric]):.4f} vs {score:.4f} "
+                   f"({verdict}): the heuristic is the better choice on this data until the model beats it")
+    return out
+
+
+def warnings_markdown(warnings: list[str]) -> str:
+    """A "Warnings" section (empty string when there are none), placed above every table."""
+    if not warnings:
+        return ""
+    return "## Warnings\n\n" + "".join(f"- **warning:** {w}\n" for w in warnings) + "\n"

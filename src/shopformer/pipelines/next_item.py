@@ -20,12 +20,12 @@ from shopformer.config import Config
 from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
-from shopformer.evaluation.baselines import Markov, Popularity, item_counts
+from shopformer.evaluation.baselines import item_counts, shop_baselines
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
-from shopformer.evaluation.report import write_report
+from shopformer.evaluation.report import baseline_warnings, write_report
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
-from shopformer.training.fit import FitResult, Hook, fit, set_seed
+from shopformer.training.fit import FitResult, Hook, fit, fit_warnings, set_seed
 from shopformer.training.objectives import augmented_training
 
 
@@ -51,26 +51,37 @@ class ExperimentResult:
     table: str
     extra: dict = field(default_factory=dict)
     refit: FitResult | None = None
+    warnings: list[str] = field(default_factory=list)  # plain words: small split, baseline wins, budget cut
 
 
 def evaluate_systems(
     model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None
 ) -> dict[str, dict]:
-    """Test metrics of the model and both baselines on the same examples (and training events).
-
-    Every system reads the model's own history window (``model.max_len``), never the config's."""
+    """Test metrics of the model and the shop baselines on the same examples (baselines fitted on
+    the events the model trained on). Every system reads the model's own history window."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
-    n_items = ds.spec.n_items
     train_end = split.training_end(cfg.train.refit)  # baselines see the same events as the model
-    systems: dict[str, ScoreFn] = {
-        cfg.model.name: model_scorer(model),
-        "popularity": Popularity(item_counts(ds.seq, train_end, n_items)),
-        "markov": Markov(ds.seq, train_end, n_items),
-    }
+    systems: dict[str, ScoreFn] = {cfg.model.name: model_scorer(model), **_baselines(ds, train_end)}
     return {
-        name: evaluate(fn, ds.seq, arrays, split.test, n_items, model.max_len, cfg.eval).metrics
+        name: evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
     }
+
+
+def _baselines(ds: Dataset, train_end: np.ndarray) -> dict[str, ScoreFn]:
+    return shop_baselines(ds.seq, train_end, ds.spec.n_items, ds.spec.n_behaviours)
+
+
+def validation_warnings(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays) -> tuple[
+        dict[str, dict], list[str]]:
+    """The baselines on the validation examples the model was selected on (fitted on training events
+    only), and a warning for each one that beats the selected model there."""
+    window = trained.model.max_len
+    ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
+    valid = {name: evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, window, ecfg).metrics
+             for name, fn in _baselines(ds, split.train_end).items()}
+    results = {cfg.model.name: trained.valid, **valid}
+    return valid, baseline_warnings(results, cfg.model.name, cfg.train.monitor, "validation")
 
 
 # prepare_model(model, ctx) -> (model, extra): changes a freshly built model before training
@@ -164,11 +175,15 @@ def run_experiment(
 
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
     test = evaluate_systems(model, ds, split, cfg, arrays)
+    valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays)
+    warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
     protocol = protocol_text(cfg, split, ds.spec.n_items)
-    table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol)
+    table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol, warnings)
     metrics = {
         "protocol": protocol,
+        "warnings": warnings,
         "valid": trained.valid,
+        "valid_baselines": valid_baselines,
         "test": test,
         "fit": {**fit_summary(trained.fit), "wall_seconds": trained.wall_seconds},
     }
@@ -180,7 +195,7 @@ def run_experiment(
         data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()),
     )
     write_metrics(out, metrics)
-    return ExperimentResult(run_dir, trained.fit, test, trained.valid, table, refit=trained.refit)
+    return ExperimentResult(run_dir, trained.fit, test, trained.valid, table, refit=trained.refit, warnings=warnings)
 
 
 def config_hash(cfg: Config) -> str:

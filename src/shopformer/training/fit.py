@@ -254,3 +254,18 @@ def _append_csv(path: Path | None, row: dict) -> None:
         w.writerow(row)
 
 
+
+
+def fit_warnings(result: FitResult, cfg: Config) -> list[str]:
+    """Plain-words problems of a training run: cut by the wall-clock safety net (results then depend
+    on machine load), or a validation metric saturated from the first evaluation (nothing to select on)."""
+    out = []
+    if result.stopped_by == "time_budget":
+        out.append(f"training was cut by the wall-clock limit train.max_minutes={cfg.train.max_minutes} after "
+                   f"{result.epochs} of {cfg.train.epochs} epochs: the result depends on machine load; budget by "
+                   "epochs (train.epochs, train.patience) for reproducible numbers")
+    scores = [r[f"valid_{cfg.train.monitor}"] for r in result.history if f"valid_{cfg.train.monitor}" in r]
+    if scores and scores[0] >= 0.99:
+        out.append(f"validation {cfg.train.monitor} is {scores[0]:.3f} from the first evaluation: validation is "
+                   "saturated (too few or trivial targets), so it cannot select a model; move the split points")
+    return out

@@ -1,0 +1,81 @@
+"""Repeat / explore measured apart, and a model never silently below a shop heuristic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shopformer.config import Config, EvalConfig
+from shopformer.data.batches import EventArrays
+from shopformer.data.ingest import IngestOptions
+from shopformer.data.prepare import prepare
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import EvalExamples
+from shopformer.evaluation.baselines import Popularity
+from shopformer.evaluation.ranking import evaluate
+from shopformer.training.fit import FitResult, fit_warnings
+
+
+def test_every_ranking_is_split_into_repeat_and_explore_targets() -> None:
+    # user 0's target (item 2) is in its history, user 1's (item 5) is new to it
+    seq = Sequences.from_lists([[1, 2, 3, 2], [1, 4, 5]], [[1] * 4, [1] * 3], None)
+    ex = EvalExamples(np.array([0, 1]), np.array([3, 6]))
+    arrays = EventArrays.from_sequences(seq, 8)
+    counts = np.array([0, 5, 4, 3, 2, 1])  # popularity ranks item 2 second, item 5 fifth
+    res = evaluate(Popularity(counts), seq, arrays, ex, 5, 10, EvalConfig(ks=(1, 5), bootstrap=0, exclude_seen=False))
+    assert res.is_repeat.tolist() == [True, False]
+    rep, exp = res.metrics["repeat"], res.metrics["explore"]
+    assert rep["n"] == 1 and exp["n"] == 1 and rep["share"] + exp["share"] == pytest.approx(1.0)
+    assert rep["hr@5"] == 1.0 and rep["hr@1"] == 0.0 and exp["hr@5"] == 1.0
+    assert exp["mrr"] == pytest.approx(1 / 5) and rep["mrr"] == pytest.approx(1 / 2)
+
+
+def test_fit_warnings_report_the_clock_and_a_saturated_validation() -> None:
+    cfg = Config().override(train={"max_minutes": 1.0, "epochs": 60})
+    cut = FitResult(history=[{"epoch": 1, "valid_ndcg@10": 0.3}], epochs=2, stopped_by="time_budget")
+    (w,) = fit_warnings(cut, cfg)
+    assert "wall-clock limit" in w and "2 of 60 epochs" in w
+    saturated = FitResult(history=[{"epoch": 1, "valid_ndcg@10": 1.0}], epochs=1, stopped_by="early_stopping")
+    (w,) = fit_warnings(saturated, cfg)
+    assert "saturated" in w
+    assert fit_warnings(FitResult(history=[{"epoch": 1, "valid_ndcg@10": 0.3}], epochs=3), cfg) == []
+
+
+@pytest.fixture(scope="module")
+def repeat_log(tmp_path_factory) -> Path:
+    """Shoppers who only ever come back to the item they just viewed: "recent items" is unbeatable."""
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,behaviour,timestamp"]
+    for u in range(150):
+        items = rng.choice(np.arange(1, 200), size=4, replace=False)
+        for j in range(10):
+            lines.append(f"u{u},{items[j // 3 % 4]},view,{1_600_000_000 + 60 * j}")
+    raw = tmp_path_factory.mktemp("raw") / "repeat.csv"
+    raw.write_text("\n".join(lines) + "\n")
+    out = tmp_path_factory.mktemp("ds") / "repeat"
+    prepare([raw], out, IngestOptions(now=2_000_000_000))
+    return out
+
+
+def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repeat_log, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from shopformer.cli import app
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", str(repeat_log), "-o", str(run), "--quiet", "--set", "train.epochs=1",
+                                 "--set", "model.dim=8", "--set", "model.layers=1", "--set", "eval.bootstrap=0",
+                                 "--set", "eval.exclude_seen=false"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    beaten = [w for w in metrics["warnings"] if "beats sasrec on validation ndcg@10" in w]
+    assert any("'weighted recent items'" in w for w in beaten), metrics["warnings"]
+    assert metrics["valid_baselines"]["weighted recent items"]["ndcg@10"] > metrics["valid"]["ndcg@10"]
+    assert "## Warnings" in (run / "report.md").read_text()
+    assert "warning:" in r.output and "weighted recent items" in r.output
+    # the test table shows the repeat / explore split for every system
+    assert {"repeat", "explore"} <= set(metrics["test"]["markov"])
+    assert "ndcg@10 repeat" in (run / "report.md").read_text()
