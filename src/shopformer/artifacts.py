@@ -31,11 +31,13 @@ from shopformer.atomic import atomic_write, atomic_write_text, sha256_file
 from shopformer.config import Config, ConfigError, config_from_dict
 from shopformer.data.corpus import DataSpec
 from shopformer.data.vocab import Vocabs
+from shopformer.evaluation.blend import Blend
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
 
 WEIGHTS = "model.safetensors"
 ITEM_STATS = "item_stats.safetensors"
+BLEND = "blend.safetensors"  # only in runs trained with train.blend that chose a blend
 
 
 class ArtifactError(RuntimeError):
@@ -53,6 +55,7 @@ class Run:
     metrics: dict
     manifest: dict
     path: Path
+    blend: Blend | None = None  # served scores mix the model with a baseline (evaluation/blend.py)
 
     @property
     def version(self) -> str:
@@ -70,6 +73,7 @@ def save_run(
     data_fingerprint: str = "",
     dataset_dir: str | None = None,
     extra: dict | None = None,
+    blend: Blend | None = None,
 ) -> Path:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,13 @@ def save_run(
     atomic_write_text(run / "config.json", json.dumps({"config": cfg, "spec": model.spec.to_dict()}, indent=2))
     atomic_write_text(run / "vocab.json", vocabs.to_json())
     write_metrics(run, metrics or {})
+    files = [WEIGHTS, ITEM_STATS, "config.json", "vocab.json"]
+    if blend is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in blend.state().items()}
+        atomic_write(run / BLEND, lambda p: save_file(tensors, str(p)))
+        files.append(BLEND)
+    else:
+        (run / BLEND).unlink(missing_ok=True)
     weights_hash = sha256_file(run / WEIGHTS)
     manifest = {
         "package": "shopformer",
@@ -93,7 +104,8 @@ def save_run(
         "data_fingerprint": data_fingerprint,
         "dataset_dir": dataset_dir,
         "version_id": f"{config.model.name}-{weights_hash[:12]}",
-        "files": {name: sha256_file(run / name) for name in (WEIGHTS, ITEM_STATS, "config.json", "vocab.json")},
+        "files": {name: sha256_file(run / name) for name in files},
+        **({"blend": {"baseline": blend.baseline_name, "alpha": blend.alpha}} if blend is not None else {}),
         **(extra or {}),
     }
     # The manifest goes last: a run directory without one is incomplete by construction.
@@ -143,6 +155,12 @@ def load_run(run_dir: str | Path, verify: bool = True) -> Run:
         raise ArtifactError(f"{run / WEIGHTS}: weights do not match the config: {err}") from None
     model.eval()
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    blend = None
+    if "blend" in manifest:
+        try:
+            blend = Blend.from_state(manifest["blend"]["baseline"], load_file(str(run / BLEND)))
+        except (SafetensorError, OSError, KeyError, ValueError) as err:
+            raise ArtifactError(f"{run / BLEND}: cannot read the blend: {err}") from None
     return Run(
         model=model,
         config=config,
@@ -153,4 +171,5 @@ def load_run(run_dir: str | Path, verify: bool = True) -> Run:
         metrics=metrics,
         manifest=manifest,
         path=run,
+        blend=blend,
     )

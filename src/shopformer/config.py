@@ -119,6 +119,9 @@ class TrainConfig(_Section):
     # After early stopping picks the best epoch on validation, train a fresh model (same seed
     # and schedule) on training + validation events for that many epochs and test that one.
     refit: bool = False
+    # Opt-in: serve a mixture of the model with its best baseline, tuned on validation (evaluation/
+    # blend.py), so the served answer is never worse than either on validation.
+    blend: bool = False
 
 
 class EvalConfig(_Section):
@@ -155,9 +158,13 @@ class Config(_Section):
     def _next_item_only_options(self) -> Config:
         # Multi-task runs also fit the heads' calibration and catalogue weight on validation,
         # which a refit on validation events would leak into.
-        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles")):
+        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
+                        (self.train.blend, "train.blend")):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
+        if self.train.blend and self.train.refit:
+            raise ValueError("train.blend tunes its mixture on validation events, which train.refit trains on: "
+                             "use one of the two")
         return self
 
     def to_json(self) -> str:

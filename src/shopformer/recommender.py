@@ -2,13 +2,21 @@
 
 >>> rec = Recommender.load("runs/demo/model")
 >>> rec.recommend(["2268318", "2333346"], k=10).items
+
+Every answer marks each item as a *repeat* (already in the user's history: all of it as given or
+stored, not just the model's window) or a *discovery*; a caller can ask for discovery only
+(``exclude_seen``) or for a minimum share of discoveries (``min_new_share``). Items whose score is
+not finite are never returned, and exactly tied scores are ordered by training popularity, never by
+item id (a model that scores the catalogue flat still gives a meaningful tail).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -43,9 +51,23 @@ class Recommendations:
     skipped: list[str] = field(default_factory=list)  # unknown item ids ignored in the history
     # behaviour names the model does not know: their events were ignored (like unknown items)
     skipped_behaviours: list[str] = field(default_factory=list)
+    # per item: True = a repeat (the item is in the user's history, all of it as given or stored, events
+    # of unknown behaviours included), False = a discovery. Left empty: no history, all discoveries.
+    repeat: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.repeat:
+            self.repeat = [False] * len(self.items)
+        elif len(self.repeat) != len(self.items):
+            raise ValueError(f"{len(self.repeat)} repeat flags for {len(self.items)} items")
 
     def pairs(self) -> list[tuple[str, float]]:
         return list(zip(self.items, self.scores, strict=True))
+
+    @property
+    def n_new(self) -> int:
+        """How many of the items are discoveries (not in the user's history)."""
+        return self.repeat.count(False)
 
 
 # Ask a multi-behaviour model for the next item whatever the behaviour (not a behaviour name).
@@ -58,8 +80,9 @@ class RecRequest:
 
     history: History
     k: int = 10
-    exclude_seen: bool | None = None  # None: the run's eval.exclude_seen
+    exclude_seen: bool | None = None  # None: the run's eval.exclude_seen (unless min_new_share is given)
     behaviour: str | None = None  # rank for this next-event type; see Recommender.target_behaviours
+    min_new_share: float | None = None  # at least ceil(share * k) discoveries; see Recommender.max_repeats
 
 
 class Encoded(NamedTuple):
@@ -70,6 +93,7 @@ class Encoded(NamedTuple):
     times: list[int] | None  # None: the history has no timestamps
     skipped: list[str]  # unknown item ids (their events are left out)
     skipped_behaviours: list[str]  # unknown behaviour names (their events are left out)
+    seen: list[int]  # every known item of the history (unknown-behaviour events too): what is a repeat
 
 
 class ItemIndex(Protocol):
@@ -103,6 +127,15 @@ class Recommender:
         pop = torch.as_tensor(run.item_counts, dtype=torch.float32).clone()
         pop[PAD] = float("-inf")
         self.popularity = pop
+        # Strict popularity order (count desc, then dense id): the tie-breaker of exactly tied scores.
+        counts = np.asarray(run.item_counts, dtype=np.float64)
+        order = np.lexsort((np.arange(len(counts)), -counts))
+        key = np.empty(len(counts), dtype=np.int64)
+        key[order] = np.arange(len(counts), 0, -1)  # larger = more popular
+        key[PAD] = 0
+        self._pop_key = torch.from_numpy(key)
+        # the same as floats for the tie path (a float32 select and topk are faster; exact below 2**24 items)
+        self._pop_key_f = self._pop_key.to(torch.float32 if len(key) < 2**24 else torch.float64)
         self._default_behaviour = 1  # the most frequent type (vocabularies are frequency-sorted)
 
     @classmethod
@@ -119,12 +152,13 @@ class Recommender:
         (``Vocabs.behaviour_id``) are left out and reported; a missing behaviour (None) is the
         most frequent type."""
         iv = self.vocabs.items.index
-        items, behs, times, skipped, skipped_behs = [], [], [], [], []
+        items, behs, times, skipped, skipped_behs, seen = [], [], [], [], [], []
         for pos, raw in enumerate(h.items):
             idx = iv.get(str(raw), 0)
             if idx == PAD:
                 skipped.append(str(raw))
                 continue
+            seen.append(idx)
             b = h.behaviours[pos] if h.behaviours is not None else None
             if b is None:
                 bid = self._default_behaviour
@@ -138,7 +172,7 @@ class Recommender:
             behs.append(bid)
             if h.timestamps is not None:
                 times.append(int(h.timestamps[pos]))
-        return Encoded(items, behs, (times if h.timestamps is not None else None), skipped, skipped_behs)
+        return Encoded(items, behs, (times if h.timestamps is not None else None), skipped, skipped_behs, seen)
 
     def make_batch(self, encoded: list[tuple[list[int], list[int], list[int] | None]]) -> Batch:
         """Left-padded Batch of the last ``max_len`` events of each encoded history.
@@ -174,8 +208,13 @@ class Recommender:
         if known:
             batch = self.make_batch([encoded[i][:3] for i in known])
             with self._lock, torch.inference_mode():
-                scores[torch.tensor(known)] = self.model.score_all(batch, beh).float()
+                scores[torch.tensor(known)] = self._score(batch, beh)
         return scores, seen, encoded
+
+    def _score(self, batch: Batch, behaviour: int | torch.Tensor | None) -> torch.Tensor:
+        """(B, n_items + 1) the model's scores, or the run's validation-tuned blend with a baseline."""
+        scores = self.model.score_all(batch, behaviour).float()
+        return scores if self.run.blend is None else self.run.blend.combine(scores, batch)
 
     def recommend_many(
         self,
@@ -183,36 +222,27 @@ class Recommender:
         k: int = 10,
         exclude_seen: bool | None = None,
         behaviour: str | None = None,
+        min_new_share: float | None = None,
     ) -> list[Recommendations]:
-        """Top-k for many histories; ``behaviour`` asks for e.g. likely purchases vs likely views."""
+        """Top-k for many histories; ``behaviour`` asks for e.g. likely purchases vs likely views.
+
+        ``exclude_seen`` / ``min_new_share``: how many of the k items may be repeats (``max_repeats``)."""
         if k < 1:
             raise ValueError("k must be >= 1")
-        exclude = self.cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
-        scores, seen, encoded = self.score_histories(histories, behaviour)
-        if exclude:
-            rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
-            cols = np.fromiter((i for s in seen for i in s), dtype=np.int64, count=len(rows))
-            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
         k = min(k, self.spec.n_items)
-        top = scores.topk(k, dim=1)
+        max_rep = self.max_repeats(k, exclude_seen, min_new_share)
+        scores, _, encoded = self.score_histories(histories, behaviour)
+        ranked = self._rank(scores, [e.seen for e in encoded], [k] * len(histories), [max_rep] * len(histories))
         out = []
-        for r in range(len(histories)):
-            ids, vals = top.indices[r].tolist(), top.values[r].tolist()
-            keep = [j for j, v in enumerate(vals) if v != float("-inf")]
-            skipped, skipped_behs = encoded[r].skipped, encoded[r].skipped_behaviours
-            if skipped:
-                warnings.warn(f"skipped {len(skipped)} unknown item id(s): {skipped[:5]}", stacklevel=2)
-            if skipped_behs:
+        for e, (ids, vals, rep) in zip(encoded, ranked, strict=True):
+            if e.skipped:
+                warnings.warn(f"skipped {len(e.skipped)} unknown item id(s): {e.skipped[:5]}", stacklevel=2)
+            if e.skipped_behaviours:
                 known = ", ".join(self.vocabs.behaviours.tokens[1:])
-                warnings.warn(f"skipped {len(skipped_behs)} event(s) of unknown behaviour(s): "
-                              f"{sorted(set(skipped_behs))[:5]} (known: {known})", stacklevel=2)
-            out.append(Recommendations(
-                items=self.vocabs.items.decode([ids[j] for j in keep]),
-                scores=[float(vals[j]) for j in keep],
-                fallback=not seen[r],
-                skipped=skipped,
-                skipped_behaviours=skipped_behs,
-            ))
+                warnings.warn(f"skipped {len(e.skipped_behaviours)} event(s) of unknown behaviour(s): "
+                              f"{sorted(set(e.skipped_behaviours))[:5]} (known: {known})", stacklevel=2)
+            out.append(Recommendations(self.vocabs.items.decode(ids), vals, fallback=not e.items, skipped=e.skipped,
+                                       skipped_behaviours=e.skipped_behaviours, repeat=rep))
         return out
 
     def recommend(
@@ -223,13 +253,124 @@ class Recommender:
         timestamps: list[int] | None = None,
         exclude_seen: bool | None = None,
         behaviour: str | None = None,
+        min_new_share: float | None = None,
     ) -> Recommendations:
         """Top-k next items for one history of raw item ids (oldest first).
 
         ``behaviour`` (a behaviour name of the data, e.g. the purchase type, or ``ANY_BEHAVIOUR``)
         ranks the items the next event *of that type* will be about; None is the model's default
-        (its target behaviour for next-purchase / multi runs, any behaviour otherwise)."""
-        return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen, behaviour)[0]
+        (its target behaviour for next-purchase / multi runs, any behaviour otherwise).
+        ``min_new_share``: at least ceil(share * k) of the items are discoveries (see ``max_repeats``)."""
+        return self.recommend_many([History(list(items), behaviours, timestamps)], k, exclude_seen, behaviour,
+                                   min_new_share)[0]
+
+    # -- repeats and discoveries; ties --------------------------------------------------------------
+    def max_repeats(self, k: int, exclude_seen: bool | None = None, min_new_share: float | None = None) -> int:
+        """How many of ``k`` items may be repeats: ``k - ceil(share * k)``.
+
+        The share is ``min_new_share`` (0..1), or 1.0 (discovery only) when ``exclude_seen`` is true,
+        whichever is stricter. ``exclude_seen`` None is the run's ``eval.exclude_seen``, unless a
+        ``min_new_share`` is given: then the caller has said which mix they want. A row with fewer
+        discoveries than asked for gets a shorter list, never more repeats than this."""
+        if min_new_share is not None and not 0.0 <= min_new_share <= 1.0:  # NaN fails too
+            raise ValueError(f"min_new_share must be between 0 and 1 (got {min_new_share})")
+        exclude = (self.cfg.eval.exclude_seen and min_new_share is None) if exclude_seen is None else exclude_seen
+        share = 1.0 if exclude else (min_new_share or 0.0)
+        return k - math.ceil(share * k - 1e-9)  # 1e-9: 0.3 * 10 is 3.0000000000000004, and needs 3
+
+    def _topk(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scores.topk(k)`` whose choice among the items tied with the k-th score is the most popular
+        ones, not an arbitrary (id-order) subset; ``_pick`` then orders equal scores by popularity.
+        ``scores`` (B, n) has no NaN / +inf. A row is redone only when its (k+1)-th score equals its
+        k-th (a tie across the cut), so the common case costs one topk of k + 1."""
+        top = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+        vals, ids = top.values[:, :k], top.indices[:, :k]
+        if top.values.shape[1] == k:  # k is the whole row: nothing is left out
+            return vals, ids
+        t = vals[:, -1:]
+        ambiguous = (top.values[:, k] == t[:, 0]) & torch.isfinite(t[:, 0])
+        if bool(ambiguous.any()):
+            rows = ambiguous.nonzero()[:, 0]
+            tr = t[rows]
+            part = scores if len(rows) == len(scores) else scores[rows]
+            key = torch.where(part == tr, self._pop_key_f, -1.0)  # tied items by popularity, others last
+            tied = key.topk(k, dim=1).indices
+            above = (vals[rows] > tr).sum(1, keepdim=True)  # these are in every exact top-k
+            j = torch.arange(k).unsqueeze(0)
+            ids[rows] = torch.where(j < above, ids[rows], tied.gather(1, (j - above).clamp(min=0)))
+        return vals, ids
+
+    def _pick(
+        self, vals: torch.Tensor, ids: torch.Tensor, rep: torch.Tensor, ks: list[int], max_reps: list[int]
+    ) -> list[tuple[list[int], list[float], list[bool]]]:
+        """Per row of candidates (B, C): order by score, ties by popularity; drop non-finite scores;
+        keep every discovery and the first ``max_reps[r]`` repeats, up to ``ks[r]`` items. So the best
+        discoveries fill in for the repeats left out, each group keeps the model's order, and the list
+        keeps the overall ranking otherwise."""
+        order = self._pop_key[ids].argsort(dim=1, descending=True, stable=True)
+        vals, ids, rep = vals.gather(1, order), ids.gather(1, order), rep.gather(1, order)
+        order = vals.argsort(dim=1, descending=True, stable=True)  # stable: ties stay in popularity order
+        vals, ids, rep = vals.gather(1, order), ids.gather(1, order), rep.gather(1, order)
+        valid = torch.isfinite(vals) & (ids > PAD)
+        rep = rep & valid
+        accept = valid & (~rep | (rep.cumsum(1) <= torch.tensor(max_reps).unsqueeze(1)))
+        keep = accept & (accept.cumsum(1) <= torch.tensor(ks).unsqueeze(1))
+        counts = keep.sum(1).tolist()
+        flat_ids, flat_vals, flat_rep = ids[keep].tolist(), vals[keep].tolist(), rep[keep].tolist()
+        out, start = [], 0
+        for n in counts:
+            out.append((flat_ids[start:start + n], flat_vals[start:start + n], flat_rep[start:start + n]))
+            start += n
+        return out
+
+    @staticmethod
+    def _seen_matrix(seen: list[list[int]]) -> torch.Tensor:
+        """(B, L) each row's distinct seen items, ascending, padded with PAD (sorted first)."""
+        lens = np.array([len(s) for s in seen], dtype=np.int64)
+        width = max(int(lens.max(initial=0)), 1)
+        mat = np.zeros((len(seen), width), dtype=np.int64)
+        if lens.sum():
+            rows = np.repeat(np.arange(len(seen)), lens)
+            cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            mat[rows, cols] = np.fromiter(chain.from_iterable(seen), dtype=np.int64, count=int(lens.sum()))
+        m = torch.from_numpy(mat).sort(dim=1).values
+        dup = torch.zeros_like(m, dtype=torch.bool)
+        dup[:, 1:] = m[:, 1:] == m[:, :-1]
+        return m.masked_fill(dup, PAD).sort(dim=1).values
+
+    def _rank(
+        self, scores: torch.Tensor, seen: list[list[int]], ks: list[int], max_reps: list[int]
+    ) -> list[tuple[list[int], list[float], list[bool]]]:
+        """Exact top-k of each row of ``scores`` (B, n_items + 1; changed in place) with repeat flags:
+        (dense ids, scores, repeat) per row. Candidates: every seen item of the row and the top
+        ``max(ks)`` of the others (tie-broken by popularity), then ``_pick``."""
+        if not ks:
+            return []
+        with torch.inference_mode():  # scores may be an inference tensor (model output): edited in place
+            neg = float("-inf")
+            torch.nan_to_num_(scores, nan=neg, posinf=neg, neginf=neg)  # never presented as if ranked
+            mat = self._seen_matrix(seen)
+            rep_vals = scores.gather(1, mat).masked_fill(mat == PAD, neg)
+            scores.scatter_(1, mat, neg)  # the seen items compete as repeats only (PAD is -inf anyway)
+            new_vals, new_ids = self._topk(scores, min(max(ks), self.spec.n_items))
+            rep = torch.cat([torch.ones_like(mat, dtype=torch.bool), torch.zeros_like(new_ids, dtype=torch.bool)], 1)
+            return self._pick(torch.cat([rep_vals, new_vals], 1), torch.cat([mat, new_ids], 1), rep, ks, max_reps)
+
+    def _index_rank(
+        self, index: ItemIndex, hidden: torch.Tensor, seen: list[list[int]], ks: list[int], max_reps: list[int]
+    ) -> list[tuple[list[int], list[float], list[bool]]]:
+        """As ``_rank``, over the index's candidates: ``k`` plus the row's distinct seen items, so any
+        mix of repeats and discoveries still finds k. Ties are broken among the candidates only."""
+        mat = self._seen_matrix(seen)
+        n_seen = (mat != PAD).sum(1).tolist()
+        want = min(max(k + n for k, n in zip(ks, n_seen, strict=True)), self.spec.n_items)
+        with torch.inference_mode():
+            vals, ids = index.search(hidden, want)
+            ids = ids.long().clamp(min=PAD)  # -1 pads a short row
+            vals = vals.float().masked_fill(~torch.isfinite(vals) | (ids == PAD), float("-inf"))
+            pos = torch.searchsorted(mat, ids).clamp(max=mat.shape[1] - 1)
+            rep = (mat.gather(1, pos) == ids) & (ids != PAD)
+            return self._pick(vals, ids, rep, ks, max_reps)
 
     # -- serving: per-request k / exclusion in one forward pass, optional item index ---------------
     @property
@@ -243,83 +384,72 @@ class Recommender:
     def supports_index(self) -> bool:
         """True when scores are ``last_hidden @ output_embeddings().T`` (so an ItemIndex is exact).
 
-        Task heads add a history-pointer bonus to the dot product, so they rule an index out."""
-        return type(self.model).score_all is SequenceModel.score_all and self.model.heads is None
+        Task heads add a history-pointer bonus to the dot product and a blend adds a baseline's
+        scores, so either rules an index out."""
+        return (type(self.model).score_all is SequenceModel.score_all and self.model.heads is None
+                and self.run.blend is None)
 
     def recommend_requests(self, requests: list[RecRequest], index: ItemIndex | None = None) -> list[Recommendations]:
         """Top-k for many requests with one forward pass; no warnings (callers report ``skipped``).
 
         Without ``index`` the whole catalogue is scored (exact); with one, the user vectors are
-        searched in it, asking for ``k`` plus the number of seen items so exclusion still leaves k.
+        searched in it, asking for ``k`` plus the number of seen items so any mix of repeats and
+        discoveries still leaves k. Histories without a known item rank by popularity (fallback),
+        with the same repeat / discovery rules.
         """
-        behaviours = []
+        behaviours, ks, max_reps = [], [], []
         for r in requests:
             if r.k < 1:
                 raise ValueError("k must be >= 1")
             behaviours.append(self.behaviour_id(r.behaviour))  # an unknown name is an error, never a fallback
+            ks.append(min(r.k, self.spec.n_items))
+            max_reps.append(self.max_repeats(ks[-1], r.exclude_seen, r.min_new_share))
         if index is not None and not self.supports_index:
             raise ValueError(f"model {self.cfg.model.name} overrides score_all; an item index would change its scores")
         encoded = [self._encode(r.history) for r in requests]
-        out: list[Recommendations | None] = [None] * len(requests)
+        seen = [e.seen for e in encoded]
         # One forward pass: make_batch builds every row's features from that row alone (time gaps
         # included), and left padding changes nothing, so an answer never depends on its batch.
         known = [i for i, e in enumerate(encoded) if e.items]
+        fallback = [i for i, e in enumerate(encoded) if not e.items]
+        ranked: list[tuple[list[int], list[float], list[bool]]] = [([], [], [])] * len(requests)
+        model_scores = hidden = None
         if known:
             batch = _trim_padding(self.make_batch([encoded[i][:3] for i in known]))
-            reqs, seen = [requests[i] for i in known], [encoded[i].items for i in known]
             with self._lock, torch.inference_mode():
                 if index is None:
                     beh = [behaviours[i] for i in known]
-                    rows = self._exact_top(batch, reqs, seen, None if self.model.heads is None else torch.tensor(
+                    model_scores = self._score(batch, None if self.model.heads is None else torch.tensor(
                         [self.model.heads.default_behaviour if b is None else b for b in beh]))
                 else:
-                    rows = self._index_top(index, self.model.last_hidden(batch).float(), reqs, seen)
-            for i, (ids, vals) in zip(known, rows, strict=True):
-                out[i] = Recommendations(self.vocabs.items.decode(ids), vals, skipped=encoded[i].skipped,
-                                         skipped_behaviours=encoded[i].skipped_behaviours)
-        for i, r in enumerate(requests):
-            if out[i] is None:
-                pop = self.popular(r.k)
-                out[i] = Recommendations(pop.items, pop.scores, fallback=True, skipped=encoded[i].skipped,
-                                         skipped_behaviours=encoded[i].skipped_behaviours)
-        return out  # type: ignore[return-value]
-
-    def _exclude(self, r: RecRequest) -> bool:
-        return self.cfg.eval.exclude_seen if r.exclude_seen is None else r.exclude_seen
-
-    def _exact_top(
-        self, batch: Batch, reqs: list[RecRequest], seen: list[list[int]], behaviours: torch.Tensor | None = None
-    ) -> list[tuple[list[int], list[float]]]:
-        scores = self.model.score_all(batch, behaviours).float()
-        for row, (r, s) in enumerate(zip(reqs, seen, strict=True)):
-            if self._exclude(r):
-                scores[row, torch.tensor(s, dtype=torch.long)] = float("-inf")
-        kmax = min(max(r.k for r in reqs), self.spec.n_items)
-        top = scores.topk(kmax, dim=1)
-        ids, vals = top.indices.tolist(), top.values.tolist()
-        out = []
-        for row, r in enumerate(reqs):
-            keep = [j for j in range(min(r.k, kmax)) if vals[row][j] != float("-inf")]
-            out.append(([ids[row][j] for j in keep], [vals[row][j] for j in keep]))
-        return out
-
-    def _index_top(
-        self, index: ItemIndex, hidden: torch.Tensor, reqs: list[RecRequest], seen: list[list[int]]
-    ) -> list[tuple[list[int], list[float]]]:
-        excluded = [set(s) if self._exclude(r) else set() for r, s in zip(reqs, seen, strict=True)]
-        want = min(max(r.k + len(e) for r, e in zip(reqs, excluded, strict=True)), self.spec.n_items)
-        vals, ids = index.search(hidden, want)
-        out = []
-        for row, (r, ex) in enumerate(zip(reqs, excluded, strict=True)):
-            pairs = [(i, v) for i, v in zip(ids[row].tolist(), vals[row].tolist(), strict=True)
-                     if i > PAD and i not in ex]
-            pairs = pairs[: r.k]
-            out.append(([i for i, _ in pairs], [float(v) for _, v in pairs]))
-        return out
+                    hidden = self.model.last_hidden(batch).float()
+        if index is None:
+            if not fallback and model_scores is not None:
+                scores = model_scores
+            else:
+                scores = self.popularity.unsqueeze(0).repeat(len(requests), 1)
+                if model_scores is not None:
+                    scores[torch.tensor(known)] = model_scores
+            ranked = self._rank(scores, seen, ks, max_reps)
+        else:
+            if hidden is not None:
+                rows = self._index_rank(index, hidden, [seen[i] for i in known], [ks[i] for i in known],
+                                        [max_reps[i] for i in known])
+                for i, row in zip(known, rows, strict=True):
+                    ranked[i] = row
+            if fallback:
+                rows = self._rank(self.popularity.unsqueeze(0).repeat(len(fallback), 1), [seen[i] for i in fallback],
+                                  [ks[i] for i in fallback], [max_reps[i] for i in fallback])
+                for i, row in zip(fallback, rows, strict=True):
+                    ranked[i] = row
+        return [Recommendations(self.vocabs.items.decode(ids), vals, fallback=not e.items, skipped=e.skipped,
+                                skipped_behaviours=e.skipped_behaviours, repeat=rep)
+                for e, (ids, vals, rep) in zip(encoded, ranked, strict=True)]
 
     def popular(self, k: int = 10) -> Recommendations:
-        top = self.popularity.topk(min(k, self.spec.n_items))
-        return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist(), fallback=True)
+        k = min(k, self.spec.n_items)
+        ((ids, vals, _),) = self._rank(self.popularity.unsqueeze(0).clone(), [[]], [k], [k])
+        return Recommendations(self.vocabs.items.decode(ids), vals, fallback=True)
 
     def similar_items(self, item: str, k: int = 10) -> Recommendations:
         """Nearest items by cosine similarity of the model's output item embeddings."""
@@ -376,7 +506,7 @@ class Recommender:
 
     def _head_batch(self, history: History | list[str]) -> Batch:
         h = history if isinstance(history, History) else History(list(history))
-        items, behs, times, _, _ = self._encode(h)
+        items, behs, times = self._encode(h)[:3]
         if not items:
             raise ValueError("the history has no known item; behaviour heads need at least one event")
         return self.make_batch([(items, behs, times)])

@@ -42,7 +42,7 @@ def evaluate_command(
             from shopformer.pipelines.next_item import evaluate_systems
 
             ds = load_dataset(dataset or loaded.manifest.get("dataset_dir") or "")
-            results = evaluate_systems(loaded.model, ds, make_split(ds, cfg), cfg)
+            results = evaluate_systems(loaded.model, ds, make_split(ds, cfg), cfg, blend=loaded.blend)
             table = markdown_table(results, cfg.eval.ks)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))

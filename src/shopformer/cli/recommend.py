@@ -22,8 +22,12 @@ def recommend_command(
     exclude_seen: Annotated[bool | None, typer.Option(help="drop items already in the history")] = None,
     behaviour: Annotated[str | None, typer.Option(
         help="rank for the next event of this type, e.g. the purchase type ('*' = any); multi-task runs only")] = None,
+    min_new_share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="at least this share of the k items are new to the user (0..1; "
+        "--exclude-seen = 1.0); given alone, the run's default exclusion does not apply")] = None,
 ) -> None:
-    """Print the top-k next items (raw ids with scores) for a user or an ad-hoc history.
+    """Print the top-k next items (raw ids with scores; 'repeat' = already in the history, 'new' = a
+    discovery) for a user or an ad-hoc history.
 
     Multi-behaviour runs also print the next-action probabilities and the purchase intent."""
     from shopformer.artifacts import ArtifactError
@@ -40,7 +44,8 @@ def recommend_command(
             h = History([s.strip() for s in (history or "").split(",") if s.strip()])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen, behaviour=behaviour)[0]
+            out = rec.recommend_many([h], k=k, exclude_seen=exclude_seen, behaviour=behaviour,
+                                     min_new_share=min_new_share)[0]
             parts = () if out.fallback else rec.head_parts
             action = rec.predict_next_action(h) if "action" in parts else None
             intent = rec.purchase_intent(h) if "intent" in parts else None
@@ -50,8 +55,9 @@ def recommend_command(
         fail(str(err))
     if out.fallback:
         console.print("[yellow]no known item in the history: popularity fallback[/yellow]")
-    for rank, (item, score) in enumerate(out.pairs(), 1):
-        console.print(f"{rank:>3}  {item}  {score:.4f}")
+    width = max((len(i) for i in out.items), default=0)
+    for rank, (item, score, repeat) in enumerate(zip(out.items, out.scores, out.repeat, strict=True), 1):
+        console.print(f"{rank:>3}  {item:<{width}}  {score:.4f}  {'repeat' if repeat else 'new'}", highlight=False)
     if action is not None:
         console.print(f"next action: {describe_actions(action)}")
     if intent is not None:

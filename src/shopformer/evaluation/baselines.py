@@ -46,6 +46,16 @@ class Popularity:
     def __call__(self, batch: Batch) -> torch.Tensor:
         return self.scores.unsqueeze(0).expand(len(batch), -1).clone()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"scores": self.scores}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Popularity:
+        out = cls.__new__(cls)
+        out.scores = state["scores"].float()
+        return out
+
 
 class Markov:
     """First-order transitions: score(j) = count(last item -> j) in training sequences.
@@ -75,6 +85,19 @@ class Markov:
         scores = self.transitions.index_select(0, last).to_dense() + self.prior  # (B, V)
         scores[:, PAD] = float("-inf")
         return scores
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"indices": self.transitions.indices(), "values": self.transitions.values(), "prior": self.prior}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Markov:
+        out = cls.__new__(cls)
+        size = len(state["prior"])
+        out.transitions = torch.sparse_coo_tensor(state["indices"], state["values"], (size, size),
+                                                  check_invariants=True).coalesce()
+        out.prior = state["prior"].float()
+        return out
 
 
 def majority_behaviour(seq: Sequences, train_end: np.ndarray, n_behaviours: int) -> int:
@@ -210,6 +233,16 @@ class WeightedRecentItems:
         # membership counted apart from the (possibly underflowing) decayed evidence
         present = torch.zeros(b, v).scatter_add_(1, batch.items, (w_b > 0).float()) > 0
         return _tiered(evidence, present, self.prior)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"weights": self.weights, "prior": self.prior, "decay": torch.tensor(self.decay)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> WeightedRecentItems:
+        out = cls.__new__(cls)
+        out.weights, out.prior, out.decay = state["weights"].float(), state["prior"].float(), float(state["decay"])
+        return out
 
 
 def item_similarity(

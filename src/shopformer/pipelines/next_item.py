@@ -21,6 +21,7 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
+from shopformer.evaluation.blend import Blend, choose_blend
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
 from shopformer.evaluation.report import baseline_warnings, write_report
 from shopformer.models import build_model
@@ -55,17 +56,41 @@ class ExperimentResult:
 
 
 def evaluate_systems(
-    model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None
+    model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None,
+    blend: Blend | None = None,
 ) -> dict[str, dict]:
-    """Test metrics of the model and the shop baselines on the same examples (baselines fitted on
-    the events the model trained on). Every system reads the model's own history window."""
+    """Test metrics of the model (and its served blend, if any) and the shop baselines on the same
+    examples (baselines fitted on the events the model trained on), each from the model's window."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
     train_end = split.training_end(cfg.train.refit)  # baselines see the same events as the model
-    systems: dict[str, ScoreFn] = {cfg.model.name: model_scorer(model), **_baselines(ds, train_end)}
+    systems: dict[str, ScoreFn] = {cfg.model.name: model_scorer(model)}
+    if blend is not None:
+        systems[blend_name(cfg, blend)] = blend.scorer(model_scorer(model))
+    systems.update(_baselines(ds, train_end))
     return {
         name: evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
     }
+
+
+def blend_name(cfg: Config, blend: Blend) -> str:
+    return f"{cfg.model.name} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
+
+
+def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays) -> tuple[
+        Blend | None, dict]:
+    """``train.blend``: the mixture of the selected model with a baseline that scores best on the
+    validation examples (None when the model alone is best), and the validation grid."""
+    ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
+
+    def validate(fn: ScoreFn) -> float:
+        res = evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
+        return float(res.metrics[cfg.train.monitor])
+
+    blend, grid = choose_blend(model_scorer(trained.model), _baselines(ds, split.train_end), validate)
+    chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None
+    return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
+                   "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
 
 
 def _baselines(ds: Dataset, train_end: np.ndarray) -> dict[str, ScoreFn]:
@@ -174,8 +199,12 @@ def run_experiment(
         from shopformer.models.text import fold_text
 
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
-    test = evaluate_systems(model, ds, split, cfg, arrays)
+    blend, blend_report = tune_blend(trained, ds, split, cfg, arrays) if cfg.train.blend else (None, None)
+    test = evaluate_systems(model, ds, split, cfg, arrays, blend)
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays)
+    if blend is not None:
+        warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
+                        "chosen on validation): the blend row of the table is what the run serves")
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
     protocol = protocol_text(cfg, split, ds.spec.n_items)
     table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol, warnings)
@@ -189,10 +218,12 @@ def run_experiment(
     }
     if trained.refit is not None:
         metrics["refit"] = fit_summary(trained.refit)
+    if blend_report is not None:
+        metrics["blend"] = blend_report
     metrics.update(trained.extra)  # e.g. {"text": {"missing_titles": ..., "id_dropout": ...}}
     run_dir = save_run(
         out / "model", model, cfg, ds.vocabs, trained.counts, ds.item_category(), metrics,
-        data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()),
+        data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()), blend=blend,
     )
     write_metrics(out, metrics)
     return ExperimentResult(run_dir, trained.fit, test, trained.valid, table, refit=trained.refit, warnings=warnings)

@@ -9,8 +9,9 @@ Endpoints (OpenAPI at ``/docs``; every answer names the model version in its bod
 
 - ``POST /v1/events`` [key] - store a batch of events (durable before the 200; ``event_id`` makes
   retries idempotent; unknown item ids are stored and reported, not scored)
-- ``GET /v1/users/{user_id}/recommendations?k=&exclude_seen=&behaviour=`` - top-k from the stored
-  history; unknown users get the popularity ranking with ``fallback: true``
+- ``GET /v1/users/{user_id}/recommendations?k=&exclude_seen=&behaviour=&min_new_share=`` - top-k from
+  the stored history, each item flagged ``repeat`` (in the history) or not (a discovery); unknown
+  users get the popularity ranking with ``fallback: true``
 - ``POST /v1/recommendations`` - top-k for a history in the body (nothing stored)
 - ``GET /v1/items/{item_id}/similar?k=`` - nearest items by the model's item embeddings
 - ``DELETE /v1/users/{user_id}`` [key] - forget a user

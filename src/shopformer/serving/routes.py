@@ -25,6 +25,7 @@ from shopformer.serving.batching import BatcherClosed
 from shopformer.serving.engine import Engine
 from shopformer.serving.middleware import VERSION_KEY
 from shopformer.serving.schemas import (
+    MIN_NEW_SHARE_DOC,
     AdHocRequest,
     ErrorOut,
     EventBatch,
@@ -90,7 +91,8 @@ def api_key_guard(settings: ServeSettings) -> Callable[..., Awaitable[None]]:  #
 def recs_payload(rec: Recommendations, reason: str | None, history_length: int, user_id: str | None) -> dict:
     return {
         "user_id": user_id,
-        "items": [{"item_id": i, "score": s} for i, s in zip(rec.items, rec.scores, strict=True)],
+        "items": [{"item_id": i, "score": s, "repeat": r} for i, s, r in zip(rec.items, rec.scores, rec.repeat,
+                                                                               strict=True)],
         "fallback": rec.fallback,
         "fallback_reason": reason if rec.fallback else None,
         "skipped_items": rec.skipped,
@@ -163,8 +165,11 @@ def build_router(settings: ServeSettings) -> APIRouter:
         k: Annotated[int, Query(ge=1, le=max_k)] = 10,
         exclude_seen: bool | None = None,
         behaviour: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        min_new_share: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False,
+                                                     description=MIN_NEW_SHARE_DOC)] = None,
     ) -> JSONResponse:
-        """Top-k from the user's stored history; unknown users get the popularity ranking (fallback)."""
+        """Top-k from the user's stored history; unknown users get the popularity ranking (fallback).
+        Each item says whether it is a repeat (in the stored history) or a discovery."""
         svc = state(request)
         check_behaviour(svc.engine, behaviour, ["query", "behaviour"])
         stored = await svc.store.history(user_id, svc.engine.max_len)
@@ -173,7 +178,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
         else:
             hist = History([e.item_id for e in stored], [e.behaviour for e in stored],  # type: ignore[misc]
                            [e.timestamp for e in stored])
-            engine, rec = await recommend(svc, RecRequest(hist, k, exclude_seen, behaviour))
+            engine, rec = await recommend(svc, RecRequest(hist, k, exclude_seen, behaviour, min_new_share))
             reason = "no_known_items"
         if rec.fallback:
             svc.metrics.fallbacks.labels(reason).inc()
@@ -182,7 +187,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
     @router.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
                  responses=ERRORS)
     async def adhoc_recommendations(body: AdHocRequest, request: Request) -> JSONResponse:
-        """Top-k for a history sent in the body; nothing is stored."""
+        """Top-k for a history sent in the body; nothing is stored. Each item says whether it is a
+        repeat (in the history sent) or a discovery."""
         svc = state(request)
         if len(body.history) > settings.max_history:
             raise field_error(413, ["body", "history"], f"at most {settings.max_history} events "
@@ -197,7 +203,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
             times = [e.timestamp for e in h]
             hist = History([e.item_id for e in h], [e.behaviour for e in h],  # type: ignore[misc]
                            times if all(t is not None for t in times) else None)  # type: ignore[arg-type]
-            engine, rec = await recommend(svc, RecRequest(hist, body.k, body.exclude_seen, body.behaviour))
+            engine, rec = await recommend(svc, RecRequest(hist, body.k, body.exclude_seen, body.behaviour,
+                                                          body.min_new_share))
             reason = "no_known_items"
         if rec.fallback:
             svc.metrics.fallbacks.labels(reason).inc()

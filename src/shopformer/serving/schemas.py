@@ -78,10 +78,21 @@ class ScoredItem(BaseModel):
     score: float
 
 
+class RecommendedItem(ScoredItem):
+    repeat: bool = Field(description="true: the item is already in the user's history (a repeat, all of the "
+                         "history as stored or sent, not just the model's window); false: a discovery")
+
+
+MIN_NEW_SHARE_DOC = ("at least ceil(min_new_share * k) of the k items are discoveries (not in the history): the best "
+                     "new items fill in for the repeats left out, each group keeps the model's order. 0..1; "
+                     "exclude_seen=true is 1.0 (discovery only). Given without exclude_seen, the run's default "
+                     "exclusion does not apply")
+
+
 class RecommendationsOut(BaseModel):
     model_version: str
     user_id: str | None = None
-    items: list[ScoredItem]
+    items: list[RecommendedItem]
     fallback: bool = Field(description="true when the answer is the popularity ranking")
     fallback_reason: str | None = Field(None, description="unknown_user | empty_history | no_known_items")
     skipped_items: list[str] = Field(description="history item ids unknown to the model (not scored)")
@@ -104,6 +115,7 @@ class AdHocRequest(_Closed):
     exclude_seen: bool | None = None
     behaviour: Id | None = Field(None, description="rank for the next event of this behaviour ('*' = any); "
                                  "an unknown name is a 422 listing the known ones")
+    min_new_share: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=MIN_NEW_SHARE_DOC)
 
 
 class SimilarOut(BaseModel):

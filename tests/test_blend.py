@@ -1,0 +1,112 @@
+"""The opt-in blend with the best baseline: comparable scales, saved state, chosen on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shopformer.data.batches import Batch
+from shopformer.data.sequences import Sequences
+from shopformer.evaluation.baselines import Markov, Popularity, WeightedRecentItems
+from shopformer.evaluation.blend import ALPHAS, Blend, choose_blend, standardise
+
+
+def _seq() -> Sequences:
+    return Sequences.from_lists([[1, 2, 3, 1], [2, 3, 4], [4, 1, 2]], [[1, 2, 1, 1], [1, 1, 2], [2, 1, 1]], None)
+
+
+def _batch() -> Batch:
+    items = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    beh = torch.tensor([[0, 1, 2], [1, 1, 2]])
+    zeros = torch.zeros_like(items)
+    return Batch(items, beh, zeros, zeros)
+
+
+def test_standardise_rows_and_keeps_minus_inf() -> None:
+    s = torch.tensor([[float("-inf"), 1.0, 2.0, 3.0], [float("-inf"), 5.0, 5.0, 8.0]])
+    z = standardise(s)
+    assert torch.isneginf(z[:, 0]).all()
+    assert torch.allclose(z[:, 1:].mean(1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(z[:, 1:].std(1, unbiased=False), torch.ones(2), atol=1e-5)
+    assert torch.equal(z[0, 1:].argsort(), s[0, 1:].argsort())  # order within a row unchanged
+
+
+@pytest.mark.parametrize("name", ["popularity", "markov", "weighted recent items"])
+def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
+    seq, end = _seq(), np.array([4, 7, 10])
+    fitted = {"popularity": Popularity(np.array([0, 3, 2, 2, 1])), "markov": Markov(seq, end, 4),
+              "weighted recent items": WeightedRecentItems.fit(seq, end, 4, 2)}[name]
+    blend = Blend(name, fitted, 0.4)
+    again = Blend.from_state(name, blend.state())
+    model = torch.randn(2, 5)
+    model[:, 0] = float("-inf")
+    assert torch.equal(blend.combine(model, _batch()), again.combine(model, _batch()))
+    assert again.alpha == pytest.approx(0.4)
+
+
+def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> None:
+    base = Popularity(np.array([0, 3, 2, 2, 1]))
+
+    def model(batch: Batch) -> torch.Tensor:
+        out = torch.randn(len(batch), 5, generator=torch.Generator().manual_seed(0))
+        out[:, 0] = float("-inf")
+        return out
+
+    def prefers_baseline(fn) -> float:  # validation score rises with the weight on popularity
+        z = fn(_batch())
+        return float((z[:, 1] > z[:, 4]).float().mean() + (z[:, 1] > z[:, 3]).float().mean())
+
+    blend, grid = choose_blend(model, {"popularity": base, "co-occurrence": base}, prefers_baseline)
+    assert blend is not None and blend.baseline_name == "popularity" and blend.alpha > 0
+    assert set(grid) == {"popularity"} and set(grid["popularity"]) == set(ALPHAS)  # only blendable baselines
+    assert grid["popularity"][blend.alpha] == max(grid["popularity"].values())
+    flat, _ = choose_blend(model, {"popularity": base}, lambda fn: 1.0)  # nothing gained: keep the model
+    assert flat is None
+    with pytest.raises(ValueError, match="cannot be saved"):
+        Blend("co-occurrence", lambda b: b.items.float(), 0.5).state()
+
+
+def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) -> None:
+    """On shoppers who only come back to what they just viewed, "weighted recent items" beats a
+    one-epoch model: train.blend picks it on validation, the run saves it, and the recommender and
+    `shopformer evaluate` serve exactly that blend."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from shopformer.cli import app
+    from shopformer.config import Config
+    from shopformer.data.ingest import IngestOptions
+    from shopformer.data.prepare import prepare
+    from shopformer.recommender import History, Recommender
+
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,behaviour,timestamp"]
+    for u in range(150):
+        items = rng.choice(np.arange(1, 200), size=4, replace=False)
+        lines += [f"u{u},{items[j // 3 % 4]},view,{1_600_000_000 + 60 * j}" for j in range(10)]
+    raw = tmp_path / "repeat.csv"
+    raw.write_text("\n".join(lines) + "\n")
+    prepare([raw], tmp_path / "ds", IngestOptions(now=2_000_000_000))
+    with pytest.raises(ValueError, match="use one of the two"):
+        Config().override(train={"blend": True, "refit": True})
+    args = ["train", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--quiet", "--set", "train.epochs=1",
+            "--set", "model.dim=8", "--set", "model.layers=1", "--set", "eval.bootstrap=0",
+            "--set", "eval.exclude_seen=false", "--set", "train.blend=true"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    chosen = metrics["blend"]["chosen"]
+    assert chosen is not None and chosen["alpha"] > 0
+    blend_row = next(name for name in metrics["test"] if "(blend," in name)
+    grid = metrics["blend"]["grid"][chosen["baseline"]]
+    assert max(grid.values()) >= grid["0.0"]  # never below the model alone on validation
+    rec = Recommender.load(tmp_path / "run" / "model")
+    assert rec.run.blend is not None and rec.run.blend.baseline_name == chosen["baseline"]
+    assert not rec.supports_index
+    h = History(["1", "2", "3"], ["view"] * 3)
+    assert rec.recommend_many([h], k=3)[0].items == rec.recommend_many([h], k=3)[0].items
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0 and "(blend," in r.output, r.output
+    assert blend_row in r.output
