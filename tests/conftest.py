@@ -34,3 +34,44 @@ def cyclic_sequences(n_users: int = 300, n_items: int = 60, step: int = 7, seed:
 @pytest.fixture(scope="session")
 def demo_taobao() -> Path:
     return ROOT / "data" / "demo" / "taobao_head300.csv"
+
+
+def write_shop_log(path: Path, n_users: int = 40, seed: int = 0) -> None:
+    """A small shop log: users look at items, keep some and usually take a kept item soon after."""
+    rng = np.random.default_rng(seed)
+    lines, day = [], 86400
+    for u in range(n_users):
+        t = 1_600_000_000 + int(rng.integers(0, day))
+        pool = rng.integers(1, 60, 8)
+        kept: list[int] = []
+        for _ in range(int(rng.integers(25, 45))):
+            t += int(rng.integers(60, day // 4))
+            if kept and rng.random() < 0.35:
+                item, beh = kept.pop(0), "take"
+            elif rng.random() < 0.2:
+                item, beh = int(rng.choice(pool)), "keep"
+                kept.append(item)
+            else:
+                item, beh = int(rng.choice(pool)), "look"
+            lines.append(f"u{u},i{item},{beh},{t}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def shop_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared dataset of ``write_shop_log`` (behaviours look / keep / take, real timestamps)."""
+    from shopformer.data.ingest import IngestOptions
+    from shopformer.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("shop_log")
+    write_shop_log(root / "log.csv")
+    opts = IngestOptions(columns=("user_id", "item_id", "behaviour", "timestamp"), now=2_000_000_000)
+    return prepare([root / "log.csv"], root / "ds", opts).path
+
+
+def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metric dicts flattened to ``{"repeat.ndcg@10": ...}`` (pytest.approx compares flat ones)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        out.update(flat_numbers(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
