@@ -29,7 +29,8 @@ def test_train_writes_a_complete_run(trained) -> None:
                  "model/manifest.json", "report.md", "metrics_at_k.png", "train_log.csv", "training_curve.png"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"sasrec", "popularity", "markov"}
+    assert set(metrics["test"]) == {"sasrec", "popularity", "markov", "weighted recent items", "co-occurrence",
+                                    "category popularity"}
     assert "full ranking" in metrics["protocol"]
 
 
@@ -45,7 +46,7 @@ def test_evaluate_rejects_model_overrides_and_accepts_evaluation_ones(trained) -
     assert r.exit_code == 2 and r.output.startswith("error:"), r.output
     assert "model.max_len is fixed by the trained weights" in " ".join(r.output.split())
     r = runner.invoke(app, ["evaluate", str(trained / "run"), "--set", "eval.ks=[5]"])
-    assert r.exit_code == 0 and "hr@5" in r.output and "hr@10" not in r.output, r.output
+    assert r.exit_code == 0 and "HR@5" in r.output and "HR@10" not in r.output, r.output
 
 
 def test_refit_trains_again_on_validation_events_for_the_chosen_epochs(trained) -> None:

@@ -1,4 +1,6 @@
-"""Multi-task heads: labels, pointer, conditioning, losses, leakage, ablation and persistence."""
+"""Multi-task heads: labels, pointer, conditioning, losses, leakage, ablation and persistence.
+
+The repeat / explore mixture itself (gate, probabilities, old runs) is tested in test_repeat_gate.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from shopformer.config import LossConfig, ModelConfig, TaskConfig
 from shopformer.data.batches import Batch
 from shopformer.data.corpus import DataSpec
 from shopformer.models import REGISTRY, build_model
-from shopformer.models.heads import PARTS, candidate_ce, window_intent_labels
+from shopformer.models.heads import PARTS, mixture_nll, window_intent_labels
 from shopformer.models.losses import NegativeSampler
 
 SPEC = DataSpec(n_items=30, n_behaviours=3, n_categories=0, has_time=True)
@@ -98,19 +100,22 @@ def test_pointer_pools_repeats_once_per_item_by_hand() -> None:
     assert not rep[0, :, 0].any()
 
 
-def test_pointer_adds_its_bonus_to_history_items_in_score_all() -> None:
+def test_pointer_logits_are_the_repeat_distribution_in_score_all() -> None:
     model = headed(kind="next-purchase").eval()
     with torch.no_grad():
-        model.item_emb.weight.zero_()  # no embedding signal: the score is the pointer alone
+        model.item_emb.weight.zero_()  # no embedding signal: explore is uniform over the new items
         model.heads.pointer.q.weight.zero_()
         model.heads.pointer.dist.weight.zero_()
     items = torch.tensor([[0, 5, 7, 5]])
     b = Batch(items, torch.ones_like(items) * (items != 0), torch.ones_like(items) * (items != 0),
               torch.zeros_like(items))
     s = model.score_all(b)
-    assert s[0, 5].item() == pytest.approx(np.log(2), abs=1e-5)
-    assert s[0, 7].item() == pytest.approx(0.0, abs=1e-5)
-    assert s[0, 1].item() == 0.0 and torch.isneginf(s[0, 0])
+    g = model.repeat_probability(b).item()
+    # pooled pointer logits: item 5 log 2, item 7 0 -> P_repeat = 2/3, 1/3
+    assert s[0, 5].item() == pytest.approx(np.log(g * 2 / 3), abs=1e-5)
+    assert s[0, 7].item() == pytest.approx(np.log(g / 3), abs=1e-5)
+    assert s[0, 1].item() == pytest.approx(np.log((1 - g) / (SPEC.n_items - 2)), abs=1e-5)
+    assert torch.isneginf(s[0, 0])
 
 
 def test_pointer_starts_from_a_recency_prior() -> None:
@@ -121,7 +126,9 @@ def test_pointer_starts_from_a_recency_prior() -> None:
     items = torch.tensor([[4, 5, 6, 7]])
     b = Batch(items, torch.ones_like(items), torch.ones_like(items), torch.zeros_like(items))
     s = model.score_all(b, 0)[0]
-    assert s[7] > s[6] > s[5] > s[4] > 0.0 == s[1]  # most recent first, all above unseen items
+    assert s[7] > s[6] > s[5] > s[4]  # most recent first
+    unseen = s[torch.tensor([1, 2, 3, *range(8, SPEC.n_items + 1)])]
+    assert torch.isfinite(unseen).all() and torch.allclose(unseen, unseen[0].expand_as(unseen))  # explore: uniform
 
 
 def test_pointer_does_not_read_future_events() -> None:
@@ -235,7 +242,8 @@ def test_intent_loss_uses_known_labels_only() -> None:
     assert model.heads.intent[3].weight.grad is None or model.heads.intent[3].weight.grad.abs().sum() == 0
 
 
-def test_sampled_ce_with_every_item_as_negative_equals_full_ce() -> None:
+@pytest.mark.parametrize("exclude", [True, False])
+def test_sampled_ce_with_every_item_as_negative_equals_full_ce(exclude: bool) -> None:
     torch.manual_seed(0)
     m, length, v, d = 5, 4, 12, 8
     q, emb = torch.randn(m, d), torch.randn(v + 1, d)
@@ -250,9 +258,15 @@ def test_sampled_ce_with_every_item_as_negative_equals_full_ce() -> None:
                 rep[r, s] = False
             seen.add(int(items[r, s])) if rep[r, s] else None
     targets = items[:, 0].clone()
-    full = candidate_ce(q, targets, emb, items, bonus, rep, LossConfig(), None, None)
+    targets[:2] = torch.tensor([v, v - 1])  # some targets outside the window too
+    rep[0] &= items[0] != v
+    rep[1] &= items[1] != v - 1
+    gate = torch.randn(m)
+    full = mixture_nll(q, targets, emb, items, bonus, rep, gate, LossConfig(), None, None, exclude)
     everything = torch.arange(1, v + 1)
-    sampled = candidate_ce(q, targets, emb, items, bonus, rep, LossConfig(kind="sampled"), everything, None)
+    sampled = mixture_nll(q, targets, emb, items, bonus, rep, gate, LossConfig(kind="sampled"), everything, None,
+                          exclude)
+    assert torch.isfinite(full).all()
     assert torch.allclose(full, sampled, atol=1e-5)
 
 

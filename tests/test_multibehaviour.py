@@ -148,37 +148,9 @@ def test_decision_offsets_raise_macro_f1_over_argmax() -> None:
 # ---- end to end on a prepared data set with its own behaviour names ----------------------------
 
 
-def _write_log(path: Path, n_users: int = 40, seed: int = 0) -> None:
-    """A small shop log: users look at items, keep some and usually take a kept item soon after."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    day = 86400
-    for u in range(n_users):
-        t = 1_600_000_000 + int(rng.integers(0, day))
-        pool = rng.integers(1, 60, 8)
-        kept: list[int] = []
-        for _ in range(int(rng.integers(25, 45))):
-            t += int(rng.integers(60, day // 4))
-            if kept and rng.random() < 0.35:
-                item, beh = kept.pop(0), "take"
-            elif rng.random() < 0.2:
-                item, beh = int(rng.choice(pool)), "keep"
-                kept.append(item)
-            else:
-                item, beh = int(rng.choice(pool)), "look"
-            lines.append(f"u{u},i{item},{beh},{t}")
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shopformer.data.ingest import IngestOptions
-    from shopformer.data.prepare import prepare
-
-    root = tmp_path_factory.mktemp("mb")
-    _write_log(root / "log.csv")
-    opts = IngestOptions(columns=("user_id", "item_id", "event_type", "timestamp"), now=2_000_000_000)
-    return prepare([root / "log.csv"], root / "ds", opts).path
+def prepared(shop_log: Path) -> Path:
+    return shop_log
 
 
 def small_cfg(**task: object) -> Config:
@@ -348,3 +320,15 @@ def test_unknown_behaviours_in_a_fixed_vocabulary(tmp_path: Path) -> None:
     rejects = pl.read_parquet(out.path / "rejects.parquet")
     assert rejects["line"].to_list() == [2] and rejects["value"].to_list() == ["grab"]
     assert out.stats["events"] == 2
+
+
+def test_intent_within_a_time_horizon_end_to_end(prepared: Path, tmp_path: Path) -> None:
+    """task.intent_seconds: labels by time (censored at each window's end), the protocol says so."""
+    from shopformer.pipelines.multi_behaviour import run_multibehaviour
+
+    res = run_multibehaviour(prepared, small_cfg(intent_seconds=86400), tmp_path / "run", progress=False)
+    m = res.metrics
+    assert "within 1 d" in m["protocol"] and m["task"]["intent_seconds"] == 86400
+    assert m["intent"]["sasrec"]["n"] > 0 and 0.0 < m["intent"]["sasrec"]["positive_rate"] < 1.0
+    assert m["excluded"]["intent"]["censored_horizon"] > 0  # the last day of the log cannot be labelled
+    assert "within 1 d" in res.table

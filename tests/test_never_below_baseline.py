@@ -78,4 +78,4 @@ def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repe
     assert "warning:" in r.output and "weighted recent items" in r.output
     # the test table shows the repeat / explore split for every system
     assert {"repeat", "explore"} <= set(metrics["test"]["markov"])
-    assert "ndcg@10 repeat" in (run / "report.md").read_text()
+    assert "NDCG@10 repeat" in (run / "report.md").read_text()

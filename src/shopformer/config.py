@@ -156,8 +156,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _next_item_only_options(self) -> Config:
-        # Multi-task runs also fit the heads' calibration and catalogue weight on validation,
-        # which a refit on validation events would leak into.
+        # Multi-task runs also fit the heads' calibration on validation, which a refit on
+        # validation events would leak into.
         for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
                         (self.train.blend, "train.blend")):
             if on and self.task.kind != "next-item":

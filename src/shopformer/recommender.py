@@ -384,8 +384,8 @@ class Recommender:
     def supports_index(self) -> bool:
         """True when scores are ``last_hidden @ output_embeddings().T`` (so an ItemIndex is exact).
 
-        Task heads add a history-pointer bonus to the dot product and a blend adds a baseline's
-        scores, so either rules an index out."""
+        Task heads mix a history pointer with the catalogue (a repeat / explore gate) and a blend
+        adds a baseline's scores, so either rules an index out."""
         return (type(self.model).score_all is SequenceModel.score_all and self.model.heads is None
                 and self.run.blend is None)
 

@@ -22,14 +22,19 @@ def markdown_table(results: dict[str, dict], ks: tuple[int, ...], ci: bool = Tru
     if f"{COVERAGE}@{max(ks)}" in first:
         cols.append(f"{COVERAGE}@{max(ks)}")
     split = [part for part in ("repeat", "explore") if part in first]
-    head = [c.upper() if "@" not in c else c for c in cols] + [
-        f"ndcg@{kk} {part} ({first[part].get('share', 0.0):.0%})" for part in split]
+    head = [_header(c) for c in cols] + [f"NDCG@{kk} {part} ({first[part].get('share', 0.0):.0%})" for part in split]
     lines = ["| system | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for name, m in results.items():
         cells = [_cell(m, c, ci) for c in cols]
         cells += [_cell(m[part], f"ndcg@{kk}", ci) if m.get(part, {}).get("n") else "–" for part in split]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _header(key: str) -> str:
+    """"ndcg@10" -> "NDCG@10", "mrr" -> "MRR"; catalogue coverage keeps its word."""
+    name, at, k = key.partition("@")
+    return key if name == COVERAGE else f"{name.upper()}{at}{k}"
 
 
 def _cell(m: dict, key: str, ci: bool) -> str:

@@ -7,7 +7,8 @@ its own ``loss``/``score_all``). Models never touch numpy or pick devices themse
 
 Multi-task: ``build_model(..., task=cfg.task)`` attaches ``MultiTaskHeads`` (models/heads.py) as
 ``model.heads`` for any task kind but next-item. Then ``loss`` is the weighted multi-task loss,
-``score_all(batch, behaviour)`` ranks for a behaviour type (0 = any), and ``action_logits`` /
+``score_all(batch, behaviour)`` ranks for a behaviour type (0 = any) by log-probability (a learned
+repeat / explore mixture), ``repeat_probability`` reads its gate, and ``action_logits`` /
 ``intent_logit`` read the other heads. Without heads every method behaves exactly as before.
 """
 
@@ -101,6 +102,12 @@ class SequenceModel(nn.Module):
         """(B,) uncalibrated logit that the target behaviour occurs within the next N events
         (``heads.calibrated`` turns it into the Platt-scaled probability)."""
         return self._require_heads().intent_logit(self.head_features(batch))
+
+    def repeat_probability(self, batch: Batch, behaviour: int | torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the heads' repeat gate g: the probability that the next event (of ``behaviour``, a
+        dense id or one per row, 0 = any; None = the heads' default) is about an item already in
+        the window, rather than a new one (models/heads.py)."""
+        return self._require_heads().repeat_probability(self.encode(batch), batch, behaviour)
 
     def head_features(self, batch: Batch) -> torch.Tensor:
         """(B, F) what the classifier heads read about the event after the window."""

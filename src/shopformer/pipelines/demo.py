@@ -18,7 +18,7 @@ from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.pipelines.multi_behaviour import run_multibehaviour
-from shopformer.recommender import ANY_BEHAVIOUR, History, Recommender, describe_actions
+from shopformer.recommender import ANY_BEHAVIOUR, History, Recommendations, Recommender, describe_actions
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_DATA = ROOT / "data" / "demo" / "taobao_head300.csv"
@@ -65,18 +65,25 @@ def show_examples(ds: Dataset, rec: Recommender, console: Console, n_users: int 
         items = v.items.decode(seq.items[a:b])
         behs = v.behaviours.decode(seq.behaviours[a:b])
         history = History(items, behs, seq.times[a:b].tolist() if seq.has_time else None)
-        buys = rec.recommend_many([history], k=5, behaviour=target)[0]
-        looks = rec.recommend_many([history], k=5, behaviour=ANY_BEHAVIOUR)[0]
+        buys = rec.recommend_many([history], k=5, behaviour=target, exclude_seen=False)[0]
+        new = rec.recommend_many([history], k=5, behaviour=target, exclude_seen=True)[0]  # discoveries only
+        looks = rec.recommend_many([history], k=5, behaviour=ANY_BEHAVIOUR, exclude_seen=False)[0]
         action = rec.predict_next_action(history)
         intent = rec.purchase_intent(history)
         table = Table(title=f"user {v.users.tokens[seq.users[row]]} ({b - a} events)", show_lines=False)
         table.add_column("recent history (oldest first)")
-        table.add_column(f"top-5 likely '{target}'")
+        table.add_column(f"top-5 likely '{target}' (again = a repeat)")
+        table.add_column(f"top-5 new to them, likely '{target}'")
         table.add_column("top-5 next item, any behaviour")
         recent = [f"{i} ({e})" for i, e in zip(items[-shown:], behs[-shown:], strict=True)]
-        cols = [recent, [f"{i}  {sc:.2f}" for i, sc in buys.pairs()], [f"{i}  {sc:.2f}" for i, sc in looks.pairs()]]
+        cols = [recent, _marked(buys), [f"{i}  {sc:.2f}" for i, sc in new.pairs()], _marked(looks)]
         for r in range(max(map(len, cols))):
             table.add_row(*(c[r] if r < len(c) else "" for c in cols))
         console.print(table)
-        horizon = rec.cfg.task.intent_horizon
-        console.print(f"next action: {describe_actions(action, 2)}; P({target} within {horizon} events) = {intent:.2f}")
+        console.print(f"next action: {describe_actions(action, 2)}; "
+                      f"P({target} {rec.cfg.task.intent_text}) = {intent:.2f}")
+
+
+def _marked(recs: Recommendations) -> list[str]:
+    """One "item  score" line per recommendation, repeats of the history marked "again"."""
+    return [f"{i}  {sc:.2f}{'  again' if rep else ''}" for (i, sc), rep in zip(recs.pairs(), recs.repeat, strict=True)]

@@ -14,19 +14,23 @@ data (``default_target_behaviour``), and heuristics use "the majority behaviour"
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from shopformer.artifacts import Run, load_run, save_run, write_metrics
+from shopformer.atomic import atomic_write_text
 from shopformer.config import Config
-from shopformer.data.batches import EventArrays, make_train_loader
+from shopformer.data.batches import EventArrays, history_batches, make_train_loader
 from shopformer.data.corpus import Dataset, funnel_depth, load_dataset
+from shopformer.data.schema import PAD
 from shopformer.data.split import (
     Window,
     intent_labels_after,
     make_windows,
+    split_warnings,
     subsample,
     window_examples,
 )
@@ -40,11 +44,11 @@ from shopformer.evaluation.behaviour import (
     json_number,
     protocol_text,
 )
-from shopformer.evaluation.report import markdown_summary
+from shopformer.evaluation.report import baseline_warnings, markdown_summary, warnings_markdown
 from shopformer.models import build_model, check_task
 from shopformer.models.base import SequenceModel
-from shopformer.training.fit import FitResult, Hook, fit, set_seed
-from shopformer.training.heads import choose_catalogue_weight, refit_heads
+from shopformer.training.fit import FitResult, Hook, fit, fit_warnings, set_seed
+from shopformer.training.heads import refit_heads, repeat_rates
 
 # ---------------------------------------------------------------------------------------------
 # Target behaviour
@@ -61,6 +65,8 @@ def configure(ds: Dataset, cfg: Config) -> tuple[Config, int]:
             "multi-behaviour evaluation uses a temporal split: set split.kind=temporal, split.valid_start and "
             "split.test_start (Unix seconds, or quantiles of event times such as 0.8 and 0.9)"
         )
+    if cfg.task.intent_seconds is not None and not ds.seq.has_time:
+        raise ValueError(f"task.intent_seconds needs timestamps; {ds.path} has event order only")
     name, bid = ds.target_behaviour(cfg.task.target_behaviour)
     resolved = cfg.override(task={"target_behaviour": name}, eval={"exclude_seen": False})
     return resolved, bid
@@ -83,18 +89,22 @@ def train_multi_task(ds: Dataset, cfg: Config, target: int, train_end: np.ndarra
                      on_epoch: Hook | None = None) -> tuple[SequenceModel, FitResult]:
     """Build the model with its heads and fit it, then finish the heads on validation:
 
-    1. ``fit`` with the multi-task loss; early stopping on the primary ranking task (next item
-       of the target behaviour for next-purchase / multi, else of any behaviour), scored with the
-       history pointer alone (catalogue weight 0), which is what overfits last;
-    2. the catalogue weight of inference scores is chosen on the same validation examples
-       (``training.heads.choose_catalogue_weight``);
-    3. the next-action / intent MLPs are refitted on the frozen encoder, again with ``fit``
+    1. ``fit`` with the multi-task loss, the repeat gate starting at the training repeat rate of
+       each behaviour (``training.heads.repeat_rates``); early stopping on the primary ranking
+       task (next item of the target behaviour for next-purchase / multi, else of any behaviour),
+       ranked by the heads' repeat / explore mixture exactly as at inference (its gate is trained
+       end to end, nothing is chosen afterwards);
+    2. the next-action / intent MLPs are refitted on the frozen encoder, again with ``fit``
        (``training.heads.refit_heads``): the encoder's best epoch comes early, when these small
        heads are still under-trained.
     """
     set_seed(cfg.train.seed)  # initial weights follow train.seed (the torch default seed is random)
     model = build_model(cfg.model, ds.spec, task=cfg.task, target_behaviour=target)
-    labels = intent_labels_after(ds.seq, train_end, target, cfg.task.intent_horizon)
+    if model.heads is not None:  # the repeat gate starts at the training repeat rates
+        model.heads.set_repeat_prior(repeat_rates(ds.seq, train_end, ds.spec.n_behaviours, model.max_len).tolist())
+    # training labels may read training events only: a time horizon past valid_start is censored
+    labels = intent_labels_after(ds.seq, train_end, target, cfg.task.intent_horizon, cfg.task.intent_seconds,
+                                 valid_w.lo)
     loader = make_train_loader(cfg, ds.seq, train_end, arrays, labels=labels)
     counts = item_counts(ds.seq, train_end, ds.spec.n_items)
     primary = target if cfg.task.kind in ("next-purchase", "multi") else None
@@ -102,12 +112,9 @@ def train_multi_task(ds: Dataset, cfg: Config, target: int, train_end: np.ndarra
     if len(valid) == 0:
         raise ValueError(f"no validation examples in [{valid_w.lo}, {valid_w.hi}): move split.valid_start")
     valid = subsample(valid, cfg.eval.max_users)
-    if model.heads is not None:
-        model.heads.catalogue_weight.fill_(0.0)
     result = fit(model, cfg, ds.seq, train_end, valid, arrays, counts, log_dir=log_dir, progress=progress,
                  loader=loader, on_epoch=on_epoch)
     if model.heads is not None:
-        choose_catalogue_weight(model, ds.seq, arrays, valid, ds.spec.n_items, cfg)
         refit_heads(model, ds.seq, arrays, loader, valid_w, target, cfg)
     return model, result
 
@@ -146,12 +153,48 @@ def run_multibehaviour(
     metrics["fit"] = {name: {"best_epoch": f.best_epoch, "epochs": f.epochs, "stopped_by": f.stopped_by,
                              "train_seconds": f.train_seconds} for name, f in fits.items()}
     metrics["train_wall_seconds"] = train_seconds
+    metrics["warnings"] = run_warnings(ds, cfg, models[cfg.model.name], fits[cfg.model.name], target,
+                                       max_item_examples) + head_warnings(metrics, cfg.model.name)
     train_end, _, _ = make_windows(ds.seq, cfg)
     run_dir = save_run(out / "model", models[cfg.model.name], cfg, ds.vocabs, item_counts(
         ds.seq, train_end, ds.spec.n_items), ds.item_category(), metrics, data_fingerprint=ds.fingerprint,
         dataset_dir=str(ds.path.resolve()))
     table = write_outputs(out, ds, metrics, cfg)
     return MultiResult(run_dir, metrics, table, fits)
+
+
+def run_warnings(ds: Dataset, cfg: Config, model: SequenceModel, result: FitResult, target: int,
+                 max_item_examples: int | None) -> list[str]:
+    """Plain-words problems of a multi-behaviour run: too few target events in validation or test,
+    a training run cut by the clock or saturated, and every heuristic that beats the model on the
+    validation window it was selected on (next target-behaviour item, and next item of any behaviour)."""
+    ctx = eval_context(ds, cfg, model, target)
+    name = ds.vocabs.behaviours.tokens[target]
+    n_valid, n_test = (len(window_examples(ds.seq, w, target)[0]) for w in (ctx.valid, ctx.test))
+    out = [*split_warnings(n_valid, n_test, cfg.split.min_targets, f"'{name}' targets"), *fit_warnings(result, cfg)]
+    on_valid = replace(ctx, test=ctx.valid)  # the same tables, on the validation window
+    items = evaluate_items(on_valid, {cfg.model.name: model}, 0, max_item_examples)
+    for key, what in ((name, f"next-'{name}'-item"), ("any", "next-item")):
+        rows = {s: m for s, m in (items.get(key) or {}).items() if not s.startswith(f"{cfg.model.name} (")}
+        if cfg.model.name in rows:
+            out += baseline_warnings(rows, cfg.model.name, cfg.train.monitor, f"validation {what}")
+    return out
+
+
+def head_warnings(metrics: dict, model: str) -> list[str]:
+    """Where the classifier heads do no better than a heuristic on the test window (reported, never
+    used for selection): next-action macro-F1 vs each baseline, intent calibration vs a constant."""
+    out = []
+    actions = metrics.get("next_action", {})
+    if model in actions:
+        out += baseline_warnings(actions, model, "macro_f1", "test next-action")
+    intent = metrics.get("intent", {})
+    const = intent.get("constant training rate")
+    if model in intent and const is not None and intent[model]["ece"] > const["ece"]:
+        out.append(f"purchase intent of {model} is worse calibrated than the constant training rate on test "
+                   f"(ECE {intent[model]['ece']:.4f} vs {const['ece']:.4f}): use the rank (ROC-AUC "
+                   f"{intent[model]['roc_auc']:.3f}), not the probability")
+    return out
 
 
 def eval_context(ds: Dataset, cfg: Config, model: SequenceModel, target: int) -> EvalContext:
@@ -186,8 +229,7 @@ def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], 
                                                      strict=True)},
         "split": {"valid_start": valid_w.lo, "test_start": test_w.lo, "train_events": int(
             (train_end - ds.seq.offsets[:-1]).sum())},
-        "catalogue_weight": {name: None if m.heads is None else float(m.heads.catalogue_weight)
-                             for name, m in models.items()},
+        "repeat_gate": repeat_gate_report(ctx, models, max_item_examples),
         "next_item": evaluate_items(ctx, models, bootstrap, max_item_examples),
     }
     heads = models[cfg.model.name].heads
@@ -200,11 +242,40 @@ def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], 
     return metrics
 
 
+def repeat_gate_report(ctx: EvalContext, models: dict[str, SequenceModel], max_examples: int | None) -> dict:
+    """Each headed model's mean repeat probability g beside the observed repeat rate (the item of
+    the event is in the model's history window) on the test window, for any behaviour and the
+    target behaviour: a calibration check of the gate. Read-only."""
+    seq, bs = ctx.ds.seq, ctx.cfg.eval.batch_size
+    out: dict = {}
+    for name, m in models.items():
+        if m.heads is None:
+            continue
+        m.eval()
+        per: dict = {}
+        for b in (PAD, ctx.target):
+            ex, _ = window_examples(seq, ctx.test, None if b == PAD else b)
+            ex = subsample(ex, max_examples)
+            g, seen = [], []
+            for idx, batch in history_batches(seq, ctx.arrays, ex, m.max_len, bs):
+                with torch.inference_mode():
+                    g.append(m.repeat_probability(batch, b).float().numpy())
+                seen.append((batch.items.numpy() == seq.items[ex.pos[idx]][:, None]).any(1))
+            key = "any" if b == PAD else ctx.names[b - 1]
+            per[key] = {"mean_g": json_number(float(np.concatenate(g).mean())) if g else None,
+                        "repeat_rate": json_number(float(np.concatenate(seen).mean())) if seen else None,
+                        "n": len(ex)}
+        out[name] = per
+    return out
+
+
 def write_outputs(out: Path, ds: Dataset, metrics: dict, cfg: Config) -> str:
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out, metrics)
     table = markdown_summary(metrics, cfg.eval.ks)
-    (out / "report.md").write_text(f"# Multi-behaviour results: {ds.path.name}\n\n{metrics['protocol']}\n\n{table}\n")
+    warned = warnings_markdown(metrics.get("warnings", []))
+    atomic_write_text(out / "report.md",
+                      f"# Multi-behaviour results: {ds.path.name}\n\n{warned}{metrics['protocol']}\n\n{table}\n")
     return table
 
 

@@ -1,10 +1,14 @@
-"""Finishing the multi-task heads after the shared encoder is fitted (both choices on validation).
+"""Finishing the multi-task heads after the shared encoder is fitted (on validation).
 
-* ``choose_catalogue_weight``: the inference weight of the catalogue term of item scores
-  (``MultiTaskHeads.catalogue_weight``), the best of ``CATALOGUE_WEIGHTS`` by validation NDCG@10.
 * ``refit_heads``: the next-action / intent MLPs retrained on the frozen encoder's features with
   ``fit`` (the one training loop), early-stopped on their validation loss. The encoder's best
   epoch comes early, when these small heads are still under-trained.
+
+Item scoring needs no finishing: its repeat / explore gate is trained end to end with the encoder
+(models/heads.py), and no inference weight is chosen afterwards. It only *starts* from the data:
+``repeat_rates`` (training events whose item the user touched in the window before them, per
+behaviour) is the gate's initial value (``MultiTaskHeads.set_repeat_prior``), as the pointer starts
+from "most recent first"; a small log gives too few steps to learn even that level otherwise.
 
 The test split is never read here.
 """
@@ -23,12 +27,9 @@ from shopformer.data.batches import EventArrays, TaskBatch, TrainLoader, history
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples, Window, intent_examples, window_examples
-from shopformer.evaluation.behaviour import behaviour_scorer
-from shopformer.evaluation.ranking import evaluate
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.training.fit import FitResult, fit
 
-CATALOGUE_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 REFIT_BATCH = 2048  # feature rows per step of the head refit
 REFIT_LR = 1e-3
 REFIT_MIN_DELTA = 1e-5  # a validation loss must drop by more than this to count as better
@@ -36,20 +37,25 @@ REFIT_MIN_DELTA = 1e-5  # a validation loss must drop by more than this to count
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def choose_catalogue_weight(model: SequenceModel, seq: Sequences, arrays: EventArrays, valid: EvalExamples,
-                            n_items: int, cfg: Config) -> dict[float, float]:
-    """Set the heads' catalogue weight to the best of CATALOGUE_WEIGHTS by validation NDCG@10."""
-    heads = model.heads
-    assert heads is not None
-    ecfg = cfg.eval.model_copy(update={"exclude_seen": False})
-    scores = {}
-    for w in CATALOGUE_WEIGHTS:
-        heads.catalogue_weight.fill_(w)
-        scores[w] = float(evaluate(behaviour_scorer(model, heads.default_behaviour), seq, arrays, valid, n_items,
-                                   cfg.model.max_len, ecfg, bootstrap=False).metrics["ndcg@10"])
-    best = max(scores, key=lambda w: (scores[w], -w))  # ties keep the smaller weight
-    heads.catalogue_weight.fill_(best)
-    return scores
+def repeat_rates(seq: Sequences, train_end: np.ndarray, n_behaviours: int, window: int) -> np.ndarray:
+    """(n_behaviours + 1,) share of training events whose item occurs among the user's ``window``
+    previous events: index 0 over every event, index b over the events of behaviour b (NaN where
+    there are none). A user's first event, which has no history, is not counted."""
+    n = len(seq.items)
+    user = seq.user_row_of_event()
+    pos = np.arange(n)
+    order = np.lexsort((pos, seq.items, user))  # by user, then item, then time
+    same = (user[order][1:] == user[order][:-1]) & (seq.items[order][1:] == seq.items[order][:-1])
+    prev = np.full(n, -1, dtype=np.int64)  # the previous occurrence of the same item for the same user
+    prev[order[1:][same]] = order[:-1][same]
+    repeat = (prev >= 0) & (pos - prev <= window)
+    counted = (pos < np.repeat(train_end, seq.lengths)) & (pos > seq.offsets[:-1][user])
+    rates = np.full(n_behaviours + 1, np.nan)
+    for b in range(n_behaviours + 1):
+        sel = counted if b == PAD else counted & (seq.behaviours == b)
+        if sel.any():
+            rates[b] = repeat[sel].mean()
+    return rates
 
 
 class FeatureLoader:
@@ -122,7 +128,7 @@ def refit_heads(model: SequenceModel, seq: Sequences, arrays: EventArrays, loade
             xt, yt = x, act
             loss_fn = lambda h, y: F.cross_entropy(heads.action_logits(h)[:, 1:], y - 1)  # noqa: E731
         else:
-            ex, y_np, _ = intent_examples(seq, valid_w, target, horizon)
+            ex, y_np, _ = intent_examples(seq, valid_w, target, horizon, cfg.task.intent_seconds)
             xv, yv = last_states(ex), torch.from_numpy(y_np).float()
             keep = inten >= 0
             xt, yt = x[keep], inten[keep]
