@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from shopformer.data.batches import Batch
 from shopformer.data.sequences import Sequences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +76,25 @@ def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
     for k, v in d.items():
         out.update(flat_numbers(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def random_task_batch(n_items: int, n_behaviours: int, seed: int = 0, b: int = 3, length: int = 8,
+                      pad: int = 2) -> Batch:
+    """A random training Batch (targets = the next event) with one left-padded row."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, n_items + 1, (b, length + 1), generator=g)
+    beh = torch.randint(1, n_behaviours + 1, (b, length + 1), generator=g)
+    gaps = torch.randint(1, 12, (b, length + 1), generator=g)
+    for t in (items, beh, gaps):
+        t[0, :pad] = 0
+    real = items[:, :-1] != 0
+    return Batch(items[:, :-1], beh[:, :-1], gaps[:, :-1], torch.zeros_like(items[:, :-1]),
+                 items[:, 1:] * real, beh[:, 1:] * real)
+
+
+def perturb_heads(model: torch.nn.Module, scale: float = 0.3) -> None:
+    """Move the zero-initialised head parameters away from zero, as training would."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.heads.parameters():  # type: ignore[union-attr]
+            p.add_(scale * torch.randn(p.shape, generator=g))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_heads, random_task_batch
 
 from shopformer.config import LossConfig, ModelConfig, TaskConfig
 from shopformer.data.batches import Batch
@@ -30,23 +31,11 @@ def headed(name: str = "sasrec", kind: str = "multi", target: int = 3, horizon: 
 
 
 def batch(seed: int = 0, b: int = 3, length: int = 8, pad: int = 2) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(1, SPEC.n_items + 1, (b, length + 1), generator=g)
-    beh = torch.randint(1, SPEC.n_behaviours + 1, (b, length + 1), generator=g)
-    gaps = torch.randint(1, 12, (b, length + 1), generator=g)
-    for t in (items, beh, gaps):
-        t[0, :pad] = 0  # one left-padded row
-    real = items[:, :-1] != 0
-    return Batch(items[:, :-1], beh[:, :-1], gaps[:, :-1], torch.zeros_like(items[:, :-1]),
-                 items[:, 1:] * real, beh[:, 1:] * real)
+    return random_task_batch(SPEC.n_items, SPEC.n_behaviours, seed, b, length, pad)
 
 
 def perturb(model) -> None:
-    """Move the zero-initialised parts away from zero, as training would."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.heads.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb_heads(model)
 
 
 # ---- labels ---------------------------------------------------------------------------------

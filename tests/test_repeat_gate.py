@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_heads, random_task_batch
 
 from shopformer.config import Config, LossConfig, ModelConfig, TaskConfig
 from shopformer.data.batches import Batch
@@ -31,22 +32,11 @@ def headed(spec: DataSpec = SPEC, kind: str = "multi", seed: int = 0, **kw: obje
 
 
 def batch(seed: int = 0, b: int = 4, length: int = 8, pad: int = 2, n_items: int = SPEC.n_items) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(1, n_items + 1, (b, length + 1), generator=g)
-    beh = torch.randint(1, SPEC.n_behaviours + 1, (b, length + 1), generator=g)
-    gaps = torch.randint(1, 12, (b, length + 1), generator=g)
-    for t in (items, beh, gaps):
-        t[0, :pad] = 0  # one left-padded row
-    real = items[:, :-1] != 0
-    return Batch(items[:, :-1], beh[:, :-1], gaps[:, :-1], torch.zeros_like(items[:, :-1]),
-                 items[:, 1:] * real, beh[:, 1:] * real)
+    return random_task_batch(n_items, SPEC.n_behaviours, seed, b, length, pad)
 
 
 def perturb(model) -> None:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.heads.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb_heads(model)
 
 
 def random_mixture(m: int = 6, length: int = 5, v: int = 12, seed: int = 0):
