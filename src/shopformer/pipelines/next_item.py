@@ -57,16 +57,18 @@ class ExperimentResult:
 
 def evaluate_systems(
     model: SequenceModel, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays | None = None,
-    blend: Blend | None = None,
+    blend: Blend | None = None, baselines: dict[str, ScoreFn] | None = None,
 ) -> dict[str, dict]:
     """Test metrics of the model (and its served blend, if any) and the shop baselines on the same
-    examples (baselines fitted on the events the model trained on), each from the model's window."""
+    examples, each from the model's window. The baselines must be fitted on the events the model
+    trained on; by default they are fitted here."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
-    train_end = split.training_end(cfg.train.refit)  # baselines see the same events as the model
+    if baselines is None:
+        baselines = _baselines(ds, split.training_end(cfg.train.refit))  # the events the model saw
     systems: dict[str, ScoreFn] = {cfg.model.name: model_scorer(model)}
     if blend is not None:
         systems[blend_name(cfg, blend)] = blend.scorer(model_scorer(model))
-    systems.update(_baselines(ds, train_end))
+    systems.update(baselines)
     return {
         name: evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
@@ -77,17 +79,17 @@ def blend_name(cfg: Config, blend: Blend) -> str:
     return f"{cfg.model.name} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
 
 
-def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays) -> tuple[
-        Blend | None, dict]:
-    """``train.blend``: the mixture of the selected model with a baseline that scores best on the
-    validation examples (None when the model alone is best), and the validation grid."""
+def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays,
+               baselines: dict[str, ScoreFn]) -> tuple[Blend | None, dict]:
+    """``train.blend``: the mixture of the selected model with a baseline (fitted on training events)
+    that scores best on the validation examples (None when the model alone is best), and the grid."""
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     def validate(fn: ScoreFn) -> float:
         res = evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
         return float(res.metrics[cfg.train.monitor])
 
-    blend, grid = choose_blend(model_scorer(trained.model), _baselines(ds, split.train_end), validate)
+    blend, grid = choose_blend(model_scorer(trained.model), baselines, validate)
     chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
@@ -97,14 +99,14 @@ def _baselines(ds: Dataset, train_end: np.ndarray) -> dict[str, ScoreFn]:
     return shop_baselines(ds.seq, train_end, ds.spec.n_items, ds.spec.n_behaviours)
 
 
-def validation_warnings(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays) -> tuple[
-        dict[str, dict], list[str]]:
-    """The baselines on the validation examples the model was selected on (fitted on training events
-    only), and a warning for each one that beats the selected model there."""
+def validation_warnings(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays,
+                        baselines: dict[str, ScoreFn]) -> tuple[dict[str, dict], list[str]]:
+    """The baselines (fitted on training events only) on the validation examples the model was
+    selected on, and a warning for each one that beats the selected model there."""
     window = trained.model.max_len
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
     valid = {name: evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, window, ecfg).metrics
-             for name, fn in _baselines(ds, split.train_end).items()}
+             for name, fn in baselines.items()}
     results = {cfg.model.name: trained.valid, **valid}
     return valid, baseline_warnings(results, cfg.model.name, cfg.train.monitor, "validation")
 
@@ -199,9 +201,10 @@ def run_experiment(
         from shopformer.models.text import fold_text
 
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
-    blend, blend_report = tune_blend(trained, ds, split, cfg, arrays) if cfg.train.blend else (None, None)
-    test = evaluate_systems(model, ds, split, cfg, arrays, blend)
-    valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays)
+    fitted = _baselines(ds, split.train_end)  # fitted once: validation, blend and (without refit) test
+    blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
+    test = evaluate_systems(model, ds, split, cfg, arrays, blend, None if cfg.train.refit else fitted)
+    valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
     if blend is not None:
         warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
                         "chosen on validation): the blend row of the table is what the run serves")
