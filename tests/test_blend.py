@@ -110,3 +110,40 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
     assert r.exit_code == 0 and "(blend," in r.output, r.output
     assert blend_row in r.output
+
+
+def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> None:
+    """Shoppers who buy what they just viewed: after one epoch a heuristic beats the multi-task
+    model on validation purchases, so ``train.blend`` picks a mixture, reports its rows beside the
+    model for every behaviour asked, saves it, and a re-evaluation of the saved run scores it the same."""
+    from shopformer.config import Config
+    from shopformer.data.ingest import IngestOptions
+    from shopformer.data.prepare import prepare
+    from shopformer.pipelines.multi_behaviour import evaluate_run, run_multibehaviour
+    from shopformer.recommender import History, Recommender
+
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,behaviour,timestamp"]
+    for u in range(200):
+        items, start = rng.choice(np.arange(1, 300), size=4, replace=False), 1_600_000_000 + 60 * rng.integers(0, 5000)
+        lines += [f"u{u},{items[j // 3 % 4]},{'buy' if j % 3 == 2 else 'view'},{start + 60 * j}" for j in range(12)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    prepare([tmp_path / "log.csv"], tmp_path / "ds", IngestOptions(now=2_000_000_000))
+    cfg = Config().override(
+        model={"dim": 8, "layers": 1, "heads": 1, "max_len": 12}, task={"kind": "multi", "intent_horizon": 3},
+        train={"epochs": 1, "batch_size": 32, "threads": 1, "blend": True},
+        split={"kind": "temporal", "valid_start": 0.6, "test_start": 0.8, "min_targets": 10},
+        eval={"bootstrap": 0, "ks": [5, 10]})
+    res = run_multibehaviour(tmp_path / "ds", cfg, tmp_path / "run", progress=False)
+    chosen = res.metrics["blend"]["chosen"]
+    assert chosen is not None and chosen["alpha"] > 0 and res.metrics["blend"]["behaviour"] == "buy"
+    grid = res.metrics["blend"]["grid"][chosen["baseline"]]
+    assert max(grid.values()) > grid["0.0"]  # strictly better than the model alone on validation
+    row = f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})"
+    assert row in res.metrics["next_item"]["buy"] and row in res.metrics["next_item"]["any"]
+    assert any("served answers blend" in w for w in res.metrics["warnings"])
+    rec = Recommender.load(res.run_dir)
+    assert rec.run.blend is not None and rec.run.blend.baseline_name == chosen["baseline"]
+    assert rec.recommend_many([History(["1", "2"], ["view", "view"])], k=3, behaviour="buy")[0].items
+    again, _ = evaluate_run(res.run_dir, max_item_examples=5000)
+    assert again["next_item"]["buy"][row]["ndcg@10"] == pytest.approx(res.metrics["next_item"]["buy"][row]["ndcg@10"])

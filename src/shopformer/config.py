@@ -158,8 +158,7 @@ class Config(_Section):
     def _next_item_only_options(self) -> Config:
         # Multi-task runs also fit the heads' calibration on validation, which a refit on
         # validation events would leak into.
-        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
-                        (self.train.blend, "train.blend")):
+        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles")):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         if self.train.blend and self.train.refit:

@@ -49,6 +49,7 @@ from shopformer.evaluation.baselines import (
     shop_baselines,
     training_mask,
 )
+from shopformer.evaluation.blend import Blend, choose_blend
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
 from shopformer.evaluation.metrics import metric_keys
 from shopformer.evaluation.ranking import ScoreFn, evaluate
@@ -87,6 +88,11 @@ def behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
 
     score.max_len = model.max_len  # type: ignore[attr-defined]  # evaluate never feeds it more
     return score
+
+
+def blend_row(model: str, blend: Blend) -> str:
+    """The table row of a model's served blend with a baseline."""
+    return f"{model} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
 
 
 def _item_metrics(m: dict, ks: tuple[int, ...]) -> dict:
@@ -152,11 +158,12 @@ class EvalContext:
 
 
 def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap: int,
-                   max_examples: int | None = None) -> dict:
+                   max_examples: int | None = None, blends: dict[str, Blend] | None = None) -> dict:
     """(a) any-behaviour and (b) per-behaviour next-item rankings, models beside heuristics.
 
     ``max_examples`` caps each ranking task by a seeded uniform sample (full-catalogue ranking of
-    every view in a window costs more than it tells); the count used is reported as ``n``."""
+    every view in a window costs more than it tells); the count used is reported as ``n``.
+    ``blends`` (model name -> its served blend) adds the blend's row for every behaviour asked."""
     seq, cfg, n_items = ctx.ds.seq, ctx.cfg, ctx.ds.spec.n_items
     ecfg = cfg.eval.model_copy(update={"exclude_seen": False, "bootstrap": bootstrap})
     counts = item_counts(seq, ctx.train_end, n_items)
@@ -183,6 +190,8 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
                 systems[name] = behaviour_scorer(m, b)
             if b != PAD and m.heads is not None:
                 systems[f"{name} (any-behaviour query)"] = behaviour_scorer(m, PAD)
+            if blends and name in blends and (m.heads is not None or b == PAD):
+                systems[blend_row(name, blends[name])] = blends[name].scorer(behaviour_scorer(m, b))
         systems["popularity"] = Popularity(counts)
         if b != PAD:
             systems[f"popularity among {key}"] = Popularity(b_counts)
@@ -201,6 +210,34 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
             for name, fn in systems.items()
         }
     return out
+
+
+def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | None = None
+                    ) -> tuple[Blend | None, dict]:
+    """Training step (``train.blend``): the mixture of ``model`` with a blendable baseline aimed at
+    the target behaviour (fitted on training events) that ranks the validation window's target
+    events best by ``train.monitor``; None when the model alone is best (``choose_blend``). One
+    blend serves every behaviour asked: it is tuned on the run's primary question, the next
+    target-behaviour item, which is also what early stopping selected the model on."""
+    seq, n_items, cfg, target = ctx.ds.seq, ctx.ds.spec.n_items, ctx.cfg, ctx.target
+    ex, _ = window_examples(seq, ctx.valid, target)
+    ex = subsample(ex, max_examples)
+    ecfg = cfg.eval.model_copy(update={"exclude_seen": False, "bootstrap": 0})
+
+    def validate(fn: ScoreFn) -> float:
+        res = evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg, bootstrap=False)
+        return float(res.metrics[cfg.train.monitor])
+
+    baselines: dict[str, ScoreFn] = {
+        "popularity": Popularity(item_counts(seq, ctx.train_end, n_items, behaviour=target)),
+        "markov": Markov(seq, ctx.train_end, n_items),
+        "weighted recent items": WeightedRecentItems.fit(seq, ctx.train_end, n_items, ctx.n_behaviours,
+                                                         target_behaviour=target),
+    }
+    blend, grid = choose_blend(behaviour_scorer(model, target), baselines, validate)
+    return blend, {"chosen": {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None,
+                   "monitor": f"valid_{cfg.train.monitor}", "behaviour": ctx.names[target - 1],
+                   "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
 
 
 def _training_prior(ctx: EvalContext) -> np.ndarray:

@@ -43,7 +43,9 @@ from shopformer.evaluation.behaviour import (
     evaluate_items,
     json_number,
     protocol_text,
+    tune_item_blend,
 )
+from shopformer.evaluation.blend import Blend
 from shopformer.evaluation.report import baseline_warnings, markdown_summary, warnings_markdown
 from shopformer.models import build_model, check_task
 from shopformer.models.base import SequenceModel
@@ -147,18 +149,29 @@ def run_multibehaviour(
                                                     out if i == 0 else None, progress)
     train_seconds = time.perf_counter() - t0
     calibration = calibrate_models(ds, cfg, models, target)  # part of training: saved with the weights
+    blend, blend_report = None, None
+    if cfg.train.blend:  # also a training step: chosen on validation, saved with the run
+        ctx = eval_context(ds, cfg, models[cfg.model.name], target)
+        blend, blend_report = tune_item_blend(ctx, models[cfg.model.name], max_item_examples)
+    blends = {cfg.model.name: blend} if blend is not None else {}
     boot = cfg.eval.bootstrap if bootstrap is None else bootstrap
-    metrics = evaluate_models(ds, cfg, models, target, out, boot, max_item_examples)
+    metrics = evaluate_models(ds, cfg, models, target, out, boot, max_item_examples, blends)
     metrics["calibration"] = calibration
+    if blend_report is not None:
+        metrics["blend"] = blend_report
     metrics["fit"] = {name: {"best_epoch": f.best_epoch, "epochs": f.epochs, "stopped_by": f.stopped_by,
                              "train_seconds": f.train_seconds} for name, f in fits.items()}
     metrics["train_wall_seconds"] = train_seconds
     metrics["warnings"] = run_warnings(ds, cfg, models[cfg.model.name], fits[cfg.model.name], target,
                                        max_item_examples) + head_warnings(metrics, cfg.model.name)
+    if blend is not None:
+        metrics["warnings"].append(
+            f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, chosen on "
+            "validation next-target-item ranking): the blend rows of the tables are what the run serves")
     train_end, _, _ = make_windows(ds.seq, cfg)
     run_dir = save_run(out / "model", models[cfg.model.name], cfg, ds.vocabs, item_counts(
         ds.seq, train_end, ds.spec.n_items), ds.item_category(), metrics, data_fingerprint=ds.fingerprint,
-        dataset_dir=str(ds.path.resolve()))
+        dataset_dir=str(ds.path.resolve()), blend=blend)
     table = write_outputs(out, ds, metrics, cfg)
     return MultiResult(run_dir, metrics, table, fits)
 
@@ -212,7 +225,7 @@ def calibrate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel],
 
 
 def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], target: int, out: Path | None,
-                    bootstrap: int, max_item_examples: int | None) -> dict:
+                    bootstrap: int, max_item_examples: int | None, blends: dict[str, Blend] | None = None) -> dict:
     """Every head of every model beside the baselines on the test window (``cfg`` already resolved).
 
     Read-only: the models' validation-fitted post-processing (intent Platt scaling, next-action
@@ -230,7 +243,7 @@ def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], 
         "split": {"valid_start": valid_w.lo, "test_start": test_w.lo, "train_events": int(
             (train_end - ds.seq.offsets[:-1]).sum())},
         "repeat_gate": repeat_gate_report(ctx, models, max_item_examples),
-        "next_item": evaluate_items(ctx, models, bootstrap, max_item_examples),
+        "next_item": evaluate_items(ctx, models, bootstrap, max_item_examples, blends),
     }
     heads = models[cfg.model.name].heads
     if heads is not None and "action" in heads.parts:
@@ -295,6 +308,6 @@ def evaluate_run(run_dir: str | Path | Run, dataset: str | Path | None = None, o
                          f"{cfg.task.target_behaviour!r} to {target}: not the same vocabulary")
     boot = cfg.eval.bootstrap if bootstrap is None else bootstrap
     metrics = evaluate_models(ds, cfg, {cfg.model.name: run.model}, target, Path(out_dir) if out_dir else None,
-                              boot, max_item_examples)
+                              boot, max_item_examples, {cfg.model.name: run.blend} if run.blend else None)
     table = write_outputs(Path(out_dir), ds, metrics, cfg) if out_dir else markdown_summary(metrics, cfg.eval.ks)
     return metrics, table
