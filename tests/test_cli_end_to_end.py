@@ -59,6 +59,9 @@ def test_refit_trains_again_on_validation_events_for_the_chosen_epochs(trained) 
     assert (out / "refit" / "train_log.csv").exists()
     plain = json.loads((trained / "run" / "metrics.json").read_text())
     assert metrics["valid"] == plain["valid"], "the selection run is the same model as without refit"
+    # one run gives both rows: the published protocol's (selected on validation, no refit) is the plain run's
+    before = metrics["test"]["sasrec (selected on validation, before refit)"]
+    assert before["ndcg@10"] == plain["test"]["sasrec"]["ndcg@10"] and before["n"] == plain["test"]["sasrec"]["n"]
     # the baselines learn from the validation events too: Markov's test numbers change
     assert metrics["test"]["markov"] != plain["test"]["markov"]
     r = runner.invoke(app, ["evaluate", str(out)])

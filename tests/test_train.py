@@ -97,6 +97,18 @@ def test_time_budget_stops_training() -> None:
     assert res.stopped_by == "time_budget" and res.epochs == 1  # 0.6 ms budget: one epoch
 
 
+def test_progress_is_one_line_per_epoch_on_stderr_when_not_on_a_terminal(capfd) -> None:
+    """Redirected output (nohup, CI, a log file) still shows progress as training goes."""
+    seq = cyclic_sequences(n_users=50)
+    sp = leave_one_out(seq)
+    cfg = apply_overrides(Config(), ["model.dim=16", "train.epochs=2"])
+    fit(build_model(cfg.model, DataSpec(60, 2, has_time=True)), cfg, seq, sp.train_end, sp.valid, progress=True)
+    lines = [x for x in capfd.readouterr().err.splitlines() if x.startswith("epoch ")]
+    assert [x.split()[1] for x in lines] == ["1/2", "2/2"] and all("ndcg@10" in x for x in lines)
+    fit(build_model(cfg.model, DataSpec(60, 2, has_time=True)), cfg, seq, sp.train_end, sp.valid, progress=False)
+    assert "epoch " not in capfd.readouterr().err
+
+
 def test_fit_without_validation_stops_after_the_given_epochs_and_keeps_the_last_weights() -> None:
     seq = cyclic_sequences(n_users=50)
     sp = leave_one_out(seq)

@@ -75,6 +75,10 @@ def evaluate_systems(
     }
 
 
+def before_refit_name(cfg: Config) -> str:
+    return f"{cfg.model.name} (selected on validation, before refit)"
+
+
 def blend_name(cfg: Config, blend: Blend) -> str:
     return f"{cfg.model.name} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
 
@@ -125,6 +129,7 @@ class Trained:
     extra: dict = field(default_factory=dict)
     refit: FitResult | None = None
     wall_seconds: float = 0.0
+    selected: SequenceModel | None = None  # with train.refit: the model selected on validation, before the refit
 
 
 def train_next_item(
@@ -155,12 +160,13 @@ def train_next_item(
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
                                                prepare_model, log_dir, progress, on_epoch)
     valid = result.best_metrics  # fit evaluated these weights already when it kept them
-    refit = None
+    refit, selected = None, None
     if cfg.train.refit:
+        selected = model
         model, refit, counts, extra = _train_once(
             ds, cfg, split, arrays, split.training_end(refit=True), None, max(result.best_epoch, 1), prepare_model,
             log_dir / "refit" if log_dir else None, progress, None)
-    return Trained(model, result, counts, valid, extra, refit, time.perf_counter() - t0)
+    return Trained(model, result, counts, valid, extra, refit, time.perf_counter() - t0, selected)
 
 
 def _train_once(
@@ -204,6 +210,9 @@ def run_experiment(
     fitted = _baselines(ds, split.train_end)  # fitted once: validation, blend and (without refit) test
     blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
     test = evaluate_systems(model, ds, split, cfg, arrays, blend, None if cfg.train.refit else fitted)
+    if trained.selected is not None:  # the published protocol's row: the model selected on validation, no refit
+        test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,
+                                                ds.spec.n_items, trained.selected.max_len, cfg.eval).metrics
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
     if blend is not None:
         warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "

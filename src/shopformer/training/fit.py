@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -165,9 +166,12 @@ def fit(
         best_state = copy.deepcopy(model.state_dict())
         result.best_epoch, result.best_score, result.best_metrics = 0, score, metrics
         result.start_score = score
+    # a live bar on a terminal; one plain line per epoch on stderr otherwise (logs, nohup, CI), so a
+    # redirected run still shows its progress as it goes
+    live = progress and sys.stderr.isatty()
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not live,
     )
     with bar:
         task = bar.add_task("train", total=tc.epochs, info="")
@@ -209,6 +213,8 @@ def fit(
             if scores:
                 info += f" {tc.monitor} {scores[-1]:.4f} (best {result.best_score:.4f}@{result.best_epoch})"
             bar.update(task, advance=1, info=info)
+            if progress and not live:
+                print(f"epoch {epoch}/{tc.epochs} {info} ({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
             result.epochs = epoch
             if stop:
                 result.stopped_by = "early_stopping"
