@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,10 +108,12 @@ class ServerProcess:
 
     def __init__(self, run_dir: str | Path, store_url: str, api_key: str | None = "test-key",
                  log_path: str | Path | None = None, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ledger_path: str | Path | None = None) -> None:
         self.run_dir, self.store_url, self.api_key = Path(run_dir), store_url, api_key
         self.port = free_port()
         self.log_path = Path(log_path) if log_path else None
+        # Each server its own deletion ledger (never one in the working directory shared by tests).
+        self.ledger_path = Path(ledger_path) if ledger_path else Path(tempfile.mkdtemp()) / "forget_ledger.jsonl"
         self.extra_args, self.extra_env = extra_args, env or {}
         self.proc: subprocess.Popen | None = None
 
@@ -120,6 +123,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPFORMER_")}
+        env["SHOPFORMER_FORGET_LEDGER"] = str(self.ledger_path)
         env.update(self.extra_env)
         if self.api_key is not None:
             env["SHOPFORMER_API_KEY"] = self.api_key

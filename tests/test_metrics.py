@@ -65,3 +65,18 @@ def test_one_registry_of_metric_names_feeds_summaries_cis_and_tables(monkeypatch
     assert M.metric_keys((5, 10), table=True) == ["hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "hit_top1"]
     assert "HIT_TOP1" in markdown_table({"m": out}, (10,)).splitlines()[0]
     assert "recall@10" not in M.metric_keys((10,), table=True) and "recall@10" in out
+
+
+def test_a_catalogue_smaller_than_the_largest_k_is_ranked_not_refused() -> None:
+    """Five items, K up to 20: every K >= 5 is a hit and coverage counts the five real items."""
+    from shopformer.config import EvalConfig
+    from shopformer.data.batches import EventArrays
+    from shopformer.data.sequences import Sequences
+    from shopformer.data.split import EvalExamples
+    from shopformer.evaluation.ranking import evaluate
+
+    seq = Sequences.from_lists([[1, 2, 3, 4, 5]] * 3, [[1] * 5] * 3, [[0, 1, 2, 3, 4]] * 3)
+    ex = EvalExamples(np.arange(3), np.array([4, 9, 14]))
+    res = evaluate(lambda b: torch.randn(len(b.items), 6), seq, EventArrays.from_sequences(seq, 8), ex, 5, 4,
+                   EvalConfig(ks=(5, 10, 20), exclude_seen=False, bootstrap=0))
+    assert res.metrics["hr@10"] == res.metrics["hr@20"] == 1.0 and res.metrics["coverage@20"] <= 1.0

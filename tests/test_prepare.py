@@ -329,3 +329,23 @@ def test_readme_recipes(args: list[str], tmp_path: Path, monkeypatch: pytest.Mon
     st = stats(tmp_path / "ds")
     assert st["rows_rejected"] == 0 and st["events"] > 0
     assert Sequences.load(tmp_path / "ds").n_users == st["users"]
+
+
+def test_prepare_skips_users_in_the_deletion_ledger(tmp_path: Path) -> None:
+    """`shopformer forget` records a user; a later prepare drops their events up to the deletion and
+    keeps what they did afterwards (they came back), counted in stats.json."""
+    from shopformer.data.ledger import open_ledger
+
+    raw = tmp_path / "log.csv"
+    raw.write_text("user_id,item_id,behaviour,timestamp\n" + "".join(
+        f"{u},{i},view,{1_600_000_000 + 60 * i}\n" for u in ("alice", "bob") for i in range(1, 6)))
+    ledger = open_ledger(tmp_path / "ledger.jsonl")
+    ledger.record(["alice"], 1_600_000_000 + 60 * 3)  # forgotten after her third event
+    out = tmp_path / "ds"
+    ledger_opt = ["--forget-ledger", str(tmp_path / "ledger.jsonl")]
+    r = CliRunner().invoke(cli(), ["prepare", str(raw), "-o", str(out), *ledger_opt])
+    assert r.exit_code == 0, r.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["forgotten_dropped"] == 3 and stats["events"] == 7
+    r = CliRunner().invoke(cli(), ["prepare", str(raw), "-o", str(tmp_path / "x"), "--forget-ledger", "nope"])
+    assert r.exit_code == 2 and "no such deletion ledger" in r.output

@@ -201,22 +201,24 @@ def test_create_app_builds_nothing_until_started(tmp_path: Path) -> None:
             "/v1/admin/reload"} <= paths
 
 
-def test_api_key_guard_without_a_configured_key_refuses_writes() -> None:
+def test_scope_guard_without_a_configured_key_refuses_writes() -> None:
     from fastapi import Depends, FastAPI
     from fastapi.testclient import TestClient
 
-    from shopformer.serving.routes import api_key_guard
+    from shopformer.serving.auth import scope_guard
 
     app = FastAPI()
+    guard = scope_guard(ServeSettings(api_key=None), "ingest")
+    assert guard is not None and scope_guard(ServeSettings(), "read") is None  # reads open without a read key
 
-    @app.post("/w", dependencies=[Depends(api_key_guard(ServeSettings(api_key=None)))])
+    @app.post("/w", dependencies=[Depends(guard)])
     def write() -> dict:
         return {}
 
     c = TestClient(app)
     assert c.post("/w").status_code == 401
     r = c.post("/w", headers={"Authorization": "Bearer anything"})
-    assert r.status_code == 403 and "no API key" in r.json()["detail"]
+    assert r.status_code == 403 and "no ingest key" in r.json()["detail"]
 
 
 def test_serve_command_is_typer_compatible() -> None:

@@ -90,7 +90,7 @@ def test_augmentation_search_space(dataset, tmp_path) -> None:
     assert res.best_config.augment.crop == pytest.approx(res.best_params["augment.crop"])
 
 
-def test_command_reports_bad_input_without_a_traceback(tmp_path) -> None:
+def test_command_reports_bad_input_without_a_traceback(dataset, tmp_path) -> None:
     import typer
     from typer.testing import CliRunner
 
@@ -101,7 +101,7 @@ def test_command_reports_bad_input_without_a_traceback(tmp_path) -> None:
     app.command("noop")(lambda: None)
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "missing"), "--trials", "1"])
     assert res.exit_code == 2 and "missing events.parquet" in res.output
-    res = CliRunner().invoke(app, ["tune", str(tmp_path), "--set", "train.lr=1"])
+    res = CliRunner().invoke(app, ["tune", str(dataset), "-o", str(tmp_path / "t"), "--set", "train.lr=1"])
     assert res.exit_code == 2 and "train.lr" in res.output
 
 

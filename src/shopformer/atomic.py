@@ -30,6 +30,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new entry in the folder ``path`` durable (POSIX: fsync the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     def write(p: Path) -> None:
         p.write_text(text)

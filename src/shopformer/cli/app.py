@@ -12,15 +12,26 @@ from typing import Annotated
 
 import typer
 
-from shopformer.cli.common import console
+from shopformer.cli.applications import (
+    churn_command,
+    explain_command,
+    forecast_command,
+    score_command,
+    trends_command,
+)
+from shopformer.cli.common import UserErrorGroup, console
 from shopformer.cli.evaluate import evaluate_command
+from shopformer.cli.forget import forget_command
+from shopformer.cli.models import models_group
 from shopformer.cli.prepare import prepare_command
 from shopformer.cli.recommend import recommend_command
+from shopformer.cli.retrain import retrain_command
 from shopformer.cli.serve import serve_command
 from shopformer.cli.train import train_command
 from shopformer.cli.tune import tune_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
+                  cls=UserErrorGroup)
 
 
 def models() -> None:
@@ -50,5 +61,12 @@ app.command("evaluate")(evaluate_command)
 app.command("recommend")(recommend_command)
 app.command("tune")(tune_command)
 app.command("serve")(serve_command)
+app.command("forget")(forget_command)
 app.command("demo")(demo)
-app.command("models")(models)
+app.add_typer(models_group(models), name="models")
+app.command("retrain")(retrain_command)
+app.command("churn")(churn_command)
+app.command("score")(score_command)
+app.command("forecast")(forecast_command)
+app.command("trends")(trends_command)
+app.command("explain")(explain_command)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from shopformer.cli.common import USER_ERRORS, SetOpt, console, fail, model_dir
+from shopformer.cli.common import USER_ERRORS, SetOpt, check_dataset_dir, console, fail, model_dir
 
 
 def evaluate_command(
@@ -24,6 +24,7 @@ def evaluate_command(
     """Re-evaluate a saved model and the baselines on the test split (the protocol of its task)."""
     from shopformer.artifacts import ArtifactError, load_run
     from shopformer.config import ConfigError, apply_overrides, parse_override
+    from shopformer.data.vocab import Vocabs
 
     try:
         for o in overrides or []:
@@ -32,6 +33,10 @@ def evaluate_command(
                 raise ConfigError(f"{section}.{key} is fixed by the trained weights (retrain to change it)")
         loaded = load_run(model_dir(run))
         cfg = apply_overrides(loaded.config, list(overrides or []))
+        ds_dir = check_dataset_dir(dataset or Path(loaded.manifest.get("dataset_dir") or "."))
+        if Vocabs.load(ds_dir / "vocab.json").items.tokens != loaded.vocabs.items.tokens:
+            raise ValueError(f"{ds_dir}: its item vocabulary is not the one {run} was trained on; "
+                             "evaluate on that data set, or retrain")
         if loaded.config.task.kind != "next-item":
             from shopformer.pipelines.multi_behaviour import evaluate_run
 
@@ -45,5 +50,5 @@ def evaluate_command(
             results = evaluate_systems(loaded.model, ds, make_split(ds, cfg), cfg, blend=loaded.blend)
             table = markdown_table(results, cfg.eval.ks)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
-        fail(str(err))
+        fail(err)
     console.print(table)

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from shopformer.cli.common import USER_ERRORS, fail
 from shopformer.data.ingest import (
     FORMATS,
     DataValidationError,
@@ -23,6 +23,7 @@ from shopformer.data.ingest import (
     parse_mapping,
 )
 from shopformer.data.prepare import CleanOptions, prepare
+from shopformer.data.pseudonym import PSEUDONYM_KEY_ENV, load_pseudonym_key
 
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
 
@@ -94,14 +95,30 @@ def prepare_command(
     strict: Annotated[bool, typer.Option(help="Fail on the first bad rows instead of quarantining them.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate events.")] = True,
     min_user_events: Annotated[int, typer.Option(min=0, help="k-core: minimum events per user.")] = 0,
+    forget_ledger: Annotated[Path | None, typer.Option(
+        help="Deletion ledger (`shopformer forget`): drop forgotten users' events.")] = None,
     min_item_events: Annotated[int, typer.Option(min=0, help="k-core: minimum events per item.")] = 0,
     start: Annotated[str | None, typer.Option(help="Keep events at or after this time.")] = None,
     end: Annotated[str | None, typer.Option(help="Keep events before this time.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset directory.")] = False,
+    encoding: Annotated[str, typer.Option(
+        help="Text encoding of CSV/TSV/JSONL/sequence files, e.g. gbk, latin-1; undecodable lines are "
+        "quarantined with their byte offset.")] = "utf-8",
+    pseudonymise_users: Annotated[bool, typer.Option(
+        "--pseudonymise-users", help="Replace user ids by keyed HMAC-SHA256 pseudonyms (docs/data-privacy.md).")
+    ] = False,
+    pseudonym_key_file: Annotated[Path | None, typer.Option(
+        help=f"File holding the pseudonym key (default: env {PSEUDONYM_KEY_ENV}); never written anywhere.")
+    ] = None,
 ) -> None:
-    """Validate, clean and encode raw event logs into a dataset directory."""
-    console = Console(stderr=True)
+    """Validate, clean and encode raw event logs into a dataset directory.
+
+    A directory given as input stands for the files in it with a known extension (sorted by name;
+    hidden files, names starting with '_' and sub-directories are skipped)."""
     try:
+        if pseudonym_key_file is not None and not pseudonymise_users:
+            raise DataValidationError("--pseudonym-key-file needs --pseudonymise-users")
+        key = load_pseudonym_key(pseudonym_key_file) if pseudonymise_users else None
         if fmt not in FORMATS:
             raise DataValidationError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         ingest_options = IngestOptions(
@@ -115,10 +132,12 @@ def prepare_command(
             behaviours=_split_list(behaviours),
             behaviour_names=parse_behaviour_names(behaviour_name or []),
             strict=strict,
+            encoding=encoding,
+            pseudonym_key=key,
         )
-        clean_options = CleanOptions(dedup, min_user_events, min_item_events, start, end)
+        clean_options = CleanOptions(dedup, min_user_events, min_item_events, start, end,
+                                     str(forget_ledger) if forget_ledger else None)
         result = prepare(inputs, out, ingest_options, clean_options, overwrite=overwrite)
-    except (DataValidationError, FileExistsError) as err:
-        console.print(Text.assemble(("prepare failed: ", "bold red"), str(err)), soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    except USER_ERRORS as err:
+        fail(err, prefix="prepare failed: ")
     Console().print(_summary(result.stats, result.path))

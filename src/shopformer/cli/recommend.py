@@ -52,7 +52,7 @@ def recommend_command(
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}")
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
-        fail(str(err))
+        fail(err)
     if out.fallback:
         console.print("[yellow]no known item in the history: popularity fallback[/yellow]")
     width = max((len(i) for i in out.items), default=0)

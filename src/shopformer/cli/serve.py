@@ -1,8 +1,8 @@
 """``shopformer serve RUN_DIR``: run the service under uvicorn (one process, one event loop).
 
 Flags override ``SHOPFORMER_*`` environment variables; unset flags leave the environment (or
-the defaults) in charge. The API key is never a flag (it would show in ``ps``): use
-``SHOPFORMER_API_KEY`` or ``--api-key-file``.
+the defaults) in charge. Keys are never flags (they would show in ``ps``): use the
+``SHOPFORMER_{API,INGEST,ADMIN,READ}_KEY`` variables or the ``--*-key-file`` options.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ def serve_command(
     store: Annotated[str | None, typer.Option(
         "--store", help="State store URL: sqlite:///state.db (default) or redis://host:port/0.")] = None,
     api_key_file: Annotated[Path | None, typer.Option(
-        help="File holding the API key for writes/deletes/admin (or env SHOPFORMER_API_KEY).")] = None,
+        help="File holding the fallback key of the ingest and admin scopes (or env SHOPFORMER_API_KEY).")] = None,
+    ingest_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the key for POST /v1/events (or env SHOPFORMER_INGEST_KEY).")] = None,
+    admin_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the key for deletion and reload (or env SHOPFORMER_ADMIN_KEY).")] = None,
+    read_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the key for reads and /metrics (or env SHOPFORMER_READ_KEY; reads are open "
+             "without one).")] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default 1).")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Most requests per forward pass (default 64).")] = None,
     batch_window_us: Annotated[int | None, typer.Option(
@@ -29,7 +36,11 @@ def serve_command(
     faiss_threshold: Annotated[int | None, typer.Option(
         help="Catalogue size from which a FAISS IVF index is used (default 300000).")] = None,
     reload_root: Annotated[Path | None, typer.Option(
-        help="Only allow /v1/admin/reload of run directories under this folder.")] = None,
+        help="Only allow /v1/admin/reload of run directories under this folder (default: RUN_DIR's "
+             "parent).")] = None,
+    forget_ledger: Annotated[Path | None, typer.Option(
+        help="Deletion ledger file (default: shopformer_forget_ledger.jsonl beside the SQLite state file; env "
+             "SHOPFORMER_FORGET_LEDGER).")] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level (default info).")] = None,
 ) -> None:
     """Serve recommendations over HTTP: events in, top-k out, hot reload."""
@@ -41,10 +52,17 @@ def serve_command(
     overrides = {
         "run_dir": run_dir, "host": host, "port": port, "store_url": store, "threads": threads,
         "max_batch_size": max_batch_size, "batch_window_us": batch_window_us, "faiss_threshold": faiss_threshold,
-        "reload_root": reload_root, "log_level": log_level,
+        "reload_root": reload_root, "log_level": log_level, "forget_ledger": forget_ledger,
     }
-    if api_key_file is not None:
-        overrides["api_key"] = api_key_file.read_text().strip()
+    key_files = {"api_key": api_key_file, "ingest_key": ingest_key_file, "admin_key": admin_key_file,
+                 "read_key": read_key_file}
+    for name, path in key_files.items():
+        if path is not None:
+            try:
+                overrides[name] = path.read_text().strip()
+            except OSError as err:
+                raise typer.BadParameter(f"{path}: cannot read the key file ({err.strerror})",
+                                         param_hint=f"--{name.replace('_', '-')}-file") from None
     settings = ServeSettings.model_validate({k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(

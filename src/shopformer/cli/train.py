@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from shopformer.cli.common import USER_ERRORS, ConfigOpt, SetOpt, build_config, console, fail
+from shopformer.cli.common import (
+    USER_ERRORS,
+    ConfigOpt,
+    SetOpt,
+    build_config,
+    check_dataset_dir,
+    check_output_dir,
+    console,
+    fail,
+)
 
 
 def train_command(
@@ -29,6 +38,8 @@ def train_command(
     from shopformer.pipelines.next_item import run_experiment
 
     try:
+        check_dataset_dir(dataset)
+        check_output_dir(out)
         cfg = build_config(config, overrides, **{"model.name": model, "train.max_minutes": max_minutes,
                                                  "task.kind": task, "task.target_behaviour": target_behaviour})
         if cfg.task.kind != "next-item":
@@ -38,7 +49,7 @@ def train_command(
             res = run_experiment(dataset, cfg, out, progress=not quiet)
             table, run_dir, warnings = res.table, res.run_dir, res.warnings
     except USER_ERRORS as err:
-        fail(str(err))
+        fail(err)
     console.print(table)
     for w in warnings:  # also in report.md and metrics.json
         console.print(f"[bold yellow]warning:[/bold yellow] {w}", highlight=False)

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from shopformer.cli.common import USER_ERRORS, ConfigOpt, SetOpt, build_config, console, fail
+from shopformer.cli.common import (
+    USER_ERRORS,
+    ConfigOpt,
+    SetOpt,
+    build_config,
+    check_dataset_dir,
+    check_output_dir,
+    console,
+    fail,
+)
 
 
 def tune_command(
@@ -26,11 +35,13 @@ def tune_command(
     from shopformer.pipelines.tune import tune
 
     try:
+        check_dataset_dir(dataset)
+        check_output_dir(out)
         base = build_config(config, overrides, **{"model.name": model})
         res = tune(dataset, base, out, trials=trials, minutes=minutes, seed=seed, augment=augment,
                    echo=console.print)
     except (*USER_ERRORS, RuntimeError) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
-        fail(str(err))
+        fail(err)
         return
     score = "nan" if math.isnan(res.best_value) else f"{res.best_value:.4f}"
     console.print(f"best valid {base.train.monitor} = {score} after {res.n_trials} trials "

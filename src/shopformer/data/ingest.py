@@ -6,9 +6,13 @@ The work is split over a few modules; this one validates and re-exports their pu
 * ``readers.py`` — the per-format readers (CSV/TSV, JSON lines, Parquet, ``sequences``) that produce
   :class:`RawEvents` (``raw.py``: canonical columns as raw strings plus bookkeeping columns);
 * ``timestamps.py`` — timestamp detection and parsing;
+* ``decoding.py`` / ``parquet_reader.py`` — text encodings, typed Parquet columns;
 * here — per-row validation (:func:`validate_events`, the rejects table) and :func:`ingest`.
 
-Valid timestamps lie in [1990-01-01, now + 1 day].
+Valid timestamps lie in [1990-01-01, now + 1 day]. With ``IngestOptions.pseudonym_key`` every user id
+is replaced by its keyed pseudonym (``pseudonym.py``) right after validation: the events carry only
+pseudonyms, and the rejects table drops the raw record and pseudonymises the user id wherever it
+appears as a value, so no file written from an :class:`IngestResult` holds a raw user id.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from shopformer.data.options import (
     parse_behaviour_names,
     parse_mapping,
 )
+from shopformer.data.pseudonym import pseudonymise, pseudonymise_expr
 from shopformer.data.raw import BLANK, ERR, FILE, ORDER, POS, RAW, RECORD, TIME_US, RawEvents, SourceInfo
-from shopformer.data.readers import detect_format, read_events, sniff_delimiter, split_fields
+from shopformer.data.readers import detect_format, expand_inputs, read_events, sniff_delimiter, split_fields
 from shopformer.data.timestamps import _NUM_RE, parse_time_value, timestamp_micros, timestamp_seconds
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "SourceInfo",
     # readers.py
     "detect_format",
+    "expand_inputs",
     "read_events",
     "sniff_delimiter",
     "split_fields",
@@ -74,6 +80,7 @@ __all__ = [
     "IngestResult",
     "format_errors",
     "ingest",
+    "summarise_errors",
     "validate_events",
 ]
 
@@ -172,14 +179,20 @@ def _checks(raw: RawEvents, opts: IngestOptions) -> tuple[dict[str, pl.Expr], di
     values[S.PRICE], reasons[S.PRICE] = _number_check(S.PRICE, "price")
     if raw.has_order:
         values[ORDER], reasons[ORDER] = _number_check(ORDER, "order_by value")
+    for c in (*S.CANONICAL, ORDER):  # errors the reader found (a float id 2.5 in Parquet, undecodable bytes)
+        if ERR + c in raw.frame.columns:
+            own = reasons.get(c)
+            reasons[c] = pl.col(ERR + c) if own is None else pl.coalesce(pl.col(ERR + c), own)
     return values, reasons
 
 
 def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> IngestResult:
     """Type the canonical columns and split rows into valid events and per-row errors.
 
-    A row with a record-level error (wrong field count, bad JSON) gets only that error. With
-    ``options.strict`` any error raises :class:`DataValidationError` listing the first 20.
+    A row with a record-level error (wrong field count, bad JSON, bytes not valid in the encoding)
+    gets only that error. With ``options.strict`` any error raises :class:`DataValidationError` whose
+    one-line message names the first (``file:line: column: reason``) and counts the others; all of
+    them are in its ``errors`` table.
     """
     opts = options or IngestOptions()
     values, reasons = _checks(raw, opts)
@@ -191,11 +204,13 @@ def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> Ing
     checked = frame.with_columns(err_cols)
     err_names = [ERR + RECORD] + [ERR + c for c in reasons]
     bad = pl.any_horizontal(pl.col(err_names).is_not_null())
-    rejects = _error_table(checked.filter(bad), err_names, raw.sources)
+    rejects = _error_table(checked.filter(bad), err_names, raw.sources, opts.pseudonym_key)
     if opts.strict and rejects.height:
-        raise DataValidationError(format_errors(rejects), rejects)
+        raise DataValidationError(summarise_errors(rejects), rejects)
     keep = [*S.CANONICAL, *([TIME_US] if raw.has_time else []), *([ORDER] if raw.has_order else [])]
     typed = checked.filter(~bad).select(FILE, S.ROW, POS, *[values[c].alias(c) for c in keep])
+    if opts.pseudonym_key is not None:
+        typed = typed.with_columns(pseudonymise_expr(pl.col(S.USER), opts.pseudonym_key))
     events = typed.cast({k: v for k, v in S.EVENTS_SCHEMA.items() if k in S.CANONICAL})
     counts = {
         "rows_read": frame.height,
@@ -216,8 +231,11 @@ REJECTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _error_table(bad: pl.DataFrame, err_names: list[str], sources: Sequence[SourceInfo]) -> pl.DataFrame:
-    """One row per error: file, 1-based line, column, reason, the column's raw value and the raw record."""
+def _error_table(
+    bad: pl.DataFrame, err_names: list[str], sources: Sequence[SourceInfo], pseudonym_key: bytes | None = None
+) -> pl.DataFrame:
+    """One row per error: file, 1-based line, column, reason, the column's raw value and the raw record
+    (with a pseudonym key: no raw record, and user ids replaced by pseudonyms)."""
     if bad.height == 0:
         return pl.DataFrame(schema=REJECTS_SCHEMA)
     rank = {name: i for i, name in enumerate(err_names)}
@@ -233,14 +251,31 @@ def _error_table(bad: pl.DataFrame, err_names: list[str], sources: Sequence[Sour
     for c in [*S.CANONICAL, *([ORDER] if ORDER in bad.columns else [])]:
         value = pl.when(pl.col("column") == c).then(pl.col(c)).otherwise(value)
     paths = {i: s.path for i, s in enumerate(sources)}
-    return long.sort(FILE, S.ROW, POS, "_rank").select(
+    table = long.sort(FILE, S.ROW, POS, "_rank").select(
         pl.col(FILE).replace_strict(paths, return_dtype=pl.String).alias("file"),
         pl.col(S.ROW).alias("line"),
         pl.col("column").replace(ORDER, "order_by"),
         "reason",
         value.alias("value"),
         pl.col(RAW).alias("raw"),
+        pl.col(S.USER).str.strip_chars().alias("_user"),
     )
+    return (table if pseudonym_key is None else _pseudonymise_rejects(table, pseudonym_key)).drop("_user")
+
+
+def _pseudonymise_rejects(table: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    """No raw record; the row's user id, wherever it is a value (or quoted in a reason), as its pseudonym."""
+    is_user = pl.col("value").str.strip_chars() == pl.col("_user")
+    table = table.with_columns(
+        pl.lit(None, pl.String).alias("raw"),
+        pl.when(is_user.fill_null(False)).then(pseudonymise_expr(pl.col("value"), key)).otherwise("value"),
+    )
+    quoted = table.select("reason", "_user").rows()
+    reasons = [
+        r.replace(f"'{u[:60]}'", f"'{pseudonymise(u, key)}'") if u and r and f"'{u[:60]}'" in r else r
+        for r, u in quoted
+    ]
+    return table.with_columns(pl.Series("reason", reasons, dtype=pl.String))
 
 
 def format_errors(rejects: pl.DataFrame, limit: int = MAX_LISTED_ERRORS) -> str:
@@ -255,6 +290,16 @@ def format_errors(rejects: pl.DataFrame, limit: int = MAX_LISTED_ERRORS) -> str:
     if more > 0:
         lines.append(f"... and {more} more")
     return "\n".join(lines)
+
+
+def summarise_errors(rejects: pl.DataFrame) -> str:
+    """One line: the first error as ``file:line: column: reason``, and how many more there are."""
+    if rejects.height == 0:
+        return "no errors"
+    f, line, col, reason = rejects.row(0)[:4]
+    n_rows = rejects.select(pl.struct("file", "line").n_unique()).item()
+    more = f" (+{rejects.height - 1} more error(s); {n_rows} bad row(s) in all)" if rejects.height > 1 else ""
+    return f"{f}:{line}: {col}: {reason}{more}"
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions | None = None) -> IngestResult:

@@ -50,6 +50,9 @@ class IngestOptions:
     behaviour_names: Mapping[str, str] = field(default_factory=dict)  # rename raw codes, e.g. 4 -> buy
     strict: bool = False
     now: int | None = None  # Unix seconds; None = the current time (upper bound of valid times)
+    encoding: str = "utf-8"  # of the text formats (csv/tsv/jsonl/sequences) and Parquet binary columns
+    # replace user ids by HMAC-SHA256 pseudonyms (data/pseudonym.py); never written anywhere
+    pseudonym_key: bytes | None = field(default=None, repr=False)
 
 
 # ----------------------------------------------------------------------------------------- mapping

@@ -19,6 +19,9 @@ half-written dataset)::
     stats.json       counts, behaviour mix, time range, sources with sha256, mapping and options
     rejects.parquet  file, line, column, reason, value, raw (one row per error)
 
+With ``IngestOptions.pseudonym_key`` none of these files holds a raw user id (see ``pseudonym.py``);
+``stats.json`` records ``pseudonymised_users`` and the key's fingerprint, never the key.
+
 The same input and options give byte-identical files: nothing time-of-run dependent is written.
 """
 
@@ -36,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from shopformer.atomic import atomic_write, atomic_write_text
+from shopformer.atomic import atomic_write, atomic_write_text, fsync_dir
 from shopformer.data import schema as S
 from shopformer.data.ingest import (
     FILE,
@@ -46,10 +49,12 @@ from shopformer.data.ingest import (
     DataValidationError,
     IngestOptions,
     IngestResult,
-    format_errors,
     ingest,
     parse_time_value,
+    summarise_errors,
 )
+from shopformer.data.ledger import drop_forgotten, open_ledger
+from shopformer.data.pseudonym import key_fingerprint
 from shopformer.data.vocab import PAD_TOKEN, Vocab, Vocabs
 
 FORMAT_VERSION = 1
@@ -69,6 +74,10 @@ class CleanOptions:
     min_item_events: int = 0
     start: str | int | None = None  # inclusive; any timestamp form the data accepts
     end: str | int | None = None  # exclusive
+    # a deletion ledger (data/ledger.py, written by `shopformer forget` and the service): forgotten
+    # users' events dated at or before their deletion are dropped; ids as the data holds them
+    # (pseudonyms with --pseudonymise-users, as the service then knows them too)
+    forget_ledger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,9 @@ def _stats(
         "time_max_utc": _iso(t_max),
         "sources": [s.as_dict() for s in ingested.sources],
         "mapping": ingested.sources[0].mapping,
-        "ingest_options": _jsonable(asdict(ingest_opts), drop=("now",)),
+        "ingest_options": _jsonable(asdict(ingest_opts), drop=("now", "pseudonym_key")),
+        "pseudonymised_users": ingest_opts.pseudonym_key is not None,
+        "pseudonym_key_fingerprint": key_fingerprint(ingest_opts.pseudonym_key) if ingest_opts.pseudonym_key else None,
         "clean_options": _jsonable(asdict(clean_opts)),
     }
 
@@ -236,14 +247,20 @@ def clean(
     """Sort, de-duplicate, window and k-core filter the valid events; returns the counts dropped."""
     frame = ingested.events
     if frame.height == 0:
-        reason = format_errors(ingested.rejects) if ingested.rejects.height else ""
-        raise EmptyDatasetError(f"no valid events: all {ingested.counts['rows_read']} rows were rejected\n{reason}")
+        first = f"; first: {summarise_errors(ingested.rejects)}" if ingested.rejects.height else ""
+        raise EmptyDatasetError(f"no valid events: all {ingested.counts['rows_read']} rows were rejected{first}")
     counts = {"duplicates_dropped": 0, "outside_time_window": 0, "kcore_dropped": 0, "kcore_passes": 0}
     frame = sort_events(frame)
     if options.dedup and ingested.has_time:
         before = frame.height
         frame = drop_duplicates(frame)
         counts["duplicates_dropped"] = before - frame.height
+    if options.forget_ledger is not None:
+        ledger = open_ledger(options.forget_ledger, create=False)
+        time_col = S.TIME if ingested.has_time else None
+        frame, counts["forgotten_dropped"] = drop_forgotten(frame, ledger, S.USER, time_col)
+        _require_events(frame, f"the deletion ledger {options.forget_ledger}",
+                        frame.height + counts["forgotten_dropped"])
     if options.start is not None or options.end is not None:
         if not ingested.has_time:
             raise DataValidationError("--start/--end need a timestamp column")
@@ -269,16 +286,23 @@ def _write_parquet(frame: pl.DataFrame) -> Callable[[Path], None]:
     return lambda p: frame.write_parquet(p, compression="zstd", statistics=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def check_output_path(out: Path) -> None:
+    """Fail before any work when the directory ``out`` cannot be created or written: a file in the
+    way, a parent that is a file, no permission."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{parent} is not a directory (cannot create {out})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{parent}: permission denied (cannot create {out})")
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse to replace anything but an empty folder or, with ``overwrite``, an earlier dataset."""
+    check_output_path(out_dir)
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -311,7 +335,7 @@ def write_dataset(
         atomic_write_text(tmp / "vocab.json", vocabs.to_json())
         atomic_write_text(tmp / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
         _normal_permissions(tmp)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -335,7 +359,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old / out.name)
     os.replace(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

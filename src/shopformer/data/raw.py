@@ -6,11 +6,13 @@ file came from and how it was read) and :class:`RawEvents` (canonical columns as
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from shopformer.atomic import file_digest
 from shopformer.data import schema as S
 
 # Internal bookkeeping columns of the frames passed between reader, validator and `prepare`.
@@ -63,3 +65,24 @@ class RawEvents:
     @property
     def has_time(self) -> bool:
         return S.TIME in self.present
+
+
+def canonical_columns(values: Mapping[str, pl.Expr]) -> list[pl.Expr]:
+    """All canonical columns as strings (null when unmapped), plus the order-by column if mapped."""
+    out = [values.get(c, pl.lit(None, pl.String)).cast(pl.String).alias(c) for c in S.CANONICAL]
+    if ORDER in values:
+        out.append(values[ORDER].cast(pl.String).alias(ORDER))
+    return out
+
+
+def source_info(
+    path: str,
+    fmt: str,
+    delimiter: str | None,
+    has_header: bool,
+    names: Sequence[str],
+    resolved: dict[str, int],
+) -> SourceInfo:
+    mapping = {("order_by" if c == ORDER else c): names[i] for c, i in resolved.items()}
+    digest, size = file_digest(path)
+    return SourceInfo(path, fmt, delimiter, has_header, tuple(names), mapping, digest, size)

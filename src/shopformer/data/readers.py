@@ -12,17 +12,26 @@ Readers (all built on Polars, nothing loops over rows in Python):
 * ``sequences`` — one line per user, ``user item1 item2 ...`` in chronological order (the S3-Rec
   ``Beauty.txt`` layout). There are no timestamps (``has_time=False``); the within-line position keeps
   the order.
+
+Text files are decoded with ``IngestOptions.encoding`` (``decoding.py``): a line that is not valid in
+that encoding is quarantined (reason with its byte offset), never fatal. Parquet columns mapped to a
+canonical column must hold plain values (a list or struct column is a :class:`MappingError` naming the
+file and column); float ids that are whole numbers become ``"2"``, others are rejected per row. A
+directory given as input stands for its files (see :func:`expand_inputs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from shopformer.atomic import file_digest
 from shopformer.data import schema as S
+from shopformer.data.decoding import UNDECODABLE, DecodedText, check_encoding, decode_text
 from shopformer.data.options import (
     DataValidationError,
     Format,
@@ -31,7 +40,20 @@ from shopformer.data.options import (
     _check_mapping_keys,
     _resolve,
 )
-from shopformer.data.raw import BLANK, ERR, FILE, ORDER, POS, RAW, RECORD, RawEvents, SourceInfo
+from shopformer.data.parquet_reader import first_line_of, read_parquet
+from shopformer.data.raw import (
+    BLANK,
+    ERR,
+    FILE,
+    ORDER,
+    POS,
+    RAW,
+    RECORD,
+    RawEvents,
+    SourceInfo,
+    canonical_columns,
+    source_info,
+)
 
 _EXT_FORMAT = {
     ".csv": "csv",
@@ -45,6 +67,52 @@ _EXT_FORMAT = {
     ".json": "jsonl",
 }
 _SNIFF_DELIMITERS = ("\t", ";", "|", ",")
+_SKIPPED_PREFIXES = (".", "_")  # hidden files, Spark's _SUCCESS / _metadata
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One input file: its index, its path as given, and for text formats where to read it as UTF-8."""
+
+    idx: int
+    path: str
+    text: DecodedText | None = None
+
+    @property
+    def read_path(self) -> str:
+        return self.text.path if self.text is not None else self.path
+
+
+def expand_inputs(paths: Sequence[str | Path], fmt: Format = "auto") -> list[str]:
+    """Input paths with each directory replaced by its files, sorted by name (not recursive).
+
+    Hidden files and names starting with ``_`` are skipped; with ``fmt="auto"`` so are files whose
+    extension names no format. A directory with nothing to read is an error naming it.
+    """
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(
+                (f for f in path.iterdir() if f.is_file() and not f.name.startswith(_SKIPPED_PREFIXES)),
+                key=lambda f: f.name,
+            )
+            if fmt == "auto":
+                files = [f for f in files if f.suffix.lower() in _EXT_FORMAT]
+            if not files:
+                exts = " ".join(sorted(set(_EXT_FORMAT)))
+                raise DataValidationError(
+                    f"{path}: directory has no input files (read: {exts}; sub-directories are not read; "
+                    "--format reads files of any extension)"
+                )
+            out.extend(str(f) for f in files)
+        elif path.is_file():
+            out.append(str(p))
+        elif path.exists():
+            raise DataValidationError(f"{path}: not a regular file or directory")
+        else:
+            raise DataValidationError(f"{path}: no such file or directory")
+    return out
 
 
 def detect_format(path: str | Path, fmt: Format) -> str:
@@ -109,27 +177,31 @@ def _parse_header(line: str, delimiter: str) -> list[str]:
     return [name.strip() for name in frame["f"][0].to_list()]
 
 
-def _lines(path: str, file_idx: int) -> pl.LazyFrame:
-    """Physical lines with their 1-based number; CR and BOM removed, blank lines flagged."""
+def _lines(src: _Input) -> pl.LazyFrame:
+    """Physical lines with their 1-based number; CR and BOM removed, blank lines flagged, and the
+    decoding error of undecodable lines in ``UNDECODABLE``."""
     raw = pl.col(RAW).str.strip_suffix("\r")
     raw = pl.when(pl.col(S.ROW) == 1).then(raw.str.strip_prefix("\ufeff")).otherwise(raw)
+    undecodable = src.text.reason() if src.text is not None else pl.lit(None, pl.String)
     return (
-        pl.scan_lines(path, name=RAW, row_index_name=S.ROW, row_index_offset=1)
-        .with_columns(raw.alias(RAW), pl.col(S.ROW).cast(pl.Int64), pl.lit(file_idx, pl.Int32).alias(FILE))
-        .with_columns((pl.col(RAW).str.strip_chars() == "").alias(BLANK), pl.lit(0, pl.Int32).alias(POS))
+        pl.scan_lines(src.read_path, name=RAW, row_index_name=S.ROW, row_index_offset=1)
+        .with_columns(raw.alias(RAW), pl.col(S.ROW).cast(pl.Int64), pl.lit(src.idx, pl.Int32).alias(FILE))
+        .with_columns(
+            (pl.col(RAW).str.strip_chars() == "").alias(BLANK),
+            pl.lit(0, pl.Int32).alias(POS),
+            undecodable.alias(UNDECODABLE),
+        )
     )
 
 
-def _canonical_columns(values: Mapping[str, pl.Expr]) -> list[pl.Expr]:
-    """All canonical columns as strings (null when unmapped), plus the order-by column if mapped."""
-    out = [values.get(c, pl.lit(None, pl.String)).cast(pl.String).alias(c) for c in S.CANONICAL]
-    if ORDER in values:
-        out.append(values[ORDER].cast(pl.String).alias(ORDER))
-    return out
+def _record_error(own: pl.Expr) -> pl.Expr:
+    """A line's record-level error: not decodable first, else the reader's own check."""
+    return pl.coalesce(pl.col(UNDECODABLE), own).alias(ERR + RECORD)
 
 
-def _read_delimited(path: str, file_idx: int, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
-    found = _first_line(path)
+def _read_delimited(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+    path = src.path
+    found = _first_line(src.read_path)
     if found is None:
         raise DataValidationError(f"{path}: empty file")
     header_line, first = found
@@ -138,6 +210,10 @@ def _read_delimited(path: str, file_idx: int, fmt: str, opts: IngestOptions) -> 
         raise DataValidationError(f"delimiter must be one character, got {delimiter!r}")
     uses_index = any(isinstance(v, int) for v in opts.mapping.values()) or isinstance(opts.order_by, int)
     has_header = opts.has_header if opts.has_header is not None else not (opts.columns or uses_index)
+    if has_header and src.text is not None:
+        bad = src.text.undecodable.filter(pl.col(S.ROW) == header_line)
+        if bad.height:
+            raise DataValidationError(f"{path}:{header_line}: header line: {bad[UNDECODABLE][0]}")
     first_fields = _parse_header(first, delimiter)
     names = (
         list(opts.columns)
@@ -149,7 +225,7 @@ def _read_delimited(path: str, file_idx: int, fmt: str, opts: IngestOptions) -> 
     resolved = _resolve(path, names, opts.mapping, opts.order_by)
     n_expected = len(names)
     fields = split_fields(pl.col(RAW), delimiter)
-    lf = _lines(path, file_idx)
+    lf = _lines(src)
     if has_header:  # the header is the first non-blank line
         lf = lf.filter(pl.col(S.ROW) > header_line)
     n = pl.col("_fields").list.len()
@@ -158,121 +234,111 @@ def _read_delimited(path: str, file_idx: int, fmt: str, opts: IngestOptions) -> 
     )
     values = {c: pl.col("_fields").list.get(i, null_on_oob=True) for c, i in resolved.items()}
     lf = lf.with_columns(fields.alias("_fields")).select(
-        FILE, S.ROW, POS, RAW, BLANK, count_err.alias(ERR + RECORD), *_canonical_columns(values)
+        FILE, S.ROW, POS, RAW, BLANK, _record_error(count_err), *canonical_columns(values)
     )
-    info = _source_info(path, fmt, delimiter, has_header, names, resolved)
+    info = source_info(path, fmt, delimiter, has_header, names, resolved)
     return lf, info
 
 
-def _read_jsonl(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
-    if _first_line(path) is None:
+def _read_jsonl(src: _Input, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+    path = src.path
+    if _first_line(src.read_path) is None:
         raise DataValidationError(f"{path}: empty file")
     raw = pl.col(RAW).str.strip_chars()
     is_object = raw.str.starts_with("{") & raw.str.json_path_match("$").is_not_null()
-    sample = _lines(path, file_idx).head(1000).filter(is_object).select(raw).collect()[RAW]
-    names = list(sample.str.json_decode(infer_schema_length=None).struct.fields) if len(sample) else []
+    sample = (
+        _lines(src).head(1000).filter(is_object & pl.col(UNDECODABLE).is_null()).select(raw).collect()[RAW]
+    )
+    names = _json_keys(sample.to_list())
     resolved = _resolve(path, names, opts.mapping, opts.order_by)
     values = {c: raw.str.json_path_match(_json_path(names[i])) for c, i in resolved.items()}
     bad = pl.when(~pl.col(BLANK) & ~is_object).then(pl.lit("not a JSON object"))
-    lf = _lines(path, file_idx).select(
-        FILE, S.ROW, POS, RAW, BLANK, bad.alias(ERR + RECORD), *_canonical_columns(values)
-    )
-    return lf, _source_info(path, "jsonl", None, False, names, resolved)
+    lf = _lines(src).select(FILE, S.ROW, POS, RAW, BLANK, _record_error(bad), *canonical_columns(values))
+    return lf, source_info(path, "jsonl", None, False, names, resolved)
+
+
+def _json_keys(lines: Sequence[str]) -> list[str]:
+    """The keys of the sampled objects, in order of first appearance (values may differ in type)."""
+    keys: dict[str, None] = {}
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            keys.update(dict.fromkeys(obj))
+    return list(keys)
 
 
 def _json_path(key: str) -> str:
     return "$['" + key.replace("\\", "\\\\").replace("'", "\\'") + "']"
 
 
-def _read_parquet(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
-    lf = pl.scan_parquet(path)
-    schema = lf.collect_schema()
-    names = list(schema.names())
-    resolved = _resolve(path, names, opts.mapping, opts.order_by)
-    values = {c: _as_text(pl.col(names[i]), schema[names[i]]) for c, i in resolved.items()}
-    lf = lf.with_row_index(S.ROW, offset=1).select(
-        pl.lit(file_idx, pl.Int32).alias(FILE),
-        pl.col(S.ROW).cast(pl.Int64),
-        pl.lit(0, pl.Int32).alias(POS),
-        pl.struct(names).struct.json_encode().alias(RAW),
-        pl.lit(False).alias(BLANK),
-        pl.lit(None, pl.String).alias(ERR + RECORD),
-        *_canonical_columns(values),
-    )
-    return lf, _source_info(path, "parquet", None, True, names, resolved)
-
-
-def _as_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """Typed Parquet values as the text the validator parses; datetimes become Unix microseconds."""
-    if isinstance(dtype, pl.Datetime):
-        return col.dt.epoch("us").cast(pl.String)
-    if isinstance(dtype, pl.Date):
-        return col.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.String)
-    return col.cast(pl.String)
-
-
-def _read_sequences(path: str, file_idx: int, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+def _read_sequences(src: _Input, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+    path = src.path
     if opts.mapping or opts.columns or opts.order_by is not None:
         raise MappingError("the sequences format has a fixed layout (user item1 item2 ...): drop --map/--columns")
-    if _first_line(path) is None:
+    if _first_line(src.read_path) is None:
         raise DataValidationError(f"{path}: empty file")
     tokens = pl.col(RAW).str.extract_all(r"\S+")
     no_items = pl.when(~pl.col(BLANK) & (tokens.list.len() < 2)).then(pl.lit("a user id but no items"))
-    items = tokens.list.slice(1)
+    # an undecodable line is one rejected row, not one per item
+    items = pl.when(pl.col(UNDECODABLE).is_null()).then(tokens.list.slice(1)).otherwise(tokens.list.slice(0, 0))
     lf = (
-        _lines(path, file_idx)
+        _lines(src)
         .with_columns(
             tokens.list.first().alias(S.USER),
             items.alias(S.ITEM),
             pl.int_ranges(0, items.list.len(), dtype=pl.Int32).alias(POS),
-            no_items.alias(ERR + RECORD),
+            _record_error(no_items),
         )
         .explode([S.ITEM, POS], empty_as_null=True)
         .with_columns(pl.col(POS).fill_null(0))
     )
     values = {S.USER: pl.col(S.USER), S.ITEM: pl.col(S.ITEM)}
-    lf = lf.select(FILE, S.ROW, POS, RAW, BLANK, ERR + RECORD, *_canonical_columns(values))
-    info = _source_info(path, "sequences", " ", False, ["user_id", "item_ids"], {S.USER: 0, S.ITEM: 1})
+    lf = lf.select(FILE, S.ROW, POS, RAW, BLANK, ERR + RECORD, *canonical_columns(values))
+    info = source_info(path, "sequences", " ", False, ["user_id", "item_ids"], {S.USER: 0, S.ITEM: 1})
     return lf, info
 
 
-def _source_info(
-    path: str,
-    fmt: str,
-    delimiter: str | None,
-    has_header: bool,
-    names: Sequence[str],
-    resolved: dict[str, int],
-) -> SourceInfo:
-    mapping = {("order_by" if c == ORDER else c): names[i] for c, i in resolved.items()}
-    digest, size = file_digest(path)
-    return SourceInfo(path, fmt, delimiter, has_header, tuple(names), mapping, digest, size)
+def _read_one(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(src, fmt, opts)
+    if fmt == "jsonl":
+        return _read_jsonl(src, opts)
+    if fmt == "parquet":
+        return read_parquet(src.idx, src.path, opts)
+    return _read_sequences(src, opts)
 
 
 def read_events(paths: Sequence[str | Path], options: IngestOptions | None = None) -> RawEvents:
-    """Read all input files into one frame of raw canonical strings (one streaming collect)."""
+    """Read all input files (directories: their files) into one frame of raw canonical strings.
+
+    Text files that are not valid UTF-8 are first transcoded into a temporary folder (``$TMPDIR``),
+    removed before this returns.
+    """
     opts = options or IngestOptions()
     if not paths:
         raise DataValidationError("no input files given")
     _check_mapping_keys(opts.mapping)
+    check_encoding(opts.encoding)
+    files = expand_inputs(paths, opts.format)
     frames: list[pl.LazyFrame] = []
     infos: list[SourceInfo] = []
-    for idx, p in enumerate(paths):
-        path = str(p)
-        if not Path(path).is_file():
-            raise DataValidationError(f"{path}: no such file")
-        fmt = detect_format(path, opts.format)
-        if fmt in ("csv", "tsv"):
-            lf, info = _read_delimited(path, idx, fmt, opts)
-        elif fmt == "jsonl":
-            lf, info = _read_jsonl(path, idx, opts)
-        elif fmt == "parquet":
-            lf, info = _read_parquet(path, idx, opts)
-        else:
-            lf, info = _read_sequences(path, idx, opts)
-        frames.append(lf)
-        infos.append(info)
-    frame = pl.concat(frames, how="vertical").collect(engine="streaming")
+    with tempfile.TemporaryDirectory(prefix="shopformer-ingest-") as work:
+        for idx, path in enumerate(files):
+            fmt = detect_format(path, opts.format)
+            try:
+                text = None if fmt == "parquet" else decode_text(path, opts.encoding, Path(work), str(idx))
+                lf, info = _read_one(_Input(idx, path, text), fmt, opts)
+            except OSError as err:
+                raise DataValidationError(f"{path}: cannot read: {err.strerror or err}") from None
+            frames.append(lf)
+            infos.append(info)
+        try:
+            frame = pl.concat(frames, how="diagonal").collect(engine="streaming")
+        except pl.exceptions.PolarsError as err:
+            raise DataValidationError(f"cannot read {', '.join(files)}: {first_line_of(err)}") from None
     present = frozenset(c for c in S.CANONICAL if c in infos[0].mapping)
     _check_non_empty(frame, infos)
     return RawEvents(frame, tuple(infos), present, has_order=ORDER in frame.columns)

@@ -89,7 +89,8 @@ def evaluate(
             scores[torch.from_numpy(rows), torch.from_numpy(items)] = float("-inf")
         targets = targets_all[idx]
         ranks[idx] = target_ranks(scores, targets).numpy()
-        topk[idx] = scores.topk(kmax, dim=1).indices.numpy()
+        k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0 (padding)
+        topk[idx, :k_top] = scores.topk(k_top, dim=1).indices.numpy()
     n_boot = cfg.bootstrap if bootstrap else 0
     metrics = summarise(ranks, topk, n_items, cfg.ks, n_boot)
     metrics["exclude_seen"] = cfg.exclude_seen

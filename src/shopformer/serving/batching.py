@@ -61,9 +61,11 @@ class MicroBatcher(Generic[T, R]):
     async def close(self) -> None:
         """Stop accepting work, finish everything already queued, then stop the worker."""
         self._closed = True
-        if self._queue is not None and self._worker is not None:
+        worker = self._worker
+        # A worker that is done was cancelled with its event loop (asyncio.run ended): nothing to drain.
+        if self._queue is not None and worker is not None and not worker.done():
             self._queue.put_nowait((_STOP, None))
-            await self._worker
+            await worker
 
     def _drain(self, batch: list) -> bool:
         """Move queued items into ``batch`` (up to max_batch); True when a stop marker was seen."""

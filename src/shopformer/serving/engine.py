@@ -74,6 +74,11 @@ class Engine:
     def index_kind(self) -> str:
         return self.rec_index.kind if self.rec_index is not None else "exact"
 
+    def behaviours_to_rank(self) -> list[str]:
+        """Behaviour names a ranking query may name besides '*': the vocabulary's, when the model has
+        behaviour-specific heads (``Recommender.behaviour_id``), else none."""
+        return list(self.rec.vocabs.behaviours.tokens[1:]) if self.rec.head_parts else []
+
     def knows_item(self, item_id: str) -> bool:
         return item_id in self.rec.vocabs.items.index
 

@@ -2,8 +2,10 @@
 
 - ``BodyLimit``: rejects bodies over ``max_bytes`` with 413, from Content-Length when sent and
   by counting the stream otherwise, before any JSON is parsed.
-- ``Observe``: request count and latency by route template, and an ``x-model-version`` header
-  on every response (the version that answered, else the one being served).
+- ``Observe``: request count and latency by route template, an ``x-model-version`` header on
+  every response (the version that answered, else the one being served), and
+  ``Connection: close`` on every server error (5xx), so clients never reuse a connection the
+  server is about to drop.
 """
 
 from __future__ import annotations
@@ -94,7 +96,10 @@ class Observe:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 version = scope.get(VERSION_KEY) or self.version()
-                msg["headers"] = [*msg.get("headers", []), (b"x-model-version", version.encode())]
+                headers = [*msg.get("headers", []), (b"x-model-version", version.encode())]
+                if status >= 500 and not any(k.lower() == b"connection" for k, _ in headers):
+                    headers.append((b"connection", b"close"))  # a server error: the client reconnects
+                msg["headers"] = headers
             await send(msg)
 
         try:

@@ -9,22 +9,21 @@ and some of them use values (limits) that only exist inside ``build_router``.
 """
 
 import asyncio
-import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shopformer.recommender import ArtifactError, History, Recommendations, RecRequest, UnknownBehaviourError
+from shopformer.serving.auth import dependencies
 from shopformer.serving.batching import BatcherClosed
 from shopformer.serving.engine import Engine
 from shopformer.serving.middleware import VERSION_KEY
+from shopformer.serving.reload import resolve_run_dir, scrub
 from shopformer.serving.schemas import (
+    BEHAVIOUR_QUERY_DOC,
     MIN_NEW_SHARE_DOC,
     AdHocRequest,
     ErrorOut,
@@ -46,12 +45,16 @@ log = logging.getLogger(__name__)
 UserId = Annotated[str, Path(min_length=1, max_length=256)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "malformed JSON"},
-    413: {"model": ErrorOut, "description": "body or batch too large"},
+    413: {"model": ErrorOut, "description": "body larger than the server's byte limit"},
     422: {"model": ErrorOut, "description": "validation error; `detail[].loc` names the field"},
 }
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing bearer token"},
-    403: {"model": ErrorOut, "description": "wrong token, or no API key configured on the server"},
+    403: {"model": ErrorOut, "description": "wrong token, or no key configured on the server for this scope"},
+}
+STORE_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "state store unavailable (down, loading, full): retry after "
+          "the Retry-After header's seconds"},
 }
 
 
@@ -68,24 +71,6 @@ def respond(request: Request, engine: Engine, payload: dict[str, Any], status: i
     request.scope[VERSION_KEY] = engine.version
     payload["model_version"] = engine.version
     return JSONResponse(payload, status_code=status)
-
-
-def api_key_guard(settings: ServeSettings) -> Callable[..., Awaitable[None]]:  # a FastAPI dependency
-    bearer = HTTPBearer(auto_error=False, description="API key for writes, deletes and admin")
-    expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
-
-    async def require_api_key(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if creds is None:
-            raise HTTPException(401, "missing bearer token (Authorization: Bearer <api key>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if expected is None:
-            raise HTTPException(403, "writes are disabled: the server has no API key (set SHOPFORMER_API_KEY)")
-        if not hmac.compare_digest(creds.credentials.encode(), expected):
-            raise HTTPException(403, "invalid API key")
-
-    return require_api_key
 
 
 def recs_payload(rec: Recommendations, reason: str | None, history_length: int, user_id: str | None) -> dict:
@@ -123,21 +108,24 @@ async def recommend(svc: ServiceState, req: RecRequest) -> tuple[Engine, Recomme
             return engine, await engine.recommend(req)
         except BatcherClosed:
             continue
-    raise HTTPException(503, "model is being reloaded; retry")
+    raise HTTPException(503, "model is being reloaded; retry", headers={"Retry-After": str(svc.settings.retry_after_s)})
 
 
 def build_router(settings: ServeSettings) -> APIRouter:
     router = APIRouter()
-    auth = [Depends(api_key_guard(settings))]
+    ingest, admin, read = (dependencies(settings, scope) for scope in ("ingest", "admin", "read"))
+    read_errors = {**ERRORS, **AUTH_ERRORS} if read else ERRORS
     max_k = settings.max_k
+    reload_root = settings.effective_reload_root()
 
-    @router.post("/v1/events", response_model=EventsAck, dependencies=auth, tags=["events"],
-                 responses={**ERRORS, **AUTH_ERRORS})
+    @router.post("/v1/events", response_model=EventsAck, dependencies=ingest, tags=["events"],
+                 responses={**ERRORS, **AUTH_ERRORS, **STORE_ERRORS})
     async def post_events(batch: EventBatch, request: Request) -> JSONResponse:
-        """Store a batch of events; answered only once they are durable. Retries are safe with event_id."""
+        """Store a batch of events; answered only once they are durable. Retries are safe with event_id.
+        A batch is validated whole and stored whole, or not at all."""
         svc = state(request)
         if len(batch.events) > settings.max_events_per_batch:
-            raise field_error(413, ["body", "events"], f"at most {settings.max_events_per_batch} events per batch "
+            raise field_error(422, ["body", "events"], f"at most {settings.max_events_per_batch} events per batch "
                               f"(got {len(batch.events)})", "too_long")
         engine = svc.engine
         now = int(time.time())
@@ -146,25 +134,28 @@ def build_router(settings: ServeSettings) -> APIRouter:
                         e.session_id, e.category_id, e.price, e.event_id)
             for e in batch.events
         ]
-        res = await svc.store.append(events, engine.max_len)
-        unknown = [e.item_id for e in events if not engine.knows_item(e.item_id)]
-        odd = [e.behaviour for e in events if e.behaviour is not None and not engine.knows_behaviour(e.behaviour)]
+        kept = [e for e in events if not svc.forgotten_before(e.user_id, e.timestamp)]
+        res = await svc.store.append(kept, engine.max_len)
+        unknown = [e.item_id for e in kept if not engine.knows_item(e.item_id)]
+        odd = [e.behaviour for e in kept if e.behaviour is not None and not engine.knows_behaviour(e.behaviour)]
         svc.metrics.events.labels("applied").inc(res.applied)
         svc.metrics.events.labels("duplicate").inc(len(res.duplicates))
         svc.metrics.events.labels("unknown_item").inc(len(unknown))
         svc.metrics.events.labels("unknown_behaviour").inc(len(odd))
+        svc.metrics.events.labels("forgotten").inc(len(events) - len(kept))
         return respond(request, engine, {"accepted": res.applied, "duplicates": len(res.duplicates),
                                          "duplicate_event_ids": res.duplicates, "unknown_items": sorted(set(unknown)),
-                                         "unknown_behaviours": sorted(set(odd))})
+                                         "unknown_behaviours": sorted(set(odd)),
+                                         "forgotten": len(events) - len(kept)})
 
     @router.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
-                responses=ERRORS)
+                dependencies=read, responses={**read_errors, **STORE_ERRORS})
     async def user_recommendations(
         request: Request,
         user_id: UserId,
         k: Annotated[int, Query(ge=1, le=max_k)] = 10,
         exclude_seen: bool | None = None,
-        behaviour: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        behaviour: Annotated[str | None, Query(min_length=1, max_length=256, description=BEHAVIOUR_QUERY_DOC)] = None,
         min_new_share: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False,
                                                      description=MIN_NEW_SHARE_DOC)] = None,
     ) -> JSONResponse:
@@ -185,13 +176,13 @@ def build_router(settings: ServeSettings) -> APIRouter:
         return respond(request, engine, recs_payload(rec, reason, len(stored), user_id))
 
     @router.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
-                 responses=ERRORS)
+                 dependencies=read, responses=read_errors)
     async def adhoc_recommendations(body: AdHocRequest, request: Request) -> JSONResponse:
         """Top-k for a history sent in the body; nothing is stored. Each item says whether it is a
         repeat (in the history sent) or a discovery."""
         svc = state(request)
         if len(body.history) > settings.max_history:
-            raise field_error(413, ["body", "history"], f"at most {settings.max_history} events "
+            raise field_error(422, ["body", "history"], f"at most {settings.max_history} events "
                               f"(got {len(body.history)})", "too_long")
         if body.k > max_k:
             raise field_error(422, ["body", "k"], f"k must be <= {max_k}", "less_than_equal")
@@ -210,8 +201,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
             svc.metrics.fallbacks.labels(reason).inc()
         return respond(request, engine, recs_payload(rec, reason, len(h), None))
 
-    @router.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"],
-                responses={404: {"model": ErrorOut, "description": "unknown item"}, **ERRORS})
+    @router.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"], dependencies=read,
+                responses={404: {"model": ErrorOut, "description": "unknown item"}, **read_errors})
     async def similar_items(
         request: Request, item_id: UserId, k: Annotated[int, Query(ge=1, le=max_k)] = 10
     ) -> JSONResponse:
@@ -228,12 +219,13 @@ def build_router(settings: ServeSettings) -> APIRouter:
         items = [{"item_id": i, "score": s} for i, s in zip(rec.items, rec.scores, strict=True)]
         return respond(request, engine, {"item_id": item_id, "items": items})
 
-    @router.delete("/v1/users/{user_id}", response_model=ForgetOut, dependencies=auth, tags=["users"],
-                   responses={**ERRORS, **AUTH_ERRORS})
+    @router.delete("/v1/users/{user_id}", response_model=ForgetOut, dependencies=admin, tags=["users"],
+                   responses={**ERRORS, **AUTH_ERRORS, **STORE_ERRORS})
     async def forget_user(request: Request, user_id: UserId) -> JSONResponse:
-        """Forget a user: every stored event and all per-user state is removed (durably)."""
+        """Forget a user: stored events and idempotency records are removed and scrubbed from the
+        store's files; the deletion ledger (hashed id) makes later replays and retraining skip them."""
         svc = state(request)
-        n = await svc.store.forget(user_id)
+        n = await svc.forget([user_id])
         return respond(request, svc.engine, {"user_id": user_id, "deleted_events": n})
 
     @router.get("/healthz", response_model=HealthOut, tags=["ops"])
@@ -251,25 +243,26 @@ def build_router(settings: ServeSettings) -> APIRouter:
         except Exception as err:  # noqa: BLE001 - any store failure means "not ready"
             log.warning("readiness: store %s failed: %s", svc.store.kind, err)
             ok = False
-        return respond(request, svc.engine, {"status": "ready" if ok else "store unavailable",
-                                             "store": svc.store.kind}, 200 if ok else 503)
+        out = respond(request, svc.engine, {"status": "ready" if ok else "store unavailable",
+                                            "store": svc.store.kind}, 200 if ok else 503)
+        if not ok:
+            out.headers["Retry-After"] = str(settings.retry_after_s)
+        return out
 
-    @router.get("/metrics", tags=["ops"], response_class=Response)
+    @router.get("/metrics", tags=["ops"], response_class=Response, dependencies=read, responses=read_errors)
     async def metrics(request: Request) -> Response:
         """Prometheus text format: request counts, latency histograms, model version and more."""
         svc = state(request)
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
-    @router.post("/v1/admin/reload", response_model=ReloadOut, dependencies=auth, tags=["admin"],
-                 responses={**ERRORS, **AUTH_ERRORS, 500: {"model": ErrorOut}})
+    @router.post("/v1/admin/reload", response_model=ReloadOut, dependencies=admin, tags=["admin"],
+                 responses={**ERRORS, **AUTH_ERRORS, 404: {"model": ErrorOut, "description": "no run directory "
+                            "there"}, 500: {"model": ErrorOut}})
     async def reload_model(body: ReloadIn, request: Request) -> JSONResponse:
-        """Load a run directory fully (checksums, index, warm-up), then swap; on error the old model stays."""
+        """Load a run directory under the reload root fully (checksums, index, warm-up), then swap;
+        on error the old model stays."""
         svc = state(request)
-        run_dir = FsPath(body.run_dir)
-        if settings.reload_root is not None:
-            root = settings.reload_root.resolve()
-            if not run_dir.resolve().is_relative_to(root):
-                raise field_error(403, ["body", "run_dir"], f"run_dir must be under {root}", "forbidden_path")
+        run_dir, shown = resolve_run_dir(body.run_dir, reload_root)
         async with svc.reload_lock:
             old = svc.engine
             try:
@@ -277,16 +270,15 @@ def build_router(settings: ServeSettings) -> APIRouter:
                                               svc.metrics.batch_size.observe)
             except ArtifactError as err:
                 svc.metrics.reloads.labels("rejected").inc()
-                raise field_error(422, ["body", "run_dir"], str(err), "artifact_error") from None
+                raise field_error(422, ["body", "run_dir"], scrub(str(err), run_dir, shown), "artifact_error") from None
             except Exception as err:  # noqa: BLE001 - keep serving the old model whatever went wrong
                 log.exception("reload from %s failed", run_dir)
                 svc.metrics.reloads.labels("failed").inc()
-                raise HTTPException(500, f"reload failed ({type(err).__name__}: {err}); still serving "
-                                    f"{old.version}") from None
-            svc.install(new)  # the swap: one reference assignment
+                raise HTTPException(500, f"reload failed ({type(err).__name__}); still serving {old.version}") from None
+            svc.install(new, shown)  # the swap: one reference assignment
             svc.metrics.reloads.labels("ok").inc()
         svc.spawn(old.close())  # requests already queued finish on the old model
-        return respond(request, new, {"previous_version": old.version, "run_dir": str(run_dir),
+        return respond(request, new, {"previous_version": old.version, "run_dir": shown,
                                       "n_items": new.rec.spec.n_items, "index": new.index_kind,
                                       "load_seconds": round(new.load_seconds, 3)})
 

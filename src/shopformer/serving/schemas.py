@@ -13,9 +13,20 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from shopformer.serving.timestamps import TIMESTAMP_DOC, Timestamp
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts 14.0 as an integer: take it as 14 (other floats stay errors)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+RUN_DIR_MAX = 1024
 
 
 class _Closed(BaseModel):
@@ -25,21 +36,24 @@ class _Closed(BaseModel):
 BEHAVIOUR_DOC = ("behaviour of the event, e.g. pv / cart / buy (open vocabulary: a name the serving model does not "
                  "know is stored, and its event is skipped when scoring and reported)")
 EVENT_TYPE_DOC = ("deprecated alias of `behaviour` (its old name), accepted for one more release and then removed; "
-                  "send `behaviour` instead. Giving both with different values is an error")
+                  "send `behaviour` instead. Giving both is an error")
 EVENT_TYPE_DEPRECATED = "event_type is a deprecated alias of behaviour"
 
 
 class _WithBehaviour(_Closed):
-    """Folds the deprecated ``event_type`` alias into ``behaviour`` (subclasses declare both)."""
+    """Folds the deprecated ``event_type`` alias into ``behaviour`` (subclasses declare both).
+
+    Giving both is an error, whatever their values: the published schema says so
+    (``not: {required: [behaviour, event_type]}``), and the server refuses exactly what it forbids."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["behaviour", "event_type"]}})
 
     @model_validator(mode="after")
     def _fold_event_type(self) -> Self:
+        if "event_type" in self.model_fields_set and "behaviour" in self.model_fields_set:
+            raise ValueError("give behaviour or its deprecated alias event_type, not both; send behaviour only")
         old = self.__dict__.get("event_type")  # not the attribute: it warns (deprecated)
         if old is not None:
-            new = self.__dict__.get("behaviour")
-            if new is not None and new != old:
-                raise ValueError(f"behaviour {new!r} and its deprecated alias event_type {old!r} disagree; "
-                                 "send behaviour only")
             self.__dict__["behaviour"] = old
         return self
 
@@ -49,7 +63,7 @@ class EventIn(_WithBehaviour):
 
     user_id: Id
     item_id: Id
-    timestamp: int | None = Field(None, ge=0, description="Unix seconds; the server's clock when omitted")
+    timestamp: Timestamp | None = Field(None, description=TIMESTAMP_DOC)
     behaviour: Id | None = Field(None, description=BEHAVIOUR_DOC)
     event_type: Id | None = Field(None, description=EVENT_TYPE_DOC, deprecated=EVENT_TYPE_DEPRECATED)
     session_id: Id | None = None
@@ -71,6 +85,8 @@ class EventsAck(BaseModel):
     unknown_behaviours: list[str] = Field(
         default_factory=list,
         description="behaviour names the serving model does not know: stored, their events not scored")
+    forgotten: int = Field(0, description="events of a forgotten user dated at or before the deletion: not "
+                           "stored (a replay of deleted data)")
 
 
 class ScoredItem(BaseModel):
@@ -106,15 +122,18 @@ class HistoryEventIn(_WithBehaviour):
     item_id: Id
     behaviour: Id | None = Field(None, description=BEHAVIOUR_DOC)
     event_type: Id | None = Field(None, description=EVENT_TYPE_DOC, deprecated=EVENT_TYPE_DEPRECATED)
-    timestamp: int | None = Field(None, ge=0)
+    timestamp: Timestamp | None = Field(None, description=TIMESTAMP_DOC)
+
+
+BEHAVIOUR_QUERY_DOC = ("rank for the next event of this behaviour ('*' = any); the published schema lists the "
+                       "names the served model can rank for, an unknown name is a 422 listing the known ones")
 
 
 class AdHocRequest(_Closed):
     history: list[HistoryEventIn] = Field(description="events oldest first; nothing is stored")
-    k: int = Field(10, ge=1)
+    k: JsonInt = Field(10, ge=1)
     exclude_seen: bool | None = None
-    behaviour: Id | None = Field(None, description="rank for the next event of this behaviour ('*' = any); "
-                                 "an unknown name is a 422 listing the known ones")
+    behaviour: Id | None = Field(None, description=BEHAVIOUR_QUERY_DOC)
     min_new_share: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=MIN_NEW_SHARE_DOC)
 
 
@@ -131,13 +150,14 @@ class ForgetOut(BaseModel):
 
 
 class ReloadIn(_Closed):
-    run_dir: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    run_dir: Annotated[str, StringConstraints(min_length=1, max_length=RUN_DIR_MAX, pattern=r"^[^\x00]+$")] = Field(
+        description="run directory to load: relative to the server's reload root, or an absolute path under it")
 
 
 class ReloadOut(BaseModel):
     model_version: str
     previous_version: str
-    run_dir: str
+    run_dir: str = Field(description="the run directory loaded, relative to the reload root")
     n_items: int
     index: str
     load_seconds: float

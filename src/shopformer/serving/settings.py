@@ -2,8 +2,11 @@
 
 Defaults suit a small (2-core) box with zero set-up: an SQLite state file in the working
 directory, one torch thread for inference so the other core keeps serving HTTP, and no write
-access until an API key is configured (a server that accepts anonymous writes is never the
-accident).
+access until a key is configured (a server that accepts anonymous writes is never the accident).
+
+Keys are scoped: ``ingest_key`` (POST /v1/events), ``admin_key`` (DELETE /v1/users, reload) and an
+optional ``read_key`` (recommendations, similar items, /metrics; reads are open when unset).
+``api_key`` is the fallback for the ingest and admin scopes when their own key is unset.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LEDGER_NAME = "shopformer_forget_ledger.jsonl"
 
 
 class ServeSettings(BaseSettings):
@@ -24,14 +29,23 @@ class ServeSettings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False  # per-request log lines cost ~10% throughput; /metrics has the counts
 
-    # Security: bearer token for writes, deletes and admin. None: those endpoints answer 403.
-    api_key: SecretStr | None = None
-    # When set, /v1/admin/reload only accepts run directories under this folder.
+    # Security: bearer tokens per scope. A scope without a key answers 403 (reads: open).
+    api_key: SecretStr | None = None  # fallback for ingest_key and admin_key
+    ingest_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    read_key: SecretStr | None = None
+    # /v1/admin/reload only loads run directories under this folder (default: the served run's parent).
     reload_root: Path | None = None
+    # Append-only deletion ledger (hashed user ids): replays of forgotten users' events are refused,
+    # and `shopformer prepare --forget-ledger` drops their events from the next training data.
+    # Default: shopformer_forget_ledger.jsonl beside the SQLite state file (working directory for Redis).
+    forget_ledger: Path | None = None
 
     # State store: "sqlite:///path/to/state.db" (default, embedded) or "redis://host:port/db".
     store_url: str = "sqlite:///shopformer_state.db"
-    dedup_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long an event_id is remembered
+    dedup_ttl_s: int = Field(24 * 3600, ge=60)  # how long an event_id is remembered (bounds the records)
+    aof_rewrite_interval_s: float = Field(60.0, ge=0)  # Redis: at most one AOF rewrite after deletions per interval
+    retry_after_s: int = Field(1, ge=1)  # Retry-After of a 503 (store outage, reload race)
 
     # Limits.
     max_body_bytes: int = Field(1 << 20, ge=1024)
@@ -46,3 +60,22 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     faiss_threshold: int = Field(300_000, ge=1)  # catalogues at least this large use a FAISS IVF index
     faiss_nprobe: int = Field(32, ge=1)
+
+    def scope_key(self, scope: str) -> SecretStr | None:
+        """The key of a scope ("ingest", "admin", "read"); ingest and admin fall back to api_key."""
+        own: SecretStr | None = getattr(self, f"{scope}_key")
+        return own if own is not None or scope == "read" else self.api_key
+
+    def effective_reload_root(self) -> Path | None:
+        """The configured reload root, else the folder holding the served run."""
+        if self.reload_root is not None:
+            return self.reload_root.resolve()
+        return self.run_dir.resolve().parent if self.run_dir is not None else None
+
+    def effective_forget_ledger(self) -> Path:
+        """The configured ledger, else ``shopformer_forget_ledger.jsonl`` beside the SQLite state file."""
+        if self.forget_ledger is not None:
+            return self.forget_ledger
+        if self.store_url.startswith("sqlite:///") and len(self.store_url) > len("sqlite:///"):
+            return Path(self.store_url[len("sqlite:///"):]).parent / LEDGER_NAME
+        return Path(LEDGER_NAME)
