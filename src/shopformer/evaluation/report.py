@@ -195,7 +195,8 @@ def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: 
     for name, m in results.items():
         if name == model or metric not in m or not float(m[metric]) > score:
             continue
-        verdict = "significantly (above the model's 95% CI)" if ci and float(m[metric]) > ci[1] else "within noise"
+        verdict = ("no CI computed" if not ci else "significantly: above the model's 95% CI"
+                   if float(m[metric]) > ci[1] else "inside the model's 95% CI")
         out.append(f"baseline '{name}' beats {model} on {where} {metric}: {float(m[metric]):.4f} vs {score:.4f} "
                    f"({verdict}): the heuristic is the better choice on this data until the model beats it")
     return out
