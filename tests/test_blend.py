@@ -53,15 +53,15 @@ def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> No
         out[:, 0] = float("-inf")
         return out
 
-    def prefers_baseline(fn) -> float:  # validation score rises with the weight on popularity
-        z = fn(_batch())
+    def prefers_baseline(blend) -> float:  # validation score rises with the weight on popularity
+        z = (model if blend is None else blend.scorer(model))(_batch())
         return float((z[:, 1] > z[:, 4]).float().mean() + (z[:, 1] > z[:, 3]).float().mean())
 
-    blend, grid = choose_blend(model, {"popularity": base, "co-occurrence": base}, prefers_baseline)
+    blend, grid = choose_blend({"popularity": base, "co-occurrence": base}, prefers_baseline)
     assert blend is not None and blend.baseline_name == "popularity" and blend.alpha > 0
     assert set(grid) == {"popularity"} and set(grid["popularity"]) == set(ALPHAS)  # only blendable baselines
     assert grid["popularity"][blend.alpha] == max(grid["popularity"].values())
-    flat, _ = choose_blend(model, {"popularity": base}, lambda fn: 1.0)  # nothing gained: keep the model
+    flat, _ = choose_blend({"popularity": base}, lambda blend: 1.0)  # nothing gained: keep the model
     assert flat is None
     with pytest.raises(ValueError, match="cannot be saved"):
         Blend("co-occurrence", lambda b: b.items.float(), 0.5).state()

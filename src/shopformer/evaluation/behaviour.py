@@ -215,18 +215,23 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
 def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | None = None
                     ) -> tuple[Blend | None, dict]:
     """Training step (``train.blend``): the mixture of ``model`` with a blendable baseline aimed at
-    the target behaviour (fitted on training events) that ranks the validation window's target
-    events best by ``train.monitor``; None when the model alone is best (``choose_blend``). One
-    blend serves every behaviour asked: it is tuned on the run's primary question, the next
-    target-behaviour item, which is also what early stopping selected the model on."""
+    the target behaviour (fitted on training events) that ranks the validation window best by
+    ``train.monitor``, averaged over the two questions a shop asks most: the next target-behaviour
+    item and the next item of any behaviour (a saturated or tiny purchase window cannot decide
+    alone); None when the model alone is best (``choose_blend``). One blend serves every behaviour
+    asked."""
     seq, n_items, cfg, target = ctx.ds.seq, ctx.ds.spec.n_items, ctx.cfg, ctx.target
-    ex, _ = window_examples(seq, ctx.valid, target)
-    ex = subsample(ex, max_examples)
     ecfg = cfg.eval.model_copy(update={"exclude_seen": False, "bootstrap": 0})
+    questions = [(b, subsample(window_examples(seq, ctx.valid, None if b == PAD else b)[0], max_examples))
+                 for b in (target, PAD)]
 
-    def validate(fn: ScoreFn) -> float:
-        res = evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg, bootstrap=False)
-        return float(res.metrics[cfg.train.monitor])
+    def validate(blend: Blend | None) -> float:
+        scores = []
+        for b, ex in questions:
+            fn = behaviour_scorer(model, b) if blend is None else blend.scorer(behaviour_scorer(model, b))
+            res = evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg, bootstrap=False)
+            scores.append(float(res.metrics[cfg.train.monitor]))
+        return sum(scores) / len(scores)
 
     baselines: dict[str, ScoreFn] = {
         "popularity": Popularity(item_counts(seq, ctx.train_end, n_items, behaviour=target)),
@@ -234,9 +239,10 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
         "weighted recent items": WeightedRecentItems.fit(seq, ctx.train_end, n_items, ctx.n_behaviours,
                                                          target_behaviour=target),
     }
-    blend, grid = choose_blend(behaviour_scorer(model, target), baselines, validate)
+    blend, grid = choose_blend(baselines, validate)
     return blend, {"chosen": {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None,
-                   "monitor": f"valid_{cfg.train.monitor}", "behaviour": ctx.names[target - 1],
+                   "monitor": f"valid_{cfg.train.monitor} (mean of next '{ctx.names[target - 1]}' item and next item)",
+                   "behaviour": ctx.names[target - 1],
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
 
 

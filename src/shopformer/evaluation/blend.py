@@ -80,20 +80,21 @@ class Blend:
 
 
 def choose_blend(
-    model_fn: ScoreFn, baselines: dict[str, ScoreFn], validate: Callable[[ScoreFn], float]
+    baselines: dict[str, ScoreFn], validate: Callable[[Blend | None], float]
 ) -> tuple[Blend | None, dict[str, dict[float, float]]]:
-    """The (baseline, alpha) with the best validation score (``validate`` maps a scorer to it, higher
-    is better) among the blendable baselines and ``ALPHAS``; ties keep the smaller alpha, so the model
-    alone wins unless a blend is strictly better. Returns None when alpha 0 is best, and the grid."""
+    """The (baseline, alpha) with the best validation score (``validate`` maps a blend, or None for
+    the model alone, to it; higher is better) among the blendable baselines and ``ALPHAS``; ties keep
+    the smaller alpha, so the model alone wins unless a blend is strictly better. Returns None when
+    alpha 0 is best, and the grid."""
     grid: dict[str, dict[float, float]] = {}
     best: tuple[float, float, str] | None = None
-    model_score = validate(model_fn)
+    model_score = validate(None)
     for name, fn in baselines.items():
         if name not in BLENDABLE:
             continue
         grid[name] = {0.0: model_score}
         for alpha in ALPHAS[1:]:
-            grid[name][alpha] = validate(Blend(name, fn, alpha).scorer(model_fn))
+            grid[name][alpha] = validate(Blend(name, fn, alpha))
         for alpha, score in grid[name].items():
             if best is None or (score, -alpha) > (best[0], -best[1]):
                 best = (score, alpha, name)

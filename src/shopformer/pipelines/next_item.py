@@ -89,11 +89,14 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
     that scores best on the validation examples (None when the model alone is best), and the grid."""
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
-    def validate(fn: ScoreFn) -> float:
+    model_fn = model_scorer(trained.model)
+
+    def validate(blend: Blend | None) -> float:
+        fn = model_fn if blend is None else blend.scorer(model_fn)
         res = evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
         return float(res.metrics[cfg.train.monitor])
 
-    blend, grid = choose_blend(model_scorer(trained.model), baselines, validate)
+    blend, grid = choose_blend(baselines, validate)
     chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
