@@ -8,7 +8,7 @@ import torch
 
 from shopformer.data.batches import Batch
 from shopformer.data.sequences import Sequences
-from shopformer.evaluation.baselines import Markov, Popularity, WeightedRecentItems
+from shopformer.evaluation.baselines import Markov, Popularity, RecentItems, WeightedRecentItems
 from shopformer.evaluation.blend import ALPHAS, Blend, choose_blend, standardise
 
 
@@ -32,10 +32,11 @@ def test_standardise_rows_and_keeps_minus_inf() -> None:
     assert torch.equal(z[0, 1:].argsort(), s[0, 1:].argsort())  # order within a row unchanged
 
 
-@pytest.mark.parametrize("name", ["popularity", "markov", "weighted recent items"])
+@pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items"])
 def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     seq, end = _seq(), np.array([4, 7, 10])
     fitted = {"popularity": Popularity(np.array([0, 3, 2, 2, 1])), "markov": Markov(seq, end, 4),
+              "recent items": RecentItems(np.array([False, True, True]), np.array([0, 3, 2, 2, 1])),
               "weighted recent items": WeightedRecentItems.fit(seq, end, 4, 2)}[name]
     blend = Blend(name, fitted, 0.4)
     again = Blend.from_state(name, blend.state())

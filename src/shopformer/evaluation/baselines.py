@@ -130,6 +130,16 @@ class RecentItems:
         scores[:, PAD] = float("-inf")
         return scores
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"allowed": self.allowed.to(torch.uint8), "prior": self.prior}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> RecentItems:
+        out = cls.__new__(cls)
+        out.allowed, out.prior = state["allowed"].bool(), state["prior"].float()
+        return out
+
 
 def behaviour_transitions(seq: Sequences, train_end: np.ndarray, n_behaviours: int) -> np.ndarray:
     """(B + 1, B + 1) P(next behaviour | previous behaviour) on training pairs, add-one smoothed."""

@@ -236,6 +236,8 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
     baselines: dict[str, ScoreFn] = {
         "popularity": Popularity(item_counts(seq, ctx.train_end, n_items, behaviour=target)),
         "markov": Markov(seq, ctx.train_end, n_items),
+        "recent items": RecentItems(np.arange(ctx.n_behaviours + 1) != PAD,
+                                    item_counts(seq, ctx.train_end, n_items, behaviour=target)),
         "weighted recent items": WeightedRecentItems.fit(seq, ctx.train_end, n_items, ctx.n_behaviours,
                                                          target_behaviour=target),
     }

@@ -10,7 +10,7 @@ the baseline are chosen on the validation examples the model was selected on, fr
 includes 0 (the model alone) and 1 (the baseline alone): the served answer is never worse than
 either on validation. The baseline's fitted state is saved with the run (``blend.safetensors``) so
 the recommender and the service score the same blend. Only baselines with a saveable state blend:
-popularity, Markov and weighted recent items (``BLENDABLE``).
+popularity, Markov, recent items and weighted recent items (``BLENDABLE``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from shopformer.data.batches import Batch
-from shopformer.evaluation.baselines import Markov, Popularity, WeightedRecentItems
+from shopformer.evaluation.baselines import Markov, Popularity, RecentItems, WeightedRecentItems
 
 ScoreFn = Callable[[Batch], torch.Tensor]
 ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[WeightedRecentItems]] = {
-    "popularity": Popularity, "markov": Markov, "weighted recent items": WeightedRecentItems}
+BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]] = {
+    "popularity": Popularity, "markov": Markov, "recent items": RecentItems,
+    "weighted recent items": WeightedRecentItems}
 
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
