@@ -3,9 +3,11 @@
     .venv/bin/python bench/determinism.py --epochs 3 --hogs 2      # ~2 x the demo's time for 3 epochs
 
 Runs ``shopformer demo --epochs N`` twice in fresh scratch folders: once on the machine as it is,
-once with ``--hogs`` busy-loop processes competing for every core. Every number of the two
-``metrics.json`` files is compared, except wall-clock fields (``*seconds*``, ``*minutes*``), and so
-are the saved weights (sha256 of ``model.safetensors``). One JSON line, with the command, goes to
+once with ``--hogs`` busy-loop processes competing for every core. Every value of the two
+``metrics.json`` files is compared (NaN equals NaN), except wall-clock fields (``*seconds*``,
+``*minutes*``) and the scratch paths (``dataset``); so are the tables a user reads (``report.md``,
+its paths aside) and the saved weights (sha256 of ``model.safetensors``), and the largest absolute
+difference of any number is reported. One JSON line, with the command, goes to
 stdout and to bench/results/determinism.json. Exit code 1 when anything differs.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import subprocess
@@ -26,6 +29,7 @@ from common import RESULTS, ROOT, machine, provenance
 from shopformer.atomic import atomic_write_text, sha256_file
 
 CLOCK_FIELDS = ("second", "minute")
+PATH_FIELDS = ("dataset",)
 
 
 def _spin() -> None:  # a busy loop: one core's worth of competing load
@@ -38,7 +42,7 @@ def flat(d: object, prefix: str = "") -> dict[str, object]:
     if isinstance(d, dict):
         out: dict[str, object] = {}
         for k, v in d.items():
-            if not any(c in str(k) for c in CLOCK_FIELDS):
+            if not any(c in str(k) for c in CLOCK_FIELDS) and k not in PATH_FIELDS:
                 out.update(flat(v, f"{prefix}{k}."))
         return out
     if isinstance(d, list):
@@ -46,14 +50,21 @@ def flat(d: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): d}
 
 
-def run_demo(out: Path, epochs: int) -> tuple[dict, str, float]:
+def same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def run_demo(out: Path, epochs: int) -> tuple[dict, str, float, str]:
     exe = ROOT / ".venv" / "bin" / "shopformer"
     cmd = [str(exe) if exe.exists() else "shopformer", "demo", "--out", str(out), "--epochs", str(epochs)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "120"})
     seconds = time.perf_counter() - t0
     metrics = json.loads((out / "metrics.json").read_text())
-    return metrics, sha256_file(out / "model" / "model.safetensors"), seconds
+    report = (out / "report.md").read_text().replace(str(out), "RUN")
+    return metrics, sha256_file(out / "model" / "model.safetensors"), seconds, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             for h in hogs:
                 h.terminate()
     a, b = flat(as_is[0]), flat(loaded[0])
-    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    differ = sorted(k for k in a.keys() | b.keys() if not same(a.get(k), b.get(k)))
+    gaps = [abs(float(a[k]) - float(b[k])) for k in differ  # type: ignore[arg-type]
+            if isinstance(a.get(k), (int, float)) and isinstance(b.get(k), (int, float))]
     line = {
         **provenance(__file__, argv),
         "epochs": args.epochs,
@@ -83,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "numbers_compared": len(a),
         "numbers_differing": len(differ),
         "differing": differ[:20],
+        "max_abs_difference": max(gaps, default=0.0),
+        "report_md_identical": as_is[3] == loaded[3],
         "weights_identical": as_is[1] == loaded[1],
         "identical": not differ and as_is[1] == loaded[1],
         "machine": machine(),
