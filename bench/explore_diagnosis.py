@@ -3,13 +3,13 @@
     .venv/bin/python bench/explore_diagnosis.py --run out/bench_multibehaviour/taobao/model \\
         --dataset out/bench_data/UserBehavior_head-6f7023508e9c --results bench/results
 
-On the test window's explore targets (the item is not among the user's earlier events in the
-model's window), NDCG@10 of the saved run and of the discovery heuristics, twice: in the full
-ranking (as every table reports it) and with the history removed from the ranking, i.e. the
-discovery list a shop would show (``exclude_seen``). If the model scores 0 in both, its explore
-distribution itself ranks new items badly; if only in the first, the repeat items simply fill the
-top 10. One JSON line per behaviour asked goes to stdout and, with ``--results``, replaces the
-lines of the same run in DIR/explore_diagnosis.jsonl.
+On the test window's explore targets (the item is not in the user's history before it: the
+tables' definition, ``evaluation.baselines.repeat_targets``), NDCG@10 of the saved run and of
+the discovery heuristics, twice: in the full ranking (as every table reports it) and with the
+history removed from the ranking, i.e. the discovery list a shop would show (``exclude_seen``).
+If the model scores 0 in both, its explore distribution itself ranks new items badly; if only in
+the first, the repeat items simply fill the top 10. One JSON line per behaviour asked goes to
+stdout and, with ``--results``, replaces the lines of the same run in DIR/explore_diagnosis.jsonl.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import machine, provenance, rel
 
@@ -27,19 +26,12 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import load_dataset
 from shopformer.data.schema import PAD
 from shopformer.data.split import EvalExamples, make_windows, subsample, window_examples
-from shopformer.evaluation.baselines import shop_baselines
+from shopformer.evaluation.baselines import repeat_targets, shop_baselines
 from shopformer.evaluation.behaviour import behaviour_scorer
 from shopformer.evaluation.ranking import evaluate
 from shopformer.pipelines.multi_behaviour import configure
 
 RIVALS = ("co-occurrence", "category popularity", "markov")
-
-
-def explore_only(seq, ex: EvalExamples, max_len: int) -> EvalExamples:
-    """The examples whose target item is not in the user's last ``max_len`` events before it."""
-    keep = np.array([seq.items[p] not in set(seq.items[max(seq.offsets[r], p - max_len):p].tolist())
-                     for r, p in zip(ex.rows, ex.pos, strict=True)], dtype=bool)
-    return EvalExamples(ex.rows[keep], ex.pos[keep])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = []
     for b in (PAD, target):
         ex = subsample(window_examples(ds.seq, test_w, None if b == PAD else b)[0], args.examples)
-        ex = explore_only(ds.seq, ex, run.model.max_len)
+        new = ~repeat_targets(ds.seq, ex)
+        ex = EvalExamples(ex.rows[new], ex.pos[new])
         systems = {"model": behaviour_scorer(run.model, b), **{k: shop[k] for k in RIVALS if k in shop}}
         line = {**provenance(__file__, argv), "run": rel(args.run), "dataset": rel(args.dataset),
                 "behaviour": "any" if b == PAD else ds.vocabs.behaviours.tokens[b], "explore_targets": len(ex)}
