@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -56,22 +57,7 @@ from shopformer.evaluation.ranking import ScoreFn, evaluate
 from shopformer.evaluation.report import plot_confusion, plot_reliability
 from shopformer.models.base import SequenceModel
 
-# ---------------------------------------------------------------------------------------------
-# Intent labels
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation examples
-
-
-# ---------------------------------------------------------------------------------------------
-# Heuristic baselines (fitted on training events only)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
+T = TypeVar("T")
 ProbFn = Callable[[Batch], np.ndarray]
 
 
@@ -147,6 +133,26 @@ class EvalContext:
     target: int
     max_len: int
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Baselines fitted on training events, shared by every window and table of one run (and by
+    # ``dataclasses.replace`` copies: the dict is passed by reference), so each is fitted once.
+    fitted: dict[tuple, Any] = field(default_factory=dict, repr=False)
+
+    def once(self, key: tuple, make: Callable[[], T]) -> T:
+        if key not in self.fitted:
+            self.fitted[key] = make()
+        return self.fitted[key]
+
+    def counts(self, behaviour: int | None = None) -> np.ndarray:
+        """Training item counts (of one behaviour, or of all when None)."""
+        return self.once(("counts", behaviour), lambda: item_counts(
+            self.ds.seq, self.train_end, self.ds.spec.n_items, behaviour=behaviour))
+
+    def markov(self) -> Markov:
+        return self.once(("markov",), lambda: Markov(self.ds.seq, self.train_end, self.ds.spec.n_items))
+
+    def weighted_recent(self, behaviour: int | None) -> WeightedRecentItems:
+        return self.once(("weighted recent", behaviour), lambda: WeightedRecentItems.fit(
+            self.ds.seq, self.train_end, self.ds.spec.n_items, self.n_behaviours, target_behaviour=behaviour))
 
     @property
     def n_behaviours(self) -> int:
@@ -166,13 +172,12 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
     ``blends`` (model name -> its served blend) adds the blend's row for every behaviour asked."""
     seq, cfg, n_items = ctx.ds.seq, ctx.cfg, ctx.ds.spec.n_items
     ecfg = cfg.eval.model_copy(update={"exclude_seen": False, "bootstrap": bootstrap})
-    counts = item_counts(seq, ctx.train_end, n_items)
+    counts = ctx.counts()
     majority = majority_behaviour(seq, ctx.train_end, ctx.n_behaviours)
     non_majority = np.ones(ctx.n_behaviours + 1, bool)
     non_majority[[PAD, majority]] = False
-    markov = Markov(seq, ctx.train_end, n_items)
-    # fitted once: item-to-item neighbours and category popularity do not depend on the behaviour asked
-    shop = shop_baselines(seq, ctx.train_end, n_items, ctx.n_behaviours)
+    # item-to-item neighbours and category popularity do not depend on the behaviour asked
+    shop = ctx.once(("shop",), lambda: shop_baselines(seq, ctx.train_end, n_items, ctx.n_behaviours))
     discovery: dict[str, ScoreFn] = {k: shop[k] for k in ("co-occurrence", "category popularity") if k in shop}
     out: dict = {}
     for b in [PAD, *range(1, ctx.n_behaviours + 1)]:
@@ -183,7 +188,7 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
         if len(ex) == 0:
             out[key] = {}
             continue
-        b_counts = counts if b == PAD else item_counts(seq, ctx.train_end, n_items, behaviour=b)
+        b_counts = counts if b == PAD else ctx.counts(b)
         systems: dict[str, ScoreFn] = {}
         for name, m in models.items():
             if m.heads is not None or b == PAD:
@@ -195,13 +200,12 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
         systems["popularity"] = Popularity(counts)
         if b != PAD:
             systems[f"popularity among {key}"] = Popularity(b_counts)
-        systems["markov"] = markov
+        systems["markov"] = ctx.markov()
         systems["recent non-majority items"] = RecentItems(non_majority, b_counts)
         all_types = np.ones(ctx.n_behaviours + 1, bool)
         all_types[PAD] = False
         systems["recent items"] = RecentItems(all_types, b_counts)
-        systems["weighted recent items"] = WeightedRecentItems.fit(
-            seq, ctx.train_end, n_items, ctx.n_behaviours, target_behaviour=None if b == PAD else b)
+        systems["weighted recent items"] = ctx.weighted_recent(None if b == PAD else b)
         systems.update(discovery)
         out[key] = {
             name: _item_metrics(
@@ -234,12 +238,10 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
         return sum(scores) / len(scores)
 
     baselines: dict[str, ScoreFn] = {
-        "popularity": Popularity(item_counts(seq, ctx.train_end, n_items, behaviour=target)),
-        "markov": Markov(seq, ctx.train_end, n_items),
-        "recent items": RecentItems(np.arange(ctx.n_behaviours + 1) != PAD,
-                                    item_counts(seq, ctx.train_end, n_items, behaviour=target)),
-        "weighted recent items": WeightedRecentItems.fit(seq, ctx.train_end, n_items, ctx.n_behaviours,
-                                                         target_behaviour=target),
+        "popularity": Popularity(ctx.counts(target)),
+        "markov": ctx.markov(),
+        "recent items": RecentItems(np.arange(ctx.n_behaviours + 1) != PAD, ctx.counts(target)),
+        "weighted recent items": ctx.weighted_recent(target),
     }
     blend, grid = choose_blend(baselines, validate)
     return blend, {"chosen": {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None,

@@ -148,14 +148,15 @@ def run_multibehaviour(
         models[name], fits[name] = train_multi_task(ds, vcfg, target, train_end, valid_w, arrays,
                                                     out if i == 0 else None, progress)
     train_seconds = time.perf_counter() - t0
-    calibration = calibrate_models(ds, cfg, models, target)  # part of training: saved with the weights
+    # one context for the whole run: the baselines are fitted on training events once and shared
+    ctx = eval_context(ds, cfg, models[cfg.model.name], target)
+    calibration = calibrate_models(ds, cfg, models, target, ctx)  # part of training: saved with the weights
     blend, blend_report = None, None
     if cfg.train.blend:  # also a training step: chosen on validation, saved with the run
-        ctx = eval_context(ds, cfg, models[cfg.model.name], target)
         blend, blend_report = tune_item_blend(ctx, models[cfg.model.name], max_item_examples)
     blends = {cfg.model.name: blend} if blend is not None else {}
     boot = cfg.eval.bootstrap if bootstrap is None else bootstrap
-    metrics = evaluate_models(ds, cfg, models, target, out, boot, max_item_examples, blends)
+    metrics = evaluate_models(ds, cfg, models, target, out, boot, max_item_examples, blends, ctx)
     metrics["calibration"] = calibration
     if blend_report is not None:
         metrics["blend"] = blend_report
@@ -163,7 +164,7 @@ def run_multibehaviour(
                              "train_seconds": f.train_seconds} for name, f in fits.items()}
     metrics["train_wall_seconds"] = train_seconds
     metrics["warnings"] = run_warnings(ds, cfg, models[cfg.model.name], fits[cfg.model.name], target,
-                                       max_item_examples) + head_warnings(metrics, cfg.model.name)
+                                       max_item_examples, ctx) + head_warnings(metrics, cfg.model.name)
     if blend is not None:
         metrics["warnings"].append(
             f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, chosen on "
@@ -177,15 +178,16 @@ def run_multibehaviour(
 
 
 def run_warnings(ds: Dataset, cfg: Config, model: SequenceModel, result: FitResult, target: int,
-                 max_item_examples: int | None) -> list[str]:
+                 max_item_examples: int | None, ctx: EvalContext | None = None) -> list[str]:
     """Plain-words problems of a multi-behaviour run: too few target events in validation or test,
     a training run cut by the clock or saturated, and every heuristic that beats the model on the
     validation window it was selected on (next target-behaviour item, and next item of any behaviour)."""
-    ctx = eval_context(ds, cfg, model, target)
+    ctx = ctx or eval_context(ds, cfg, model, target)
     name = ds.vocabs.behaviours.tokens[target]
     n_valid, n_test = (len(window_examples(ds.seq, w, target)[0]) for w in (ctx.valid, ctx.test))
     out = [*split_warnings(n_valid, n_test, cfg.split.min_targets, f"'{name}' targets"), *fit_warnings(result, cfg)]
-    on_valid = replace(ctx, test=ctx.valid)  # the same tables, on the validation window
+    # the same tables on the validation window; its exclusion counts are not the test's
+    on_valid = replace(ctx, test=ctx.valid, excluded={})
     items = evaluate_items(on_valid, {cfg.model.name: model}, 0, max_item_examples)
     for key, what in ((name, f"next-'{name}'-item"), ("any", "next-item")):
         rows = {s: m for s, m in (items.get(key) or {}).items() if not s.startswith(f"{cfg.model.name} (")}
@@ -217,21 +219,23 @@ def eval_context(ds: Dataset, cfg: Config, model: SequenceModel, target: int) ->
     return EvalContext(ds, cfg, arrays, train_end, valid_w, test_w, target, model.max_len)
 
 
-def calibrate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], target: int) -> dict:
+def calibrate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], target: int,
+                     ctx: EvalContext | None = None) -> dict:
     """Training step: fit each model's validation-time post-processing (next-action decision
     offsets, intent Platt scaling) once and store it in its head buffers (``calibrate_heads``)."""
-    ctx = eval_context(ds, cfg, models[cfg.model.name], target)
+    ctx = ctx or eval_context(ds, cfg, models[cfg.model.name], target)
     return {name: calibrate_heads(ctx, m) for name, m in models.items()}
 
 
 def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], target: int, out: Path | None,
-                    bootstrap: int, max_item_examples: int | None, blends: dict[str, Blend] | None = None) -> dict:
+                    bootstrap: int, max_item_examples: int | None, blends: dict[str, Blend] | None = None,
+                    ctx: EvalContext | None = None) -> dict:
     """Every head of every model beside the baselines on the test window (``cfg`` already resolved).
 
     Read-only: the models' validation-fitted post-processing (intent Platt scaling, next-action
     decision offsets) is the one stored in their heads by training (``calibrate_models``); nothing
     is refitted or written here, so evaluating twice gives the same numbers and the same weights."""
-    ctx = eval_context(ds, cfg, models[cfg.model.name], target)
+    ctx = ctx or eval_context(ds, cfg, models[cfg.model.name], target)
     train_end, valid_w, test_w = ctx.train_end, ctx.valid, ctx.test
     metrics: dict = {
         "dataset": str(ds.path),
@@ -250,7 +254,7 @@ def evaluate_models(ds: Dataset, cfg: Config, models: dict[str, SequenceModel], 
         metrics["next_action"] = evaluate_actions(ctx, models, out)
     if heads is not None and "intent" in heads.parts:
         metrics["intent"] = evaluate_intent(ctx, models, out)
-    metrics["excluded"] = ctx.excluded
+    metrics["excluded"] = dict(ctx.excluded)
     metrics["protocol"] = protocol_text(cfg)
     return metrics
 
