@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure_redis.sh
+	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy

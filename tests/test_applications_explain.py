@@ -128,6 +128,16 @@ def test_deletion_test_separates_a_faithful_method_from_chance(demo: tuple) -> N
     assert three["drop_top"] > res["drop_top"] * 0.5
     with pytest.raises(ValueError, match="unknown attribution method"):
         deletion_test(model, seq, items, BUCKETS, "shap")
+    # served with a capped window: the top event is the largest drop among the last 2 events only
+    capped = deletion_test(model, seq, items, BUCKETS, "occlusion", k=1, n_boot=0, recent=2)
+    attr = occlusion(model, seq, items, BUCKETS, recent=2)
+    assert np.isnan(attr.values[:, 0, :-2]).all() and not np.isnan(attr.values[:, 0, -2:]).any()
+    assert capped["drop_top"] == pytest.approx(float(np.nanmax(attr.values[:, 0], 1).mean()), rel=1e-4)
+    assert capped["recent"] == 2 and res["drop_top"] >= capped["drop_top"]
+    shared = deletion_test(model, seq, items, BUCKETS, "occlusion", k=1, n_boot=0, attribution=attr)
+    assert shared["drop_top"] == pytest.approx(capped["drop_top"], rel=1e-6)  # a given attribution is used as is
+    with pytest.raises(ValueError, match="recent"):
+        deletion_test(model, seq, items, BUCKETS, "gradient_x_input", recent=2)
 
 
 def test_bootstrap_and_top_by_hand() -> None:

@@ -33,6 +33,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory, shop_log: Path) -> dict[str, s
     (t / "good.csv").write_text("user_id,item_id,timestamp\nu1,i1,1600000000\nu2,i2,1600000001\n")
     (t / "badbyte.csv").write_bytes(b"user_id,item_id,timestamp\nu1,i1,1600000000\nu\xff,i2,1600000001\n")
     (t / "alltimebad.csv").write_text("user_id,item_id,timestamp\nu1,i1,soon\nu2,i2,later\n")
+    (t / "dupheader.csv").write_text("user_id,user_id,item_id\nu1,u2,i1\n")
     (t / "events.yaml").write_text("a: 1\n")
     (t / "emptydir").mkdir()
     (t / "afile").write_text("x")
@@ -84,6 +85,8 @@ CASES: list[tuple[str, str, str]] = [
      "badbyte.csv:3: <record>: not valid utf-8 text: byte(s) 0xff at byte offset 44"),
     ("prepare-all-rejected", "prepare {t}/alltimebad.csv -o {t}/o",
      "all 2 rows were rejected; first: {t}/alltimebad.csv:2: timestamp: unparsable timestamp 'soon'"),
+    ("prepare-duplicate-header", "prepare {t}/dupheader.csv -o {t}/o",
+     "dupheader.csv:1: duplicate column name(s) ['user_id']"),
     ("prepare-kcore-empty", "prepare {t}/good.csv -o {t}/o --min-user-events 5", "no events left after the k-core"),
     ("prepare-parquet-list-column", "prepare {t}/list.parquet -o {t}/o",
      "list.parquet: column 'user_id' (mapped to user_id) has type List"),

@@ -175,6 +175,21 @@ def test_ledger_hashes_ids_survives_torn_lines_and_filters_prepare_data(tmp_path
     assert keyed_hash(b"k" * 16, SECRET) != keyed_hash(b"j" * 16, SECRET)
 
 
+def test_a_ledger_sees_deletions_recorded_by_another_process_sharing_the_file(tmp_path: Path) -> None:
+    """Several service workers share one ledger: a deletion through one worker must stop the
+    others from accepting a replayed event of that user (each holds its own loaded copy)."""
+    path = tmp_path / "ledger.jsonl"
+    worker_a, worker_b = open_ledger(path), open_ledger(path)
+    assert worker_b.forgotten_at(SECRET) is None
+    worker_a.record([SECRET], at=2000)
+    assert worker_b.forgotten_at(SECRET) == 2000
+    with open(path, "ab") as f:
+        f.write(b'{"user": "')  # another process mid-append: not read until its line is complete
+    assert worker_b.forgotten_at(OTHER) is None
+    worker_a.record([OTHER], at=2600)  # fences the torn line off and appends
+    assert worker_b.forgotten_at(OTHER) == 2600 and worker_b.forgotten_at(SECRET) == 2000
+
+
 def test_delete_endpoint_then_replays_are_refused(tmp_path: Path) -> None:
     run = synthetic_run(tmp_path / "run", [f"item-{i}" for i in range(40)], ModelConfig(dim=16, layers=1, heads=1,
                                                                                      max_len=50))

@@ -291,3 +291,35 @@ def test_redis_down_is_503_with_retry_after(runs: dict[str, Path], tmp_path: Pat
             assert c.post("/v1/events", headers=ING, json=ev).json()["duplicates"] == 1  # nothing lost
     finally:
         server.stop()
+
+
+def test_redis_write_on_a_connection_closed_under_us_is_retried_once_then_503() -> None:
+    """After a redis-server restart uvloop refuses writes on dead pooled sockets with a RuntimeError
+    (found by bench/serving_chaos.py as a 500): nothing was sent, so one retry, else a 503."""
+    closed = "unable to perform operation on <TCPTransport closed=True reading=False 0x1>; the handler is closed"
+    calls: list[int] = []
+
+    async def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(closed)
+        return 7
+
+    async def dead() -> int:
+        raise RuntimeError(closed)
+
+    async def other() -> int:
+        raise RuntimeError("a bug, not an outage")
+
+    async def go() -> None:
+        store = RedisStore("redis://127.0.0.1:1/0")  # never connected: _call only runs the given interaction
+        try:
+            assert await store._call(flaky) == 7 and len(calls) == 2
+            with pytest.raises(StoreUnavailable, match="connection closed"):
+                await store._call(dead)
+            with pytest.raises(RuntimeError, match="a bug"):
+                await store._call(other)
+        finally:
+            await store.close()
+
+    asyncio.run(go())

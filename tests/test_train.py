@@ -181,3 +181,71 @@ def test_fit_trains_any_module_on_any_loader_and_keeps_the_start_when_nothing_be
     res = run(stuck, y + 1e6, min_delta=1e9)
     assert res.best_epoch == 0 and res.stopped_by == "early_stopping" and res.epochs == cfg.train.patience
     assert all(torch.equal(start[k], v) for k, v in stuck.state_dict().items())
+
+
+def test_evaluation_holds_a_bounded_score_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large catalogue is ranked a few users at a time (``SCORE_BLOCK`` floats), same metrics."""
+    import shopformer.evaluation.ranking as ranking
+
+    seq = cyclic_sequences(n_users=40)
+    sp = leave_one_out(seq)
+    cfg = apply_overrides(Config(), ["model.dim=16"])
+    model = build_model(cfg.model, DataSpec(60, 2, has_time=True))
+    arrays = EventArrays.from_sequences(seq, cfg.model.time_buckets)
+    whole = evaluate(model_scorer(model), seq, arrays, sp.test, 60, 8, cfg.eval, bootstrap=False)
+    seen: list[int] = []
+    scorer = model_scorer(model)
+
+    def spy(batch):
+        seen.append(len(batch))
+        return scorer(batch)
+
+    monkeypatch.setattr(ranking, "SCORE_BLOCK", 61 * 3)  # three users' scores over 60 items + padding
+    part = evaluate(spy, seq, arrays, sp.test, 60, 8, cfg.eval, bootstrap=False)
+    assert max(seen) == 3 and sum(seen) == len(sp.test)
+    assert part.metrics == whole.metrics and np.array_equal(part.topk, whole.topk)
+
+
+def test_step_precision_and_compile_options_reach_the_training_step() -> None:
+    from shopformer.training.hardware import step_precision
+
+    cpu = torch.device("cpu")
+    assert step_precision("fp32", cpu, {"amx_bf16"}) is None
+    assert step_precision("auto", cpu, {"avx2"}) is None  # emulated bf16 is slower: auto stays fp32
+    assert step_precision("auto", cpu, {"avx512_bf16"}) == torch.bfloat16
+    assert step_precision("bf16", cpu, set()) == torch.bfloat16
+    seq = cyclic_sequences(n_users=30)
+    sp = leave_one_out(seq)
+    cfg = apply_overrides(Config(), ["model.dim=16", "train.epochs=1", "train.precision=bf16", "train.compile=true"])
+    model = build_model(cfg.model, DataSpec(60, 2, has_time=True))
+    loader = make_train_loader(cfg, seq, sp.train_end)
+    seen: list[tuple[bool, bool]] = []
+
+    def objective(batch):
+        seen.append((torch.is_autocast_enabled("cpu"), "encode" in vars(model)))  # compiled while training
+        return LossOutput((model.item_emb.weight[1:3] ** 2).sum(), {})
+
+    fit(model, cfg, loader=loader, objective=objective, progress=False)
+    assert seen and all(s == (True, True) for s in seen)
+    assert "encode" not in vars(model)  # the plain method is back: nothing compiled is saved
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(next(iter(loader)), cfg.loss)
+    assert loss.total.dtype == torch.float32  # the full-catalogue loss stays fp32 under autocast
+
+
+def test_evaluation_batches_by_history_length_only_as_wide_as_needed() -> None:
+    from shopformer.data.batches import history_batches
+
+    seq = cyclic_sequences(n_users=40)
+    sp = leave_one_out(seq)
+    arrays = EventArrays.from_sequences(seq, 16)
+    plain = list(history_batches(seq, arrays, sp.test, 20, 8))
+    short = list(history_batches(seq, arrays, sp.test, 20, 8, by_length=True))
+    assert all(b.items.shape[1] == 20 for _, b in plain)
+    assert all(b.items.shape[1] < 20 and (b.items[:, 0] != 0).any() for _, b in short)  # no all-padding column
+    assert sorted(np.concatenate([i for i, _ in short]).tolist()) == list(range(len(sp.test)))
+    by_row = {int(i): b.items[k] for idx, b in short for k, i in enumerate(idx)}
+    for idx, b in plain:  # the same histories, without the leading padding
+        for k, i in enumerate(idx):
+            trimmed = by_row[int(i)]
+            assert torch.equal(b.items[k, -len(trimmed) :], trimmed) and not b.items[k, : -len(trimmed)].any()

@@ -101,6 +101,17 @@ class AugmentConfig(_Section):
     contrastive_views: Literal["cl4srec", "dropout"] = "cl4srec"
 
 
+class DPConfig(_Section):
+    """Differentially private training, DP-SGD (training/privacy.py): every training window's gradient is
+    clipped to ``max_grad_norm`` (L2) and Gaussian noise of std ``noise_multiplier * max_grad_norm`` is
+    added to each batch's sum; the (epsilon, delta) spent is reported in metrics.json (Opacus' RDP
+    accountant). The unit is one training window: one user with ``train.sliding_window = false``."""
+
+    noise_multiplier: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    max_grad_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -122,6 +133,12 @@ class TrainConfig(_Section):
     # Opt-in: serve a mixture of the model with its best baseline, tuned on validation (evaluation/
     # blend.py), so the served answer is never worse than either on validation.
     blend: bool = False
+    # Training step precision (docs/scale-training.md): "bf16" autocasts the encoder to bfloat16
+    # (the loss stays fp32); "auto" = bf16 only where the hardware has native bf16 (CUDA, or a CPU
+    # with AMX / AVX512-BF16), else fp32.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    compile: bool = False  # torch.compile the model's encoder (dynamic shapes; first steps compile)
+    dp: DPConfig | None = None  # [train.dp]: differentially private training (DP-SGD), off by default
 
 
 class EvalConfig(_Section):

@@ -28,7 +28,9 @@ from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
 from shopformer.data.vocab import UnknownBehaviourError
+from shopformer.evaluation.explain import describe_events, occlusion
 from shopformer.models.base import SequenceModel
+from shopformer.onnx_encoder import OnnxEncoder
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,22 @@ class Encoded(NamedTuple):
     skipped: list[str]  # unknown item ids (their events are left out)
     skipped_behaviours: list[str]  # unknown behaviour names (their events are left out)
     seen: list[int]  # every known item of the history (unknown-behaviour events too): what is a repeat
+    positions: list[int]  # index in the history as given of each kept event (Recommender.explain)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One history event that drove a recommended item (``Recommender.explain``)."""
+
+    item: str  # raw id of the history event's item
+    behaviour: str | None  # that event's behaviour name (None when the history gave none)
+    position: int  # index in the history as given (0 = oldest)
+    weight: float  # how much the recommended item's score drops when this event is removed (occlusion)
+
+
+def describe_reasons(reasons: list[Reason]) -> str:
+    """'because you viewed X and carted Y' ('' when there is no reason: a popularity answer)."""
+    return describe_events([(r.item, r.behaviour) for r in reasons])
 
 
 class ItemIndex(Protocol):
@@ -137,10 +155,37 @@ class Recommender:
         # the same as floats for the tie path (a float32 select and topk are faster; exact below 2**24 items)
         self._pop_key_f = self._pop_key.to(torch.float32 if len(key) < 2**24 else torch.float64)
         self._default_behaviour = 1  # the most frequent type (vocabularies are frequency-sorted)
+        self.backend = "torch"  # what computes user vectors: "torch" or "onnx" (use_backend)
+        self._onnx: OnnxEncoder | None = None
+        self._item_vectors: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Recommender:
-        return cls(load_run(run_dir))
+    def load(cls, run_dir: str | Path, backend: str = "torch", threads: int = 1) -> Recommender:
+        rec = cls(load_run(run_dir))
+        rec.use_backend(backend, threads)
+        return rec
+
+    # -- user vectors: PyTorch, or the run's exported ONNX encoder (onnx_encoder.py) ------------------
+    def use_backend(self, backend: str, threads: int = 1) -> None:
+        """Compute user vectors with "torch" (the model) or "onnx" (``encoder.onnx`` beside the run,
+        exported from these weights: OnnxBackendError, an ArtifactError, otherwise). The ONNX graph is
+        the encoder only, so it serves models whose scores are user vector x item vectors
+        (``supports_index``); task heads and blends need the PyTorch model (ArtifactError)."""
+        if backend == "torch":
+            self._onnx = self._item_vectors = None
+        elif backend == "onnx":
+            if not self.supports_index:
+                raise ArtifactError(f"backend 'onnx' serves models scored by user vector x item vectors; "
+                                    f"{self.version} has task heads, a blend or its own score_all: use backend 'torch'")
+            self._onnx = OnnxEncoder.load(self.run, threads)
+            self._item_vectors = self.model.output_embeddings().detach().float()
+        else:
+            raise ValueError(f"unknown backend {backend!r} (torch or onnx)")
+        self.backend = backend
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:
+        """(B, D) float32 state after each history (``last_hidden``), by the chosen backend."""
+        return self.model.last_hidden(batch).float() if self._onnx is None else self._onnx(batch)
 
     @property
     def version(self) -> str:
@@ -152,7 +197,7 @@ class Recommender:
         (``Vocabs.behaviour_id``) are left out and reported; a missing behaviour (None) is the
         most frequent type."""
         iv = self.vocabs.items.index
-        items, behs, times, skipped, skipped_behs, seen = [], [], [], [], [], []
+        items, behs, times, skipped, skipped_behs, seen, positions = [], [], [], [], [], [], []
         for pos, raw in enumerate(h.items):
             idx = iv.get(str(raw), 0)
             if idx == PAD:
@@ -170,9 +215,11 @@ class Recommender:
                     continue
             items.append(idx)
             behs.append(bid)
+            positions.append(pos)
             if h.timestamps is not None:
                 times.append(int(h.timestamps[pos]))
-        return Encoded(items, behs, (times if h.timestamps is not None else None), skipped, skipped_behs, seen)
+        return Encoded(items, behs, (times if h.timestamps is not None else None), skipped, skipped_behs, seen,
+                       positions)
 
     def make_batch(self, encoded: list[tuple[list[int], list[int], list[int] | None]]) -> Batch:
         """Left-padded Batch of the last ``max_len`` events of each encoded history.
@@ -213,6 +260,11 @@ class Recommender:
 
     def _score(self, batch: Batch, behaviour: int | torch.Tensor | None) -> torch.Tensor:
         """(B, n_items + 1) the model's scores, or the run's validation-tuned blend with a baseline."""
+        if self._onnx is not None and self._item_vectors is not None and (
+                behaviour is None or not bool(torch.as_tensor(behaviour).ne(PAD).any())):
+            scores = self._onnx(batch) @ self._item_vectors.T  # = score_all of a supports_index model
+            scores[:, PAD] = float("-inf")
+            return scores
         scores = self.model.score_all(batch, behaviour).float()
         return scores if self.run.blend is None else self.run.blend.combine(scores, batch)
 
@@ -422,7 +474,7 @@ class Recommender:
                     model_scores = self._score(batch, None if self.model.heads is None else torch.tensor(
                         [self.model.heads.default_behaviour if b is None else b for b in beh]))
                 else:
-                    hidden = self.model.last_hidden(batch).float()
+                    hidden = self.user_vectors(batch)
         if index is None:
             if not fallback and model_scores is not None:
                 scores = model_scores
@@ -463,6 +515,40 @@ class Recommender:
             sims[idx] = float("-inf")
         top = sims.topk(min(k, self.spec.n_items - 1))
         return Recommendations(self.vocabs.items.decode(top.indices.tolist()), top.values.tolist())
+
+    # -- explanations (evaluation/explain.py) ------------------------------------------------------
+    def explain(self, history: History | list[str], items: list[str], n: int = 3, behaviour: str | None = None,
+                recent: int | None = None) -> list[list[Reason]]:
+        """For each recommended item (raw id), the n history events that drove it most, strongest first.
+
+        Occlusion: an event's weight is the drop of the item's score (the model's own, before any
+        blend) when the event is removed from the history; only positive weights are reasons, so a
+        list may be shorter than ``n`` (empty: nothing in the history raised the item, e.g. a
+        popularity answer). All leave-one-out copies and all items share one forward pass. Only
+        events in the model's window (the last ``max_len`` known events) are weighed, or the last
+        ``recent`` of them. ``behaviour``: the next-event type the items were ranked for."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        h = history if isinstance(history, History) else History(list(history))
+        beh = self.behaviour_id(behaviour)
+        ids = [self.vocabs.items.index.get(str(it), PAD) for it in items]
+        unknown = [str(it) for it, i in zip(items, ids, strict=True) if i == PAD]
+        if unknown:
+            raise ValueError(f"unknown item id(s) to explain: {unknown[:5]}")
+        e = self._encode(h)
+        if not e.items or not ids:
+            return [[] for _ in items]
+        cats = self.run.item_category[np.asarray(e.items, dtype=np.int64)].tolist()
+        timed = self.spec.has_time and e.times is not None
+        seq = Sequences.from_lists([e.items], [e.behaviours], [e.times] if timed else None, [cats])  # type: ignore[list-item]
+        with self._lock:
+            attr = occlusion(self.model, seq, np.asarray([ids]), self.cfg.model.time_buckets, beh, recent=recent)
+        given = h.behaviours
+        out = []
+        for j in range(len(ids)):
+            out.append([Reason(str(h.items[p]), None if given is None or given[p] is None else str(given[p]), p, w)
+                        for p, w in ((e.positions[ev], w) for ev, w in attr.top(0, j, n))])
+        return out
 
     # -- multi-behaviour heads (models/heads.py) --------------------------------------------------
     def behaviour_id(self, name: str | None) -> int | None:

@@ -16,12 +16,15 @@ from shopformer.cli.applications import (
     churn_command,
     explain_command,
     forecast_command,
+    report_command,
     score_command,
     trends_command,
 )
 from shopformer.cli.common import UserErrorGroup, console
 from shopformer.cli.evaluate import evaluate_command
+from shopformer.cli.export import export_command
 from shopformer.cli.forget import forget_command
+from shopformer.cli.insights import insights_command
 from shopformer.cli.models import models_group
 from shopformer.cli.prepare import prepare_command
 from shopformer.cli.recommend import recommend_command
@@ -70,3 +73,6 @@ app.command("score")(score_command)
 app.command("forecast")(forecast_command)
 app.command("trends")(trends_command)
 app.command("explain")(explain_command)
+app.command("report")(report_command)
+app.command("export")(export_command)
+app.command("insights")(insights_command)

@@ -36,11 +36,22 @@ def _load(run: Path, dataset: Path | None) -> tuple[Run, Dataset]:
     return loaded, load_dataset(path)
 
 
-def _write_metrics(metrics: dict, path: Path | None) -> None:
+RecordOpt = Annotated[bool, typer.Option(
+    "--record/--no-record", help="keep the metrics in the run's applications/ folder and refresh its report.html")]
+
+
+def _write_metrics(metrics: dict, path: Path | None, run: Path | None = None, kind: str = "",
+                   record: bool = False) -> None:
     if path is not None:
         from shopformer.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(metrics, indent=2, default=float))
+    if record and run is not None:
+        from shopformer.pipelines.applications.report_html import record_application
+
+        kept = record_application(model_dir(run), kind, metrics)
+        if kept is not None:
+            console.print(f"recorded in {kept} (report: {kept.parent.parent / 'report.html'})", highlight=False)
 
 
 def _print_warnings(warnings: list[str]) -> None:
@@ -59,6 +70,7 @@ def churn_command(
     active_days: Annotated[float | None, typer.Option(
         help="score only users with an event in the last N days before each cut-off")] = None,
     metrics: MetricsOpt = None,
+    record: RecordOpt = True,
 ) -> None:
     """Churn probability per user (encoder state + RFM, calibrated) beside an RFM-only baseline."""
     from shopformer.artifacts import ArtifactError
@@ -73,7 +85,7 @@ def churn_command(
         result = run_churn(loaded, ds, days, target_only, cutoff, active_days)
         if out is not None:
             write_frame(result.scores, out)
-        _write_metrics(result.metrics, metrics)
+        _write_metrics(result.metrics, metrics, run, "churn_target" if target_only else "churn", record)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
     console.print(churn_table(result.metrics))
@@ -132,6 +144,7 @@ def forecast_command(
     interval: Annotated[float, typer.Option(help="nominal coverage of the prediction intervals")] = 0.8,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="the forecast after the data (.parquet/.csv)")] = None,
     metrics: MetricsOpt = None,
+    record: RecordOpt = True,
 ) -> None:
     """Expected demand per item / category over the next horizon, with intervals, beside naive baselines."""
     from shopformer.artifacts import ArtifactError
@@ -152,7 +165,7 @@ def forecast_command(
             frame = pl.DataFrame({level: final["series"][1:].tolist(), **{k: final[k][1:] for k in
                                                                           ("expected", "lo", "hi", "last_period")}})
             write_frame(frame.sort("expected", descending=True), out)
-        _write_metrics(result, metrics)
+        _write_metrics(result, metrics, run, f"forecast_{level}", record)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
     console.print(forecast_table(result))
@@ -175,6 +188,7 @@ def trends_command(
     top: Annotated[int, typer.Option(help="risers / fallers to print")] = 5,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="the ranking after the data (.parquet/.csv)")] = None,
     metrics: MetricsOpt = None,
+    record: RecordOpt = True,
 ) -> None:
     """Rising and falling items / categories for the next period, beside growth and momentum baselines."""
     from shopformer.artifacts import ArtifactError
@@ -195,7 +209,7 @@ def trends_command(
         if out is not None:
             write_frame(pl.DataFrame({level: final["series"].tolist(), "last_period": final["last_period"],
                                       "predicted_growth": final["predicted_growth"]}), out)
-        _write_metrics(result, metrics)
+        _write_metrics(result, metrics, run, f"trends_{level}", record)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
     console.print(trends_table(result, final, top), highlight=False)
@@ -209,20 +223,24 @@ def explain_command(
     user: Annotated[str, typer.Option(help="raw user id whose recommendations to explain")] = "",
     k: Annotated[int, typer.Option("-k", help="recommendations to explain")] = 5,
     reasons: Annotated[int, typer.Option(help="events named per recommendation")] = 2,
-    method: Annotated[str, typer.Option(help="occlusion or gradient_x_input")] = "occlusion",
+    method: Annotated[str, typer.Option(help="occlusion (what the service serves) or gradient_x_input")] = "occlusion",
+    record: RecordOpt = True,
 ) -> None:
-    """Why a user sees each of their top-k items: the history events that raised its score most."""
+    """Why a user sees each of their top-k items: the history events that raised its score most.
+
+    Occlusion explains the run's served top-k (``Recommender.recommend`` + ``Recommender.explain``,
+    as ``?explain=true``); gradient x input explains the model's own top-k."""
     from shopformer.artifacts import ArtifactError
 
     try:
         import numpy as np
-        import torch
 
-        from shopformer.data.sequences import Sequences
-        from shopformer.evaluation.explain import METHODS, without_events
+        from shopformer.evaluation.explain import METHODS
 
         if method not in METHODS:
             raise ValueError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+        if k < 1 or reasons < 1:
+            raise ValueError("-k and --reasons must be >= 1")
         loaded, ds = _load(run, dataset)
         from shopformer.pipelines.applications.snapshot import check_compatible
 
@@ -231,18 +249,76 @@ def explain_command(
         rows = np.flatnonzero(ds.seq.users == dense) if dense else np.zeros(0, np.int64)
         if len(rows) == 0:
             raise ValueError(f"--user {user!r}: no such user in {ds.path}")
-        s, lo, hi = ds.seq, int(ds.seq.offsets[rows[0]]), int(ds.seq.offsets[rows[0] + 1])
-        hist = Sequences.from_lists([s.items[lo:hi].tolist()], [s.behaviours[lo:hi].tolist()],
-                                    [s.times[lo:hi].tolist()], [s.categories[lo:hi].tolist()])
-        model, buckets = loaded.model.eval(), loaded.config.model.time_buckets
-        with torch.inference_mode():
-            batch = without_events(hist, np.array([0]), np.array([[-1]]), buckets, model.max_len)
-            top = model.score_all(batch).topk(min(k, ds.spec.n_items), dim=1).indices.numpy()
-        attr = METHODS[method](model, hist, top, buckets, None)
+        lo, hi = int(ds.seq.offsets[rows[0]]), int(ds.seq.offsets[rows[0] + 1])
+        explained = (_explain_served(loaded, ds, lo, hi, k, reasons) if method == "occlusion"
+                     else _explain_model(loaded, ds, lo, hi, k, reasons, method))
+        _write_metrics({"user": user, "method": method, "examples": explained}, None, run, "explain", record)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))
-    items, behs = ds.vocabs.items.tokens, ds.vocabs.behaviours.tokens
-    for j, item in enumerate(top[0]):
-        why = [f"{behs[hist.behaviours[e]]} {items[hist.items[e]]} ({w:+.3f})" for e, w in attr.top(0, j, reasons)]
-        console.print(f"{items[item]}: because of {', '.join(why) if why else 'no single event (popularity)'}",
+    for e in explained:
+        why = [f"{r['behaviour']} {r['item']} ({r['weight']:+.3f})" for r in e["reasons"]]
+        console.print(f"{e['item']}: because of {', '.join(why) if why else 'no single event (popularity)'}",
                       highlight=False)
+
+
+def _explain_served(loaded: Run, ds: Dataset, lo: int, hi: int, k: int, n: int) -> list[dict]:
+    """The served top-k of events ``lo:hi`` of the data set and their reasons (``Recommender.explain``)."""
+    from shopformer.recommender import History, Recommender, describe_reasons
+
+    rec, s, v = Recommender(loaded), ds.seq, ds.vocabs
+    h = History([v.items.tokens[i] for i in s.items[lo:hi]], [v.behaviours.tokens[b] for b in s.behaviours[lo:hi]],
+                [int(t) for t in s.times[lo:hi]] if s.has_time else None)
+    top = rec.recommend(h.items, k=k, behaviours=h.behaviours, timestamps=h.timestamps)
+    return [{"item": item, "score": score, "explanation": describe_reasons(why),
+             "reasons": [{"item": r.item, "behaviour": r.behaviour, "position": r.position, "weight": r.weight}
+                         for r in why]}
+            for item, score, why in zip(top.items, top.scores, rec.explain(h, top.items, n), strict=True)]
+
+
+def _explain_model(loaded: Run, ds: Dataset, lo: int, hi: int, k: int, n: int, method: str) -> list[dict]:
+    """The model's own top-k (no blend, no exclusion) attributed by ``method`` (evaluation/explain.py)."""
+    import numpy as np
+    import torch
+
+    from shopformer.data.sequences import Sequences
+    from shopformer.evaluation.explain import METHODS, describe_events, without_events
+
+    s = ds.seq
+    hist = Sequences.from_lists([s.items[lo:hi].tolist()], [s.behaviours[lo:hi].tolist()],
+                                [s.times[lo:hi].tolist()], [s.categories[lo:hi].tolist()])
+    model, buckets = loaded.model.eval(), loaded.config.model.time_buckets
+    with torch.inference_mode():
+        batch = without_events(hist, np.array([0]), np.array([[-1]]), buckets, model.max_len)
+        scores = model.score_all(batch).float()
+        top = scores.topk(min(k, ds.spec.n_items), dim=1)
+    attr = METHODS[method](model, hist, top.indices.numpy(), buckets, None)
+    items, behs = ds.vocabs.items.tokens, ds.vocabs.behaviours.tokens
+    out = []
+    for j, (item, score) in enumerate(zip(top.indices[0].tolist(), top.values[0].tolist(), strict=True)):
+        why = [{"item": items[hist.items[e]], "behaviour": behs[hist.behaviours[e]], "position": e, "weight": w}
+               for e, w in attr.top(0, j, n)]
+        out.append({"item": items[item], "score": score, "reasons": why,
+                    "explanation": describe_events([(r["item"], r["behaviour"]) for r in why])})
+    return out
+
+
+def report_command(
+    run: RunArg,
+    examples: Annotated[int, typer.Option(help="users whose top-3 items are explained in the report (0: none)")] = 3,
+) -> None:
+    """Write RUN/report.html: a self-contained page (opens offline) with every table and chart of the run
+    (metrics with CIs, training curves, repeat / explore, recorded applications, example explanations)."""
+    from shopformer.artifacts import ArtifactError
+
+    try:
+        from shopformer.pipelines.applications.report_html import report_dir, write_html_report
+
+        out = report_dir(run)
+        if not out.is_dir():
+            raise ValueError(f"{run}: no such run directory")
+        if examples < 0:
+            raise ValueError(f"--examples must be >= 0 (got {examples})")
+        path = write_html_report(out, examples)
+    except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
+        fail(str(err))
+    console.print(f"report: {path}", highlight=False)

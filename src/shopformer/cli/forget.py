@@ -4,6 +4,9 @@ The same deletion as ``DELETE /v1/users/{id}``: the users are recorded in the de
 (hashed ids) first, then their events and idempotency records are removed and scrubbed from the
 store's files (SQLite: secure_delete + WAL truncation; Redis: an AOF rewrite, awaited here).
 ``shopformer prepare --forget-ledger LEDGER`` then keeps them out of the next training data.
+For a service run with pseudonymous ids, pass the same key (``--pseudonymise-users`` with
+``--pseudonym-key-file`` or ``SHOPFORMER_PSEUDONYM_KEY``): the raw ids given here are mapped to
+the pseudonyms the store and ledger hold.
 Safe while the service runs on the same store (a running service learns of CLI deletions from
 the ledger when it restarts; until then it would accept a replay of their old events).
 """
@@ -46,16 +49,29 @@ def forget_command(
         "--ledger", help="Deletion ledger to append to (the service's SHOPFORMER_FORGET_LEDGER).")] = Path(
         "shopformer_forget_ledger.jsonl"),
     wait: Annotated[float, typer.Option(help="Seconds to wait for a Redis AOF rewrite to finish.")] = 60.0,
+    pseudonymise_users: Annotated[bool, typer.Option(
+        "--pseudonymise-users", help="The store holds pseudonyms (`serve --pseudonymise-users`): forget "
+        "HMAC(key, USER); key from --pseudonym-key-file or env SHOPFORMER_PSEUDONYM_KEY.")] = False,
+    pseudonym_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the pseudonym key (implies --pseudonymise-users).")] = None,
 ) -> None:
     """Forget users: delete their events and idempotency records and scrub the store's files."""
     from shopformer.data.options import DataValidationError
+    from shopformer.data.pseudonym import PseudonymKeyError, load_pseudonym_key, pseudonymise
     from shopformer.serving.store import StoreUnavailable
 
     bad = [u for u in users if not 1 <= len(u) <= 256]
     if bad:
         fail(f"user id {bad[0][:40]!r}: must be 1..256 characters")
+    kept = list(dict.fromkeys(users))
+    if pseudonymise_users or pseudonym_key_file is not None:
+        try:
+            key = load_pseudonym_key(pseudonym_key_file)
+        except PseudonymKeyError as err:
+            fail(str(err))
+        kept = list(dict.fromkeys(pseudonymise(u, key) for u in kept))
     try:
-        n, scrubbed = asyncio.run(_forget(list(dict.fromkeys(users)), store, ledger, wait))
+        n, scrubbed = asyncio.run(_forget(kept, store, ledger, wait))
     except (DataValidationError, ValueError, StoreUnavailable, OSError) as err:
         fail(str(err))
     console.print(f"forgot {len(set(users))} user(s): {n} event(s) deleted, {scrubbed}; ledger {ledger}",

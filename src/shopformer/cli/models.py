@@ -6,8 +6,10 @@
     shopformer models show REGISTRY VERSION        one version's manifest (JSON)
     shopformer models promote REGISTRY VERSION     make a version current (never a rejected one)
     shopformer models rollback REGISTRY [VERSION]  back to the previously current version
+    shopformer models report REGISTRY [VERSION]    (re)write VERSION/report/: drift, validation, gate plots
 
-A running service follows a switch on its next ``POST /v1/admin/reload`` of ``REGISTRY/current``.
+A running service follows a switch at once with ``shopformer serve REGISTRY/current --watch``, or on
+its next ``POST /v1/admin/reload`` of ``REGISTRY/current``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def models_group(architectures: Callable[[], None]) -> typer.Typer:
     group.command("show")(show_command)
     group.command("promote")(promote_command)
     group.command("rollback")(rollback_command)
+    group.command("report")(report_command)
     return group
 
 
@@ -143,3 +146,17 @@ def rollback_command(
     except USER_ERRORS as err:
         fail(str(err))
     console.print(f"rolled back: {target} is current")
+
+
+def report_command(
+    registry: RegistryArg,
+    version: Annotated[str | None, typer.Argument(help="the version (default: the newest)")] = None,
+) -> None:
+    """Write VERSION's report (drift over time, validation per version, gate decisions; plots)."""
+    from shopformer.pipelines.version_report import write_version_report
+
+    try:
+        out = write_version_report(registry, version)
+    except USER_ERRORS as err:
+        fail(str(err))
+    console.print(f"report: {out / 'report.md'}", highlight=False)

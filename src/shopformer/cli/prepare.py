@@ -6,6 +6,7 @@ data set are in ``data/demo/README.md``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,8 +23,12 @@ from shopformer.data.ingest import (
     parse_behaviour_names,
     parse_mapping,
 )
-from shopformer.data.prepare import CleanOptions, prepare
+from shopformer.data.prepare import CleanOptions, PrepareResult, Resources, prepare
 from shopformer.data.pseudonym import PSEUDONYM_KEY_ENV, load_pseudonym_key
+from shopformer.data.spill import DEFAULT_MEMORY_LIMIT, parse_memory
+
+ENGINES = ("polars", "spark")
+PROGRESS_BYTES = 100 << 20
 
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
 
@@ -57,6 +62,29 @@ def _summary(stats: dict[str, object], out: Path) -> Table:
     for key in keys:
         table.add_row(key, str(stats.get(key)))
     return table
+
+
+def _input_bytes(inputs: list[Path]) -> int:
+    files = [f for p in inputs for f in (p.iterdir() if p.is_dir() else [p])]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _memory(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as err:
+        raise DataValidationError(f"--memory-limit: {err}") from None
+
+
+def _run(engine: str, inputs: list[Path], out: Path, ingest_options: IngestOptions, clean_options: CleanOptions,
+         overwrite: bool, resources: Resources) -> PrepareResult:
+    if engine == "polars":
+        return prepare(inputs, out, ingest_options, clean_options, overwrite=overwrite, resources=resources)
+    if engine == "spark":
+        from shopformer.data.prepare_spark import prepare_spark
+
+        return prepare_spark(inputs, out, ingest_options, clean_options, overwrite=overwrite, resources=resources)
+    raise DataValidationError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
 def prepare_command(
@@ -110,6 +138,14 @@ def prepare_command(
     pseudonym_key_file: Annotated[Path | None, typer.Option(
         help=f"File holding the pseudonym key (default: env {PSEUDONYM_KEY_ENV}); never written anywhere.")
     ] = None,
+    memory_limit: Annotated[str, typer.Option(
+        help="Memory to work in, e.g. 4GB or 512MB: peak memory follows it, not the input size "
+        "(docs/scale-data.md).")] = f"{DEFAULT_MEMORY_LIMIT >> 20}MB",
+    engine: Annotated[str, typer.Option(
+        help="polars (this machine) or spark (PySpark, the `spark` extra; local or spark-submit).")] = "polars",
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--quiet", help="One line per stage on stderr, with rows/s (default: on for a terminal "
+        f"or inputs over {PROGRESS_BYTES >> 20} MB).")] = None,
 ) -> None:
     """Validate, clean and encode raw event logs into a dataset directory.
 
@@ -137,7 +173,9 @@ def prepare_command(
         )
         clean_options = CleanOptions(dedup, min_user_events, min_item_events, start, end,
                                      str(forget_ledger) if forget_ledger else None)
-        result = prepare(inputs, out, ingest_options, clean_options, overwrite=overwrite)
+        show = progress if progress is not None else sys.stderr.isatty() or _input_bytes(inputs) > PROGRESS_BYTES
+        resources = Resources(memory_limit=_memory(memory_limit), progress=show)
+        result = _run(engine, inputs, out, ingest_options, clean_options, overwrite, resources)
     except USER_ERRORS as err:
         fail(err, prefix="prepare failed: ")
     Console().print(_summary(result.stats, result.path))

@@ -58,12 +58,22 @@ def retrain_command(
     forget_ledger: Annotated[Path | None, typer.Option(
         help="deletion ledger: forgotten users' events never come back into training")] = None,
     overrides: SetOpt = None,
+    track: Annotated[list[str] | None, typer.Option(
+        help="log params, per-epoch metrics and artifacts to tensorboard and/or mlflow (repeatable; default: "
+             "env SHOPFORMER_TRACK; needs the [track] extra)")] = None,
+    track_dir: Annotated[Path | None, typer.Option(
+        help="tracking folder: tensorboard/ and mlruns/ inside (default: env SHOPFORMER_TRACK_DIR or ./tracking)")]
+    = None,
 ) -> None:
     """Retrain the current version on new events; gate against it and the baselines; optionally promote."""
     from shopformer.data.ingest import IngestOptions
     from shopformer.pipelines.continuous import EXIT_BAD_INPUT, GateConfig, RetrainOptions
+    from shopformer.training.tracking import TrackingConfig
 
     try:
+        tracking = TrackingConfig.from_env()
+        if track or track_dir:
+            tracking = TrackingConfig(tuple(track or tracking.backends), track_dir or tracking.root)
         if bool(events) == (store is not None):
             raise ValueError("pass new events with --events FILE... or --store STATE.db (one of them)")
         interval = parse_every(every) if every else None
@@ -76,7 +86,8 @@ def retrain_command(
         gate = GateConfig(metric=metric, margin=margin, min_examples=min_examples, baselines=baseline_gate)
         opts = RetrainOptions(events=tuple(events or ()), ingest=ingest, from_scratch=from_scratch,
                               window_days=window_days, valid_days=valid_days, promote=promote, gate=gate,
-                              overrides=tuple(overrides or ()), forget_ledger=forget_ledger, progress=True)
+                              overrides=tuple(overrides or ()), forget_ledger=forget_ledger, progress=True,
+                              tracking=tracking)
     except USER_ERRORS as err:
         fail(str(err))
     code = EXIT_BAD_INPUT

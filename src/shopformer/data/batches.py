@@ -10,6 +10,7 @@ behaviour, an augmentation hook, or exact intent labels), one ``TrainLoader`` cl
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -138,6 +139,10 @@ class TrainLoader:
     prefix, so a window's last positions are labelled from the events after the window whenever
     those are training data (-1: unknown or padding). Labels follow the stored event order, so
     they cannot be combined with ``augment``.
+
+    ``shard(rank, world)`` (multi-process training) gives each of ``world`` processes its share of
+    every global batch: all ranks shuffle alike, so together they see exactly the batches of one
+    process, in the same number of steps (the learning-rate schedule is unchanged).
     """
 
     def __init__(
@@ -156,9 +161,24 @@ class TrainLoader:
         self.arrays, self.ends, self.starts = arrays, ends, starts
         self.max_len, self.batch_size = max_len, batch_size
         self.rng = np.random.default_rng(seed)
+        self._seed = seed
         self.augment = augment
         # shifted by 2 so that window padding (0) reads as unknown (-1) once shifted back
         self.labels = None if labels is None else labels.astype(np.int64) + 2
+        self.rank, self.world = 0, 1
+        self.augment_rng = self.rng  # one process: one stream, as always
+
+    def shard(self, rank: int, world: int) -> TrainLoader:
+        """This loader for process ``rank`` of ``world``: same shuffling on every rank (a shared
+        seed), rows ``rank::world`` of each global batch (a batch smaller than ``world`` repeats rows,
+        so every rank takes the same number of steps), augmentation drawn per rank."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world} processes")
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        out.rng = np.random.default_rng(self._seed)  # a fresh shared stream (the seed), same on every rank
+        out.augment_rng = np.random.default_rng([self._seed, rank]) if world > 1 else out.rng
+        return out
 
     def __len__(self) -> int:
         return (len(self.ends) + self.batch_size - 1) // self.batch_size
@@ -172,9 +192,11 @@ class TrainLoader:
         # into batches and shuffle the batches. Each batch is then trimmed to its longest
         # window, so short sequences (most of Beauty) do not pay for 50 positions of padding.
         for sel, width in self.batch_indices():
+            if self.world > 1:
+                sel = np.resize(sel, max(len(sel), self.world))[self.rank :: self.world]
             w = self.arrays.windows(self.ends[sel], self.starts[sel], width)
             if self.augment is not None:
-                w = self.augment(w, self.rng)
+                w = self.augment(w, self.augment_rng)
             batch = windows_to_batch(w)
             if self.labels is None:
                 yield batch
@@ -237,15 +259,29 @@ def windows_to_batch(w: dict[str, np.ndarray]) -> Batch:
 
 
 def history_batches(
-    seq: Sequences, arrays: EventArrays, examples: EvalExamples, max_len: int, batch_size: int
+    seq: Sequences, arrays: EventArrays, examples: EvalExamples, max_len: int, batch_size: int,
+    by_length: bool = False,
 ) -> Iterator[tuple[np.ndarray, Batch]]:
-    """Yield (example indices, Batch of the last ``max_len`` events before each target)."""
+    """Yield (example indices, Batch of the last ``max_len`` events before each target).
+
+    ``by_length``: examples in order of history length, each batch only as wide as its longest
+    history (short histories do not pay for ``max_len`` columns of padding; models are invariant
+    to left padding, tests/test_model_contract.py)."""
     starts = seq.offsets[:-1][examples.rows]
-    for i in range(0, len(examples), batch_size):
-        sl = slice(i, i + batch_size)
-        w = arrays.windows(examples.pos[sl], starts[sl], max_len)
-        t = {k: torch.from_numpy(v) for k, v in w.items()}
-        yield np.arange(i, min(i + batch_size, len(examples))), Batch(**t)
+    if not by_length:
+        for i in range(0, len(examples), batch_size):
+            sl = slice(i, i + batch_size)
+            w = arrays.windows(examples.pos[sl], starts[sl], max_len)
+            t = {k: torch.from_numpy(v) for k, v in w.items()}
+            yield np.arange(i, min(i + batch_size, len(examples))), Batch(**t)
+        return
+    lengths = np.minimum(examples.pos - starts, max_len)
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        width = max(int(lengths[idx].max()), 1)
+        w = arrays.windows(examples.pos[idx], starts[idx], width)
+        yield idx, Batch(**{k: torch.from_numpy(v) for k, v in w.items()})
 
 
 def seen_pairs(seq: Sequences, examples: EvalExamples, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

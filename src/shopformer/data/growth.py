@@ -25,7 +25,7 @@ import polars as pl
 from shopformer.atomic import sha256_file
 from shopformer.data import schema as S
 from shopformer.data.ingest import FILE, ORDER, POS, TIME_US, DataValidationError, IngestOptions, IngestResult, ingest
-from shopformer.data.ledger import Ledger, drop_forgotten
+from shopformer.data.ledger import Ledger, drop_forgotten, redact_forgotten
 from shopformer.data.prepare import (
     FORMAT_VERSION,
     CleanOptions,
@@ -190,6 +190,9 @@ def prepare_window(
         frame = time_window(frame, start, None)
         counts["outside_time_window"] = before - frame.height
     grown, growth = grow_vocabs(vocabs or empty_vocabs(), frame)
+    if ledger is not None:  # issue 12: no forgotten user's raw id survives in the grown vocabulary
+        users, counts["users_redacted"] = redact_forgotten(grown.users, ledger, frame[S.USER].cast(pl.String))
+        grown = Vocabs(users, grown.items, grown.behaviours, grown.categories)
     names = {i: Path(s.path).name for i, s in enumerate(sources)}
     encoded = sort_events(encode_with(frame, grown), by=S.USER_IDX)
     events = encoded.select(

@@ -104,6 +104,9 @@ class IngestResult:
 # -------------------------------------------------------------------------------------- validation
 
 
+MAX_ID_CHARS = 256  # user and item ids: the HTTP API's bound too (serving/stored.py)
+
+
 def _text(name: str) -> pl.Expr:
     """A raw string column, stripped, with empty strings as null."""
     v = pl.col(name).str.strip_chars()
@@ -114,11 +117,17 @@ def _quoted(v: pl.Expr) -> pl.Expr:
     return pl.lit("'") + v.str.slice(0, 60) + pl.lit("'")
 
 
-def _timestamp_checks(opts: IngestOptions, numeric_only: bool) -> tuple[pl.Expr, pl.Expr]:
-    """(microseconds, error reason) expressions for the timestamp column."""
+_MICROS = "_micros"  # the parsed timestamp, computed once per batch
+
+
+def _timestamp_checks(opts: IngestOptions) -> tuple[pl.Expr, pl.Expr]:
+    """(error reason, failed) expressions for the timestamp column, on the parsed ``_MICROS`` column.
+
+    ``failed`` is cheap (no strings built): validation builds reasons only for the rows that failed.
+    """
     now = opts.now if opts.now is not None else int(time.time())
     t = _text(S.TIME)
-    micros = timestamp_micros(t, opts.time_format, numeric_only=numeric_only)
+    micros = pl.col(_MICROS)
     secs = micros // 1_000_000
     is_num = t.str.contains(_NUM_RE)
     reason = (
@@ -135,55 +144,89 @@ def _timestamp_checks(opts: IngestOptions, numeric_only: bool) -> tuple[pl.Expr,
         .when(secs > now + FUTURE_SLACK)
         .then(pl.lit("timestamp ") + _quoted(t) + pl.lit(" is more than 1 day in the future"))
     )
-    return micros, reason
+    failed = micros.is_null() | (secs < MIN_TIME) | (secs > now + FUTURE_SLACK)
+    return reason, failed
 
 
-def _behaviour_checks(opts: IngestOptions, present: frozenset[str]) -> tuple[pl.Expr, pl.Expr | None]:
+def _behaviour_checks(
+    opts: IngestOptions, present: frozenset[str]
+) -> tuple[pl.Expr, pl.Expr | None, pl.Expr | None]:
     if S.BEHAVIOUR not in present:
         if opts.behaviours is not None and S.DEFAULT_BEHAVIOUR not in opts.behaviours:
             raise MappingError("--behaviours was given but the data has no behaviour column")
-        return pl.lit(S.DEFAULT_BEHAVIOUR, pl.String), None
+        return pl.lit(S.DEFAULT_BEHAVIOUR, pl.String), None, None
     e = _text(S.BEHAVIOUR)
     if opts.behaviour_names:
         e = e.replace(dict(opts.behaviour_names))
     reason: Any = pl.when(e.is_null()).then(pl.lit("missing behaviour"))  # polars when/then types are private
+    failed = e.is_null()
     if opts.behaviours is not None:
         allowed = ", ".join(opts.behaviours)
         reason = reason.when(~e.is_in(list(opts.behaviours))).then(
             pl.lit("unknown behaviour ") + _quoted(e) + pl.lit(f" (allowed: {allowed})")
         )
-    return e, reason
+        failed = failed | ~e.is_in(list(opts.behaviours)).fill_null(True)
+    return e, reason, failed
 
 
-def _number_check(name: str, label: str) -> tuple[pl.Expr, pl.Expr]:
+def _number_check(name: str, label: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     v = _text(name)
     num = v.cast(pl.Float64, strict=False)
     ok = v.str.contains(_NUM_RE) & num.is_finite()
-    return pl.when(ok).then(num), pl.when(v.is_not_null() & ~ok).then(pl.lit(f"non-numeric {label} ") + _quoted(v))
+    failed = (v.is_not_null() & ~ok).fill_null(False)
+    return pl.when(ok).then(num), pl.when(failed).then(pl.lit(f"non-numeric {label} ") + _quoted(v)), failed
 
 
-def _checks(raw: RawEvents, opts: IngestOptions) -> tuple[dict[str, pl.Expr], dict[str, pl.Expr]]:
+@dataclass(frozen=True)
+class _Checks:
+    values: dict[str, pl.Expr]  # typed value per kept column
+    reasons: dict[str, pl.Expr]  # error reason per column (null: fine); built only on failed rows
+    failed: list[pl.Expr]  # cheap: does a row fail some column's check?
+
+
+def _checks(raw: RawEvents, opts: IngestOptions) -> _Checks:
     """Typed value and error-reason expressions per canonical column."""
     values: dict[str, pl.Expr] = {c: _text(c) for c in S.CANONICAL}
     reasons: dict[str, pl.Expr] = {c: pl.when(_text(c).is_null()).then(pl.lit(f"missing {c}")) for c in S.REQUIRED}
+    failed = [_text(c).is_null() for c in S.REQUIRED]
+    for c in (S.USER, S.ITEM):  # issue 12: the service's id bound: a model never holds an id it cannot be asked for
+        long = (_text(c).str.len_chars() > MAX_ID_CHARS).fill_null(False)
+        reasons[c] = pl.coalesce(reasons[c], pl.when(long).then(
+            pl.format(f"{c} longer than {MAX_ID_CHARS} characters ({{}})", _text(c).str.len_chars())))
+        failed.append(long)
     if raw.has_time:
-        t = raw.frame[S.TIME].str.strip_chars()
-        numeric_only = bool((t.str.contains(_NUM_RE) | (t == "")).fill_null(True).all())
-        values[TIME_US], reasons[S.TIME] = _timestamp_checks(opts, numeric_only)
-        values[S.TIME] = values[TIME_US] // 1_000_000
+        reasons[S.TIME], time_failed = _timestamp_checks(opts)
+        failed.append(time_failed)
+        values[TIME_US] = pl.col(_MICROS)
+        values[S.TIME] = pl.col(_MICROS) // 1_000_000
     else:
         values[S.TIME] = pl.lit(None, pl.Int64)
-    values[S.BEHAVIOUR], behaviour_reason = _behaviour_checks(opts, raw.present)
-    if behaviour_reason is not None:
+    values[S.BEHAVIOUR], behaviour_reason, behaviour_failed = _behaviour_checks(opts, raw.present)
+    if behaviour_reason is not None and behaviour_failed is not None:
         reasons[S.BEHAVIOUR] = behaviour_reason
-    values[S.PRICE], reasons[S.PRICE] = _number_check(S.PRICE, "price")
+        failed.append(behaviour_failed)
+    values[S.PRICE], reasons[S.PRICE], price_failed = _number_check(S.PRICE, "price")
+    failed.append(price_failed)
     if raw.has_order:
-        values[ORDER], reasons[ORDER] = _number_check(ORDER, "order_by value")
+        values[ORDER], reasons[ORDER], order_failed = _number_check(ORDER, "order_by value")
+        failed.append(order_failed)
     for c in (*S.CANONICAL, ORDER):  # errors the reader found (a float id 2.5 in Parquet, undecodable bytes)
         if ERR + c in raw.frame.columns:
             own = reasons.get(c)
             reasons[c] = pl.col(ERR + c) if own is None else pl.coalesce(pl.col(ERR + c), own)
-    return values, reasons
+            failed.append(pl.col(ERR + c).is_not_null())
+    failed.append(pl.col(ERR + RECORD).is_not_null())
+    return _Checks(values, reasons, failed)
+
+
+def _parsed_times(raw: RawEvents, frame: pl.DataFrame, opts: IngestOptions) -> pl.DataFrame:
+    """``frame`` with the ``_MICROS`` column (the date-string parsers only when some value needs them)."""
+    if not raw.has_time:
+        return frame
+    t = frame[S.TIME].str.strip_chars()
+    numeric_only = bool((t.str.contains(_NUM_RE) | (t == "")).fill_null(True).all())
+    micros = timestamp_micros(_text(S.TIME), opts.time_format, numeric_only=numeric_only)
+    return frame.with_columns(micros.alias(_MICROS))
 
 
 def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> IngestResult:
@@ -195,20 +238,20 @@ def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> Ing
     them are in its ``errors`` table.
     """
     opts = options or IngestOptions()
-    values, reasons = _checks(raw, opts)
+    checks = _checks(raw, opts)
     record = pl.col(ERR + RECORD)
     err_cols = [record.alias(ERR + RECORD)] + [
-        pl.when(record.is_null()).then(r).alias(ERR + c) for c, r in reasons.items()
+        pl.when(record.is_null()).then(r).alias(ERR + c) for c, r in checks.reasons.items()
     ]
-    frame = raw.frame.filter(~pl.col(BLANK))
-    checked = frame.with_columns(err_cols)
-    err_names = [ERR + RECORD] + [ERR + c for c in reasons]
-    bad = pl.any_horizontal(pl.col(err_names).is_not_null())
-    rejects = _error_table(checked.filter(bad), err_names, raw.sources, opts.pseudonym_key)
+    frame = _parsed_times(raw, raw.frame.filter(~pl.col(BLANK)), opts)
+    flagged = frame.with_columns(pl.any_horizontal(checks.failed).fill_null(True).alias(_BAD))
+    err_names = [ERR + RECORD] + [ERR + c for c in checks.reasons]
+    checked = flagged.filter(pl.col(_BAD)).with_columns(err_cols)
+    rejects = _error_table(checked, err_names, raw.sources, opts.pseudonym_key)
     if opts.strict and rejects.height:
         raise DataValidationError(summarise_errors(rejects), rejects)
     keep = [*S.CANONICAL, *([TIME_US] if raw.has_time else []), *([ORDER] if raw.has_order else [])]
-    typed = checked.filter(~bad).select(FILE, S.ROW, POS, *[values[c].alias(c) for c in keep])
+    typed = flagged.filter(~pl.col(_BAD)).select(FILE, S.ROW, POS, *[checks.values[c].alias(c) for c in keep])
     if opts.pseudonym_key is not None:
         typed = typed.with_columns(pseudonymise_expr(pl.col(S.USER), opts.pseudonym_key))
     events = typed.cast({k: v for k, v in S.EVENTS_SCHEMA.items() if k in S.CANONICAL})
@@ -219,6 +262,9 @@ def validate_events(raw: RawEvents, options: IngestOptions | None = None) -> Ing
         "errors": rejects.height,
     }
     return IngestResult(events, rejects, raw.sources, raw.has_time, raw.has_order, counts)
+
+
+_BAD = "_bad"
 
 
 REJECTS_SCHEMA: dict[str, pl.DataType] = {
@@ -292,13 +338,17 @@ def format_errors(rejects: pl.DataFrame, limit: int = MAX_LISTED_ERRORS) -> str:
     return "\n".join(lines)
 
 
-def summarise_errors(rejects: pl.DataFrame) -> str:
-    """One line: the first error as ``file:line: column: reason``, and how many more there are."""
-    if rejects.height == 0:
+def summarise_errors(rejects: pl.DataFrame | pl.LazyFrame) -> str:
+    """One line: the first error as ``file:line: column: reason``, and how many more there are.
+
+    A lazy table (rejects spilled to disk by ``prepare``) is read only as far as needed."""
+    table = rejects.lazy()
+    head = table.head(1).collect()
+    if head.height == 0:
         return "no errors"
-    f, line, col, reason = rejects.row(0)[:4]
-    n_rows = rejects.select(pl.struct("file", "line").n_unique()).item()
-    more = f" (+{rejects.height - 1} more error(s); {n_rows} bad row(s) in all)" if rejects.height > 1 else ""
+    f, line, col, reason = head.row(0)[:4]
+    n, n_rows = table.select(pl.len(), pl.struct("file", "line").n_unique()).collect().row(0)
+    more = f" (+{n - 1} more error(s); {n_rows} bad row(s) in all)" if n > 1 else ""
     return f"{f}:{line}: {col}: {reason}{more}"
 
 

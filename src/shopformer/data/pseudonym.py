@@ -6,6 +6,9 @@ seen at ingest and one arriving over HTTP map to the same pseudonym under the sa
 * :func:`pseudonymise` — one id -> 32 lowercase hex characters. The id is stripped of surrounding
   whitespace first (``prepare`` strips every field), then hashed as UTF-8 bytes.
 * :func:`pseudonymise_expr` — the same for a Polars string column (each distinct id hashed once).
+* :func:`pseudonymise_field` — other ids that may embed a user id (the service's ``event_id`` and
+  ``session_id``): HMAC of the exact string (no stripping: ``" a"`` and ``"a"`` stay distinct) in
+  its own domain, so it never equals a user's pseudonym.
 * :func:`load_pseudonym_key` — the key from a file (``--pseudonym-key-file``) or the environment
   variable ``SHOPFORMER_PSEUDONYM_KEY``; at least 16 bytes. The key is never written anywhere:
   only :func:`key_fingerprint` (a keyed hash of a constant, which reveals nothing about the key)
@@ -51,6 +54,12 @@ def pseudonymise_expr(column: pl.Expr, key: bytes) -> pl.Expr:
         return s.replace_strict(table, default=None, return_dtype=pl.String)
 
     return column.map_batches(hash_batch, return_dtype=pl.String)
+
+
+def pseudonymise_field(value: str, key: bytes, domain: str) -> str:
+    """The pseudonym of another id (``domain`` e.g. "event_id"): HMAC-SHA256(key, domain NUL value), 32 hex."""
+    msg = domain.encode("utf-8") + b"\0" + value.encode("utf-8")
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:PSEUDONYM_HEX_CHARS]
 
 
 def key_fingerprint(key: bytes) -> str:

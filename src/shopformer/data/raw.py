@@ -67,6 +67,24 @@ class RawEvents:
         return S.TIME in self.present
 
 
+@dataclass(frozen=True)
+class ScannedEvents:
+    """:class:`RawEvents` not read yet: a lazy frame that ``prepare`` streams in batches."""
+
+    frame: pl.LazyFrame
+    sources: tuple[SourceInfo, ...]
+    present: frozenset[str]
+    has_order: bool
+
+    @property
+    def has_time(self) -> bool:
+        return S.TIME in self.present
+
+    def batch(self, frame: pl.DataFrame) -> RawEvents:
+        """One collected batch of this scan as raw events."""
+        return RawEvents(frame, self.sources, self.present, self.has_order)
+
+
 def canonical_columns(values: Mapping[str, pl.Expr]) -> list[pl.Expr]:
     """All canonical columns as strings (null when unmapped), plus the order-by column if mapped."""
     out = [values.get(c, pl.lit(None, pl.String)).cast(pl.String).alias(c) for c in S.CANONICAL]

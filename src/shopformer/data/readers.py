@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from shopformer.data.raw import (
     RAW,
     RECORD,
     RawEvents,
+    ScannedEvents,
     SourceInfo,
     canonical_columns,
     source_info,
@@ -180,17 +182,21 @@ def _parse_header(line: str, delimiter: str) -> list[str]:
 def _lines(src: _Input) -> pl.LazyFrame:
     """Physical lines with their 1-based number; CR and BOM removed, blank lines flagged, and the
     decoding error of undecodable lines in ``UNDECODABLE``."""
+    undecodable = src.text.reason() if src.text is not None else pl.lit(None, pl.String)
+    scanned = pl.scan_lines(src.read_path, name=RAW, row_index_name=S.ROW, row_index_offset=1)
+    return tidy_lines(scanned, src.idx, undecodable)
+
+
+def tidy_lines(lines: pl.LazyFrame, idx: int, undecodable: pl.Expr | None = None) -> pl.LazyFrame:
+    """Raw lines (``RAW`` and 1-based ``row``) of input file ``idx`` as the readers take them: CR and
+    BOM removed, blank lines flagged, ``UNDECODABLE`` set (null: decoded fine)."""
     raw = pl.col(RAW).str.strip_suffix("\r")
     raw = pl.when(pl.col(S.ROW) == 1).then(raw.str.strip_prefix("\ufeff")).otherwise(raw)
-    undecodable = src.text.reason() if src.text is not None else pl.lit(None, pl.String)
-    return (
-        pl.scan_lines(src.read_path, name=RAW, row_index_name=S.ROW, row_index_offset=1)
-        .with_columns(raw.alias(RAW), pl.col(S.ROW).cast(pl.Int64), pl.lit(src.idx, pl.Int32).alias(FILE))
-        .with_columns(
-            (pl.col(RAW).str.strip_chars() == "").alias(BLANK),
-            pl.lit(0, pl.Int32).alias(POS),
-            undecodable.alias(UNDECODABLE),
-        )
+    numbered = lines.with_columns(raw.alias(RAW), pl.col(S.ROW).cast(pl.Int64), pl.lit(idx, pl.Int32).alias(FILE))
+    return numbered.with_columns(
+        (pl.col(RAW).str.strip_chars() == "").alias(BLANK),
+        pl.lit(0, pl.Int32).alias(POS),
+        (undecodable if undecodable is not None else pl.lit(None, pl.String)).alias(UNDECODABLE),
     )
 
 
@@ -199,7 +205,31 @@ def _record_error(own: pl.Expr) -> pl.Expr:
     return pl.coalesce(pl.col(UNDECODABLE), own).alias(ERR + RECORD)
 
 
-def _read_delimited(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+@dataclass(frozen=True)
+class DelimitedLayout:
+    """How the lines of one delimited file become fields (found once, from its first lines)."""
+
+    delimiter: str
+    header_line: int | None  # the header's line number; None: no header
+    n_fields: int
+    resolved: dict[str, int]  # canonical column -> field index
+
+    def fields(self, lines: pl.LazyFrame) -> pl.LazyFrame:
+        """:func:`tidy_lines` output -> the raw canonical columns of :class:`RawEvents` (a pure transform:
+        the Spark engine applies it to batches of lines on its executors)."""
+        if self.header_line is not None:
+            lines = lines.filter(pl.col(S.ROW) > self.header_line)
+        n = pl.col("_fields").list.len()
+        count_err = pl.when(~pl.col(BLANK) & (n != self.n_fields)).then(
+            pl.format(f"expected {self.n_fields} fields, found {{}}", n)
+        )
+        values = {c: pl.col("_fields").list.get(i, null_on_oob=True) for c, i in self.resolved.items()}
+        return lines.with_columns(split_fields(pl.col(RAW), self.delimiter).alias("_fields")).select(
+            FILE, S.ROW, POS, RAW, BLANK, _record_error(count_err), *canonical_columns(values)
+        )
+
+
+def delimited_layout(src: _Input, fmt: str, opts: IngestOptions) -> tuple[DelimitedLayout, SourceInfo]:
     path = src.path
     found = _first_line(src.read_path)
     if found is None:
@@ -222,22 +252,17 @@ def _read_delimited(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.Lazy
         if has_header
         else [str(i) for i in range(len(first_fields))]
     )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:  # issue 12: which one is meant? refuse rather than silently read the first
+        raise DataValidationError(f"{path}:{header_line}: duplicate column name(s) {dup}")
     resolved = _resolve(path, names, opts.mapping, opts.order_by)
-    n_expected = len(names)
-    fields = split_fields(pl.col(RAW), delimiter)
-    lf = _lines(src)
-    if has_header:  # the header is the first non-blank line
-        lf = lf.filter(pl.col(S.ROW) > header_line)
-    n = pl.col("_fields").list.len()
-    count_err = pl.when(~pl.col(BLANK) & (n != n_expected)).then(
-        pl.format(f"expected {n_expected} fields, found {{}}", n)
-    )
-    values = {c: pl.col("_fields").list.get(i, null_on_oob=True) for c, i in resolved.items()}
-    lf = lf.with_columns(fields.alias("_fields")).select(
-        FILE, S.ROW, POS, RAW, BLANK, _record_error(count_err), *canonical_columns(values)
-    )
-    info = source_info(path, fmt, delimiter, has_header, names, resolved)
-    return lf, info
+    layout = DelimitedLayout(delimiter, header_line if has_header else None, len(names), resolved)
+    return layout, source_info(path, fmt, delimiter, has_header, names, resolved)
+
+
+def _read_delimited(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
+    layout, info = delimited_layout(src, fmt, opts)
+    return layout.fields(_lines(src)), info
 
 
 def _read_jsonl(src: _Input, opts: IngestOptions) -> tuple[pl.LazyFrame, SourceInfo]:
@@ -311,11 +336,13 @@ def _read_one(src: _Input, fmt: str, opts: IngestOptions) -> tuple[pl.LazyFrame,
     return _read_sequences(src, opts)
 
 
-def read_events(paths: Sequence[str | Path], options: IngestOptions | None = None) -> RawEvents:
-    """Read all input files (directories: their files) into one frame of raw canonical strings.
+@contextmanager
+def scan_events(paths: Sequence[str | Path], options: IngestOptions | None = None) -> Iterator[ScannedEvents]:
+    """All input files (directories: their files) as one lazy frame of raw canonical strings.
 
     Text files that are not valid UTF-8 are first transcoded into a temporary folder (``$TMPDIR``),
-    removed before this returns.
+    which lives as long as the context. Collecting the frame may raise a Polars error: pass it to
+    :func:`read_error`.
     """
     opts = options or IngestOptions()
     if not paths:
@@ -335,18 +362,34 @@ def read_events(paths: Sequence[str | Path], options: IngestOptions | None = Non
                 raise DataValidationError(f"{path}: cannot read: {err.strerror or err}") from None
             frames.append(lf)
             infos.append(info)
+        frame = pl.concat(frames, how="diagonal")
+        present = frozenset(c for c in S.CANONICAL if c in infos[0].mapping)
+        yield ScannedEvents(frame, tuple(infos), present, has_order=ORDER in frame.collect_schema().names())
+
+
+def read_error(sources: Sequence[SourceInfo], err: pl.exceptions.PolarsError) -> DataValidationError:
+    """The one-line error for a Polars failure while reading ``sources``."""
+    return DataValidationError(f"cannot read {', '.join(s.path for s in sources)}: {first_line_of(err)}")
+
+
+def read_events(paths: Sequence[str | Path], options: IngestOptions | None = None) -> RawEvents:
+    """Read all input files (directories: their files) into one in-memory frame of raw canonical strings."""
+    with scan_events(paths, options) as scanned:
         try:
-            frame = pl.concat(frames, how="diagonal").collect(engine="streaming")
+            frame = scanned.frame.collect(engine="streaming")
         except pl.exceptions.PolarsError as err:
-            raise DataValidationError(f"cannot read {', '.join(files)}: {first_line_of(err)}") from None
-    present = frozenset(c for c in S.CANONICAL if c in infos[0].mapping)
-    _check_non_empty(frame, infos)
-    return RawEvents(frame, tuple(infos), present, has_order=ORDER in frame.columns)
+            raise read_error(scanned.sources, err) from None
+    check_non_empty(non_blank_files(frame), scanned.sources)
+    return scanned.batch(frame)
 
 
-def _check_non_empty(frame: pl.DataFrame, infos: Sequence[SourceInfo]) -> None:
-    counts = frame.filter(~pl.col(BLANK)).group_by(FILE).len()
-    have = set(counts[FILE].to_list())
+def non_blank_files(frame: pl.DataFrame) -> set[int]:
+    """Indices of the input files with at least one non-blank row in ``frame``."""
+    return set(frame.filter(~pl.col(BLANK))[FILE].unique().to_list())
+
+
+def check_non_empty(have: set[int], infos: Sequence[SourceInfo]) -> None:
+    """Fail on the first input file without data rows (``have``: files with some, see :func:`non_blank_files`)."""
     empty = [info.path for i, info in enumerate(infos) if i not in have]
     if empty:
         raise DataValidationError(f"{empty[0]}: no data rows (empty file or header only)")

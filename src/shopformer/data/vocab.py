@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,28 @@ import polars as pl
 
 PAD_TOKEN = "<pad>"
 PAD = 0  # dense id of the padding token in every vocabulary
+VOCAB_NAMES = ("users", "items", "behaviours", "categories")  # the keys of vocab.json, in file order
+COUNT = "n"  # the count column of :func:`ranked`
+_JSON_CHUNK = 100_000
+
+
+def ranked(counts: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Vocabulary order of a ``(name, n)`` count table: most frequent first, ties by the raw id."""
+    return counts.sort([COUNT, name], descending=[True, False])
+
+
+def vocab_json_chunks(tokens: Mapping[str, pl.Series]) -> Iterator[str]:
+    """The text of ``vocab.json`` (byte-identical to :meth:`Vocabs.to_json`) from one token column per
+    vocabulary (padding first), in pieces: a catalogue of millions of ids is never one Python list."""
+    yield "{"
+    for k, name in enumerate(VOCAB_NAMES):
+        yield ("" if k == 0 else ", ") + json.dumps(name) + ": ["
+        column = tokens[name]
+        for start in range(0, len(column), _JSON_CHUNK):
+            piece = json.dumps(column.slice(start, _JSON_CHUNK).to_list())[1:-1]
+            yield ("" if start == 0 else ", ") + piece
+        yield "]"
+    yield "}"
 
 
 @dataclass(frozen=True)
@@ -34,9 +57,12 @@ class Vocab:
     @classmethod
     def build(cls, values: pl.Series) -> Vocab:
         """Deterministic: most frequent first, ties broken by the raw id string."""
-        counts = values.drop_nulls().value_counts(name="n")
-        counts = counts.sort(["n", values.name], descending=[True, False])
-        return cls((PAD_TOKEN, *counts[values.name].cast(pl.String).to_list()))
+        return cls.from_counts(values.drop_nulls().value_counts(name=COUNT), values.name)
+
+    @classmethod
+    def from_counts(cls, counts: pl.DataFrame, name: str) -> Vocab:
+        """The vocabulary of a ``(name, n)`` count table (see :func:`ranked`)."""
+        return cls((PAD_TOKEN, *ranked(counts, name)[name].cast(pl.String).to_list()))
 
     def encode(self, raw: list[str]) -> list[int]:
         """Dense ids, 0 for unknown raw ids (callers decide whether to skip or fail)."""
@@ -60,12 +86,12 @@ class Vocabs:
     categories: Vocab
 
     def to_json(self) -> str:
-        return json.dumps({k: list(getattr(self, k).tokens) for k in ("users", "items", "behaviours", "categories")})
+        return json.dumps({k: list(getattr(self, k).tokens) for k in VOCAB_NAMES})
 
     @classmethod
     def from_json(cls, text: str) -> Vocabs:
         data = json.loads(text)
-        return cls(**{k: Vocab(tuple(data[k])) for k in ("users", "items", "behaviours", "categories")})
+        return cls(**{k: Vocab(tuple(data[k])) for k in VOCAB_NAMES})
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabs:

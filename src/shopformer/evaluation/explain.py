@@ -96,15 +96,21 @@ def _score_copies(model: SequenceModel, seq: Sequences, owner: np.ndarray, remov
 
 
 def occlusion(model: SequenceModel, seq: Sequences, items: np.ndarray, n_time_buckets: int,
-              behaviour: int | None = None, max_rows: int = 512) -> Attribution:
+              behaviour: int | None = None, max_rows: int = 512, recent: int | None = None) -> Attribution:
     """Score drop of each history's ``items`` (B, K dense ids) when each window event is removed.
 
     The full histories and every leave-one-out copy go through the model together (in chunks of
     ``max_rows`` rows; a row costs one catalogue of scores in memory), so B histories of L events
-    cost about B * (L + 1) rows of one forward pass."""
+    cost about B * (L + 1) rows of one forward pass. ``recent``: occlude only each history's last
+    ``recent`` events (the older window events keep NaN weights; they still feed every copy)."""
     items = np.asarray(items, np.int64).reshape(seq.n_users, -1)
     events = window_events(seq, model.max_len)
-    b, j = np.nonzero(events >= 0)
+    occluded = events >= 0
+    if recent is not None:
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1 (got {recent})")
+        occluded[:, :max(model.max_len - recent, 0)] = False
+    b, j = np.nonzero(occluded)
     owner = np.concatenate([np.arange(seq.n_users), b])
     removed = np.concatenate([np.full(seq.n_users, -1), events[b, j]])[:, None]
     scores = _score_copies(model, seq, owner, removed, items, n_time_buckets, behaviour, max_rows)
@@ -151,6 +157,24 @@ def gradient_x_input(model: SequenceModel, seq: Sequences, items: np.ndarray, n_
     return Attribution(values, events)
 
 
+# Verbs for common behaviour names of public logs (Taobao, RetailRocket, REES46, CIKM, ...); any
+# other name (an open vocabulary) reads as itself: "return_request X".
+_VERBS = {"pv": "viewed", "view": "viewed", "click": "clicked", "cart": "carted", "addtocart": "carted",
+          "add_to_cart": "carted", "remove_from_cart": "removed from cart", "fav": "favourited",
+          "favorite": "favourited", "buy": "bought", "purchase": "bought", "transaction": "bought",
+          "search": "searched for"}
+
+
+def describe_events(events: list[tuple[str, str | None]]) -> str:
+    """'because you viewed X and carted Y': (item, behaviour name or None) pairs, strongest first
+    (a pair repeated, e.g. two views of one item, is named once); '' for none."""
+    if not events:
+        return ""
+    parts = [f"{_VERBS.get(b.lower(), b) if b else 'interacted with'} {item}" for item, b in dict.fromkeys(events)]
+    body = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"because you {body}"
+
+
 Method = Callable[[SequenceModel, Sequences, np.ndarray, int, int | None], Attribution]
 METHODS: dict[str, Method] = {"occlusion": occlusion, "gradient_x_input": gradient_x_input}
 
@@ -169,15 +193,27 @@ def bootstrap_mean(x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: floa
 
 def deletion_test(model: SequenceModel, seq: Sequences, items: np.ndarray, n_time_buckets: int,
                   method: str = "occlusion", k: int = 1, behaviour: int | None = None, seed: int = 0,
-                  n_boot: int = 1000, max_rows: int = 512) -> dict:
+                  n_boot: int = 1000, max_rows: int = 512, recent: int | None = None,
+                  attribution: Attribution | None = None) -> dict:
     """Remove each history's top-``k`` attributed events (for its item ``items[b]``) and ``k``
     random window events; the gap of the score drops (top minus random), mean and bootstrap CI.
 
-    Histories with no more than ``k`` window events are left out (top and random would coincide)."""
+    Histories with no more than ``k`` window events are left out (top and random would coincide).
+    ``recent`` (occlusion only, >= k): the attribution weighs only the last ``recent`` events, as
+    served with a capped window; the random events are still drawn from the whole window.
+    ``attribution``: the method's result for these histories and items, computed once and shared by
+    several ``k`` (it is not recomputed)."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
     items = np.asarray(items, np.int64).reshape(-1, 1)
-    attr = METHODS[method](model, seq, items, n_time_buckets, behaviour)
+    if attribution is not None:
+        attr = attribution
+    elif recent is not None:
+        if method != "occlusion" or recent < k:
+            raise ValueError(f"recent={recent} needs method 'occlusion' and recent >= k ({k})")
+        attr = occlusion(model, seq, items, n_time_buckets, behaviour, max_rows, recent=recent)
+    else:
+        attr = METHODS[method](model, seq, items, n_time_buckets, behaviour)
     events = attr.events
     n_events = (events >= 0).sum(1)
     rows = np.flatnonzero(n_events > k)
@@ -192,7 +228,7 @@ def deletion_test(model: SequenceModel, seq: Sequences, items: np.ndarray, n_tim
     n = len(rows)
     drop_top, drop_rand = s[:n] - s[n:2 * n], s[:n] - s[2 * n:]
     gap = drop_top - drop_rand
-    return {"method": method, "k": k, "gap": bootstrap_mean(gap, n_boot, seed),
+    return {"method": method, "k": k, "recent": recent, "gap": bootstrap_mean(gap, n_boot, seed),
             "drop_top": float(drop_top.mean()) if n else float("nan"),
             "drop_random": float(drop_rand.mean()) if n else float("nan"),
             "share_top_larger": float((gap > 0).mean()) if n else float("nan"), "n": n}

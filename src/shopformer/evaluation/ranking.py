@@ -22,6 +22,7 @@ from shopformer.evaluation.baselines import repeat_targets
 from shopformer.evaluation.metrics import split_repeat_explore, summarise, target_ranks
 
 ScoreFn = Callable[[Batch], torch.Tensor]
+SCORE_BLOCK = 1 << 25  # most scores held at once by ``evaluate`` (floats; 128 MB)
 
 
 @dataclass
@@ -82,7 +83,10 @@ def evaluate(
     ranks = np.empty(len(examples), dtype=np.int64)
     topk = np.zeros((len(examples), kmax), dtype=np.int64)
     targets_all = torch.from_numpy(seq.items[examples.pos].astype(np.int64))
-    for idx, batch in history_batches(seq, arrays, examples, max_len, cfg.batch_size):
+    # rows per batch capped so a (rows, n_items + 1) score block stays within SCORE_BLOCK floats: at 1M
+    # items 32 users at a time (128 MB) instead of eval.batch_size (2 GB, twice with the clone)
+    per_block = max(1, min(cfg.batch_size, SCORE_BLOCK // (n_items + 1)))
+    for idx, batch in history_batches(seq, arrays, examples, max_len, per_block, by_length=True):
         scores = score_fn(batch).clone()  # (B, V)
         if cfg.exclude_seen:
             rows, items = seen_pairs(seq, examples, idx)

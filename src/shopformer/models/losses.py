@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from shopformer.data.schema import PAD
+from shopformer.models.chunked_ce import BLOCK_ELEMENTS, chunked_cross_entropy
 
 
 def full_cross_entropy(
@@ -15,6 +16,7 @@ def full_cross_entropy(
     item_emb: torch.Tensor,
     label_smoothing: float = 0.0,
     excluded: torch.Tensor | None = None,
+    budget: int | None = BLOCK_ELEMENTS,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue.
 
@@ -22,15 +24,19 @@ def full_cross_entropy(
     item_emb: (V, D) with row 0 = padding, which is never a valid class;
     excluded: optional (V,) bool, classes left out of the softmax (items without training
     events, so never a target: one that is raises).
+    ``budget``: logits per block of the chunked, gradient-fused computation (models/chunked_ce.py,
+    the default: never materialises (M, V) logits); None computes the plain (M, V) logits.
     """
-    logits = hidden @ item_emb.T  # (M, V)
-    keep = torch.ones(item_emb.shape[0], dtype=torch.bool, device=logits.device)
+    keep = torch.ones(item_emb.shape[0], dtype=torch.bool, device=hidden.device)
     if excluded is not None:
-        keep &= ~excluded.to(logits.device)
+        keep &= ~excluded.to(hidden.device)
         if not bool(keep[targets].all()):
             bad = targets[~keep[targets]].unique().tolist()[:5]
             raise ValueError(f"target items {bad} are excluded from the softmax")
     keep[PAD] = False
+    if budget is not None and len(targets):
+        return chunked_cross_entropy(hidden, targets, item_emb, keep, label_smoothing, budget)
+    logits = hidden @ item_emb.T  # (M, V)
     if not label_smoothing:
         logits[:, ~keep] = float("-inf")  # in place, only the few dropped columns are written
         return F.cross_entropy(logits, targets)

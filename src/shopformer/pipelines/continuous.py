@@ -51,9 +51,11 @@ from shopformer.pipelines.gate import GateConfig, gate, old_model_scorer, recent
 from shopformer.pipelines.multi_behaviour import calibrate_models, configure, train_multi_task
 from shopformer.pipelines.next_item import fit_summary, train_next_item
 from shopformer.pipelines.registry import Registry
+from shopformer.pipelines.version_report import write_version_report
 from shopformer.training.fit import FitResult, fit, set_seed
 from shopformer.training.heads import refit_heads
 from shopformer.training.objectives import augmented_training
+from shopformer.training.tracking import TrackingConfig, session
 
 TARGET_FIRST = ("next-purchase", "multi")  # task kinds whose primary ranking is the target behaviour's next item
 
@@ -73,6 +75,8 @@ class RetrainOptions:
     overrides: tuple[str, ...] = ()  # config --set overrides (train.epochs=3, ...)
     forget_ledger: Path | None = None  # deletion ledger (data/ledger.py): forgotten users' events are dropped
     progress: bool = False
+    report: bool = True  # write the version's report/ (drift, validation, gate plots: version_report.py)
+    tracking: TrackingConfig | None = None  # TensorBoard / MLflow (training/tracking.py); None: SHOPFORMER_TRACK
 
 
 @dataclass
@@ -226,7 +230,13 @@ def build_candidate(registry: Registry, parent: str, opts: RetrainOptions, tmp: 
 def retrain(registry_root: str | Path, opts: RetrainOptions) -> Outcome:
     """One retrain (see the module docstring). Raises ``RegistryLocked`` when another one runs."""
     registry = Registry(registry_root)
-    with registry.lock():
+    track = opts.tracking or TrackingConfig.from_env()
+    params = {"registry": str(registry.root), "events": [str(e) for e in opts.events],
+              "from_scratch": opts.from_scratch, "window_days": opts.window_days, "valid_days": opts.valid_days,
+              "overrides": list(opts.overrides),
+              "gate": {k: str(v) for k, v in vars(opts.gate).items()}}
+    with registry.lock(), session(track, f"retrain-{registry.root.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  params) as tracker:
         parent = registry.require_current()
         version = registry.add_version(lambda tmp, vid: build_candidate(registry, parent, opts, tmp, vid))
         manifest = registry.read(version)
@@ -234,11 +244,23 @@ def retrain(registry_root: str | Path, opts: RetrainOptions) -> Outcome:
         reason = "; ".join(manifest["gate"]["reasons"]) if not passed else "passed the gate"
         if not passed:
             manifest = registry.set_status(version, "rejected", reason)
-            return Outcome(version, "rejected", reason, EXIT_REJECTED, manifest)
-        if opts.promote:
+            out = Outcome(version, "rejected", reason, EXIT_REJECTED, manifest)
+        elif opts.promote:
             registry.promote(version, reason)
-            return Outcome(version, "promoted", reason, EXIT_OK, registry.read(version))
-        return Outcome(version, "candidate", reason, EXIT_OK, manifest)
+            out = Outcome(version, "promoted", reason, EXIT_OK, registry.read(version))
+        else:
+            out = Outcome(version, "candidate", reason, EXIT_OK, manifest)
+        if opts.report:
+            write_version_report(registry.root, version)  # report/ with plots, switched atomically
+        if tracker is not None:
+            vdir = registry.version_dir(version)
+            tracker.log_params({"version": version, "parent": parent, "config": out.manifest.get("config", {})})
+            gate_rows = out.manifest.get("gate", {}).get("systems", {})
+            tracker.close({"validation": out.manifest.get("validation", {}), "gate": gate_rows.get("candidate", {}),
+                           "promoted": out.status == "promoted", "drift": out.manifest.get("drift", {})},
+                          [vdir / "version.json", vdir / "train_log.csv", vdir / "training_curve.png",
+                           vdir / "report"])
+        return out
 
 
 def add_run(registry_root: str | Path, run_dir: str | Path, dataset_dir: str | Path | None = None,

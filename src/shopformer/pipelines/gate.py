@@ -22,6 +22,7 @@ from shopformer.data.growth import DAY
 from shopformer.data.split import Split, temporal_split
 from shopformer.evaluation.metrics import bootstrap_ci, per_example
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
+from shopformer.models.base import SequenceModel
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,13 @@ def recent_split(ds: Dataset, valid_days: float, behaviour: int | None = None) -
     return split, t_valid, t_gate
 
 
-def old_model_scorer(run: Run, n_items: int) -> ScoreFn:
+def old_model_scorer(run: Run, n_items: int, behaviour: int | None = None) -> ScoreFn:
     """Score histories encoded with grown vocabularies by a model built for the old ones: events on
     ids it does not know are dropped from the history (as the recommender skips unknown items), and
-    the new items score -inf (the old model cannot recommend them)."""
+    the new items score -inf (the old model cannot recommend them). ``behaviour``: rank the next
+    item of that behaviour (0 = any; models with heads only), None: the model's default ranking."""
     model, spec = run.model, run.spec
-    base = model_scorer(model)
+    base = model_scorer(model) if behaviour is None or model.heads is None else _behaviour_scorer(model, behaviour)
     inner = run.blend.scorer(base) if run.blend is not None else base
 
     def score(batch: Batch) -> torch.Tensor:
@@ -81,6 +83,16 @@ def old_model_scorer(run: Run, n_items: int) -> ScoreFn:
         out = torch.full((scores.shape[0], n_items + 1), float("-inf"), dtype=scores.dtype)
         out[:, : scores.shape[1]] = scores
         return out
+
+    score.max_len = model.max_len  # type: ignore[attr-defined]
+    return score
+
+
+def _behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
+    def score(batch: Batch) -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode():
+            return model.score_all(batch, behaviour).float()
 
     score.max_len = model.max_len  # type: ignore[attr-defined]
     return score

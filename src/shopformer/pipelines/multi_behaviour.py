@@ -174,6 +174,9 @@ def run_multibehaviour(
         ds.seq, train_end, ds.spec.n_items), ds.item_category(), metrics, data_fingerprint=ds.fingerprint,
         dataset_dir=str(ds.path.resolve()), blend=blend)
     table = write_outputs(out, ds, metrics, cfg)
+    from shopformer.pipelines.applications.report_html import write_html_report
+
+    write_html_report(out)  # report.html beside report.md: self-contained, opens offline
     return MultiResult(run_dir, metrics, table, fits)
 
 

@@ -26,6 +26,7 @@ from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
 from shopformer.evaluation.report import baseline_warnings, write_report
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
+from shopformer.training.distributed import is_main
 from shopformer.training.fit import FitResult, Hook, fit, fit_warnings, set_seed
 from shopformer.training.objectives import augmented_training
 
@@ -193,7 +194,8 @@ def _train_once(
 
 def fit_summary(res: FitResult) -> dict:
     return {"best_epoch": res.best_epoch, "epochs": res.epochs, "stopped_by": res.stopped_by,
-            "train_seconds": res.train_seconds, "tokens_per_second": res.tokens_per_second}
+            "train_seconds": res.train_seconds, "tokens_per_second": res.tokens_per_second,
+            **({"privacy": res.privacy} if res.privacy is not None else {})}  # train.dp (training/privacy.py)
 
 
 def run_experiment(
@@ -205,6 +207,8 @@ def run_experiment(
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     trained = train_next_item(ds, cfg, split, arrays, log_dir=out, progress=progress,
                               text_cache=out / "title_vectors.safetensors")
+    if not is_main():  # multi-process training (torchrun): rank 0 alone tests and writes the run
+        return ExperimentResult(out / "model", trained.fit, {}, trained.valid, "", refit=trained.refit)
     model = trained.model
     if cfg.text.titles:
         from shopformer.models.text import fold_text
@@ -241,6 +245,9 @@ def run_experiment(
         data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()), blend=blend,
     )
     write_metrics(out, metrics)
+    from shopformer.pipelines.applications.report_html import write_html_report
+
+    write_html_report(out)  # report.html beside report.md: self-contained, opens offline
     return ExperimentResult(run_dir, trained.fit, test, trained.valid, table, refit=trained.refit, warnings=warnings)
 
 

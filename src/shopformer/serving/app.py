@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -23,12 +23,17 @@ from shopformer import __version__
 from shopformer.data.ledger import open_ledger
 from shopformer.data.options import DataValidationError
 from shopformer.serving.engine import Engine
+from shopformer.serving.follow import start_watch
+from shopformer.serving.logscrub import install_access_log_filter
 from shopformer.serving.metrics import Metrics
-from shopformer.serving.middleware import VERSION_KEY, BodyLimit, Observe
+from shopformer.serving.middleware import VERSION_KEY, BodyLimit, Observe, Shed
 from shopformer.serving.routes import build_router
 from shopformer.serving.settings import ServeSettings
-from shopformer.serving.state import ServiceState
+from shopformer.serving.state import ServiceState, service_pseudonym_key
 from shopformer.serving.store import InvalidEvent, StoreUnavailable, open_store
+
+if TYPE_CHECKING:
+    from shopformer.serving.dashboard.versions import RegistryOpener
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,18 @@ def _route(request: Request) -> str:
     return getattr(request.scope.get("route"), "path", None) or "unmatched"
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
+def create_app(settings: ServeSettings | None = None, registry_opener: RegistryOpener | None = None) -> FastAPI:
+    """The service; ``registry_opener`` (``pipelines.registry.Registry``, passed by the CLI) lets the
+    dashboard show and switch registry versions."""
     settings = settings or ServeSettings()
     metrics = Metrics()
+    install_access_log_filter()  # user ids never reach the access log (logscrub.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_dir is None:
             raise RuntimeError("no run directory to serve (pass RUN_DIR or set SHOPFORMER_RUN_DIR)")
+        key = service_pseudonym_key(settings)  # None unless pseudonymous ids are asked for (state.py)
         configure_threads(settings.threads)
         executor = ThreadPoolExecutor(1, thread_name_prefix="inference", initializer=configure_threads,
                                       initargs=(settings.threads,)) if settings.inference_thread else None
@@ -75,7 +84,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             if executor is not None:
                 executor.shutdown(wait=False)
             raise
-        svc = ServiceState(settings, store, engine, metrics, executor, ledger)
+        svc = ServiceState(settings, store, engine, metrics, executor, ledger, pseudonym_key=key)
         svc.install(engine)
         app.state.svc = svc
         for scope in ("ingest", "admin"):
@@ -83,9 +92,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 log.warning("no %s key configured (SHOPFORMER_%s_KEY or SHOPFORMER_API_KEY): its endpoints answer 403",
                             scope, scope.upper())
         log.info("serving %s with the %s store", engine.version, store.kind)
+        watcher = start_watch(svc)  # follows registry/current when watch_run_dir is set (follow.py)
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await svc.engine.close()
             if svc.background:
                 await asyncio.gather(*svc.background, return_exceptions=True)
@@ -100,6 +112,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(build_router(settings))
+    if settings.dashboard:
+        from shopformer.serving.dashboard import install_dashboard
+
+        install_dashboard(app, settings, registry_opener)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -151,7 +167,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, version=current_version)
-    app.add_middleware(Observe, metrics=metrics, version=current_version)  # outermost: sees every answer
+    app.add_middleware(Observe, metrics=metrics, version=current_version)  # sees every answer but shed ones
+    app.add_middleware(Shed, limit=settings.max_in_flight, retry_after_s=settings.retry_after_s,  # outermost
+                       version=current_version, on_shed=metrics.shed.inc)
     return app
 
 

@@ -59,11 +59,12 @@ class Engine:
              on_batch: Callable[[int], None] | None = None) -> Engine:
         """Load, verify, index and warm up (raises ArtifactError for a bad run directory)."""
         t0 = time.perf_counter()
-        engine = cls(Recommender.load(run_dir), settings, executor, on_batch)
+        rec = Recommender.load(run_dir, backend=settings.backend, threads=settings.threads)
+        engine = cls(rec, settings, executor, on_batch)
         engine.warm_up()
         engine.load_seconds = time.perf_counter() - t0
-        log.info("loaded %s from %s in %.2fs (items=%d, index=%s)", engine.version, run_dir,
-                 engine.load_seconds, engine.rec.spec.n_items, engine.index_kind)
+        log.info("loaded %s from %s in %.2fs (items=%d, index=%s, backend=%s)", engine.version, run_dir,
+                 engine.load_seconds, engine.rec.spec.n_items, engine.index_kind, rec.backend)
         return engine
 
     @property

@@ -34,6 +34,20 @@ class Metrics:
         self.fallbacks = Counter("shopformer_fallback_total", "Popularity answers by reason", ["reason"], registry=r)
         self.batch_size = Histogram("shopformer_inference_batch_size", "Requests per forward pass",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.shed = Counter("shopformer_shed_requests_total", "Requests answered 503 at once because this worker "
+                            "had max_in_flight requests in flight (load shedding)", registry=r)
+        # Online hit rate and drift (serving/online.py).
+        self.served_lists = Counter("shopformer_served_lists_total", "Recommendation lists logged for the online "
+                                    "hit rate", registry=r)
+        self.online_next = Counter("shopformer_online_next_events_total", "Users' next events after a served list: "
+                                   "hit / miss (within the window); expired: lists older than the window",
+                                   ["outcome"], registry=r)
+        self.online_hit_rate = Gauge("shopformer_online_hit_rate", "Next events on a recommended item / next events "
+                                     "after a served list, since start (NaN: none yet)", registry=r)
+        self.drift = Gauge("shopformer_drift", "Events ingested since the model was loaded vs its training data: "
+                           "events, unknown_item_share, behaviour_psi, behaviour_js (NaN: undefined); score_psi: "
+                           "top-1 scores of recent lists vs the first ones after loading",
+                           ["indicator"], registry=r)
 
     def set_model(self, version: str, model: str, index: str, run_dir: str, n_items: int, loaded_at: float,
                   recall: float | None) -> None:

@@ -6,6 +6,12 @@
   every response (the version that answered, else the one being served), and
   ``Connection: close`` on every server error (5xx), so clients never reuse a connection the
   server is about to drop.
+- ``Shed``: load shedding. At most ``limit`` ``/v1`` requests are in flight in this process; one
+  more is answered 503 with ``Retry-After`` at once, before its body is read, so the requests that
+  are accepted never wait behind an unbounded queue (their tail latency stays bounded under
+  overload). Outermost: a shed request costs no routing, no metrics histogram, and its connection
+  stays open (it is an answer, not a failure: the client retries after Retry-After).
+  Health, readiness and metrics are never shed.
 """
 
 from __future__ import annotations
@@ -110,3 +116,34 @@ class Observe:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)
+
+
+class Shed:
+    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int, version: Callable[[], str],
+                 on_shed: Callable[[], None] | None = None) -> None:
+        self.app, self.limit, self.version, self.on_shed = app, limit, version, on_shed
+        self.retry_after = str(retry_after_s).encode()
+        self.in_flight = 0  # /v1 requests between arrival and their last response byte (one event loop)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            if self.on_shed is not None:
+                self.on_shed()
+            await self._reject(send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps({"detail": f"overloaded: more than {self.limit} requests in flight; retry after "
+                           f"{self.retry_after.decode()} s", "model_version": self.version()}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", self.retry_after), (b"x-model-version", self.version().encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -9,6 +9,7 @@ and some of them use values (limits) that only exist inside ``build_router``.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Annotated, Any
@@ -16,7 +17,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from shopformer.recommender import ArtifactError, History, Recommendations, RecRequest, UnknownBehaviourError
+from shopformer.recommender import (
+    ArtifactError,
+    History,
+    Reason,
+    Recommendations,
+    RecRequest,
+    UnknownBehaviourError,
+    describe_reasons,
+)
 from shopformer.serving.auth import dependencies
 from shopformer.serving.batching import BatcherClosed
 from shopformer.serving.engine import Engine
@@ -24,6 +33,7 @@ from shopformer.serving.middleware import VERSION_KEY
 from shopformer.serving.reload import resolve_run_dir, scrub
 from shopformer.serving.schemas import (
     BEHAVIOUR_QUERY_DOC,
+    EXPLAIN_DOC,
     MIN_NEW_SHARE_DOC,
     AdHocRequest,
     ErrorOut,
@@ -73,11 +83,16 @@ def respond(request: Request, engine: Engine, payload: dict[str, Any], status: i
     return JSONResponse(payload, status_code=status)
 
 
-def recs_payload(rec: Recommendations, reason: str | None, history_length: int, user_id: str | None) -> dict:
+def recs_payload(rec: Recommendations, reason: str | None, history_length: int, user_id: str | None,
+                 reasons: list[list[Reason]] | None = None) -> dict:
+    items = [{"item_id": i, "score": s, "repeat": r} for i, s, r in zip(rec.items, rec.scores, rec.repeat, strict=True)]
+    for item, why in zip(items, reasons or [], strict=False):  # explain=true only
+        item["explanation"] = describe_reasons(why)
+        item["reasons"] = [{"item_id": x.item, "behaviour": x.behaviour, "position": x.position, "weight": x.weight}
+                           for x in why]
     return {
         "user_id": user_id,
-        "items": [{"item_id": i, "score": s, "repeat": r} for i, s, r in zip(rec.items, rec.scores, rec.repeat,
-                                                                               strict=True)],
+        "items": items,
         "fallback": rec.fallback,
         "fallback_reason": reason if rec.fallback else None,
         "skipped_items": rec.skipped,
@@ -98,6 +113,19 @@ def check_behaviour(engine: Engine, behaviour: str | None, loc: list[str | int])
     except ValueError as err:
         raise field_error(422, loc, f"model {engine.version} cannot rank for behaviour {behaviour!r}: {err}",
                           "behaviour_unsupported") from None
+
+
+async def explain_items(engine: Engine, hist: History | None, rec: Recommendations, behaviour: str | None,
+                        recent: int | None) -> list[list[Reason]]:
+    """?explain=true: each item's reasons (``Recommender.explain``) on the engine that ranked it; none
+    for a popularity answer. Runs where that engine's forward passes run (loop or inference thread).
+    ``recent``: occlude the last N events only (0 / None: the model's whole window)."""
+    if hist is None or rec.fallback or not rec.items:
+        return [[] for _ in rec.items]
+    call = functools.partial(engine.rec.explain, hist, rec.items, 3, behaviour, recent or None)
+    if engine.executor is None:
+        return call()
+    return await asyncio.get_running_loop().run_in_executor(engine.executor, call)
 
 
 async def recommend(svc: ServiceState, req: RecRequest) -> tuple[Engine, Recommendations]:
@@ -130,8 +158,9 @@ def build_router(settings: ServeSettings) -> APIRouter:
         engine = svc.engine
         now = int(time.time())
         events = [
-            StoredEvent(e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.behaviour,
-                        e.session_id, e.category_id, e.price, e.event_id)
+            StoredEvent(svc.user_key(e.user_id), e.item_id, now if e.timestamp is None else e.timestamp,
+                        e.behaviour, svc.field_key(e.session_id, "session_id"), e.category_id, e.price,
+                        svc.field_key(e.event_id, "event_id"))  # pseudonyms with a key (state.py)
             for e in batch.events
         ]
         kept = [e for e in events if not svc.forgotten_before(e.user_id, e.timestamp)]
@@ -143,8 +172,11 @@ def build_router(settings: ServeSettings) -> APIRouter:
         svc.metrics.events.labels("unknown_item").inc(len(unknown))
         svc.metrics.events.labels("unknown_behaviour").inc(len(odd))
         svc.metrics.events.labels("forgotten").inc(len(events) - len(kept))
+        svc.online.ingested(svc.store, svc.spawn, kept, len(unknown))  # drift + online hit rate (online.py)
+        sent = {k.event_id: e.event_id for k, e in zip(events, batch.events, strict=True)}  # kept id -> as sent
         return respond(request, engine, {"accepted": res.applied, "duplicates": len(res.duplicates),
-                                         "duplicate_event_ids": res.duplicates, "unknown_items": sorted(set(unknown)),
+                                         "duplicate_event_ids": [sent.get(d, d) for d in res.duplicates],
+                                         "unknown_items": sorted(set(unknown)),
                                          "unknown_behaviours": sorted(set(odd)),
                                          "forgotten": len(events) - len(kept)})
 
@@ -158,12 +190,14 @@ def build_router(settings: ServeSettings) -> APIRouter:
         behaviour: Annotated[str | None, Query(min_length=1, max_length=256, description=BEHAVIOUR_QUERY_DOC)] = None,
         min_new_share: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False,
                                                      description=MIN_NEW_SHARE_DOC)] = None,
+        explain: Annotated[bool, Query(description=EXPLAIN_DOC)] = False,
     ) -> JSONResponse:
         """Top-k from the user's stored history; unknown users get the popularity ranking (fallback).
         Each item says whether it is a repeat (in the stored history) or a discovery."""
         svc = state(request)
         check_behaviour(svc.engine, behaviour, ["query", "behaviour"])
-        stored = await svc.store.history(user_id, svc.engine.max_len)
+        stored = await svc.store.history(svc.user_key(user_id), svc.engine.max_len)  # pseudonym with a key
+        hist: History | None = None
         if not stored:
             engine, rec, reason = svc.engine, svc.engine.popular(k), "unknown_user"
         else:
@@ -173,7 +207,10 @@ def build_router(settings: ServeSettings) -> APIRouter:
             reason = "no_known_items"
         if rec.fallback:
             svc.metrics.fallbacks.labels(reason).inc()
-        return respond(request, engine, recs_payload(rec, reason, len(stored), user_id))
+        svc.online.served(svc.store, svc.spawn, svc.user_key(user_id), rec.items,  # logged for the online hit rate
+                          None if rec.fallback or not rec.scores else rec.scores[0])
+        why = await explain_items(engine, hist, rec, behaviour, settings.explain_recent) if explain else None
+        return respond(request, engine, recs_payload(rec, reason, len(stored), user_id, why))
 
     @router.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommendations"],
                  dependencies=read, responses=read_errors)
@@ -188,6 +225,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
             raise field_error(422, ["body", "k"], f"k must be <= {max_k}", "less_than_equal")
         check_behaviour(svc.engine, body.behaviour, ["body", "behaviour"])
         h = body.history
+        hist: History | None = None
         if not h:
             engine, rec, reason = svc.engine, svc.engine.popular(body.k), "empty_history"
         else:
@@ -199,7 +237,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
             reason = "no_known_items"
         if rec.fallback:
             svc.metrics.fallbacks.labels(reason).inc()
-        return respond(request, engine, recs_payload(rec, reason, len(h), None))
+        why = await explain_items(engine, hist, rec, body.behaviour, settings.explain_recent) if body.explain else None
+        return respond(request, engine, recs_payload(rec, reason, len(h), None, why))
 
     @router.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"], dependencies=read,
                 responses={404: {"model": ErrorOut, "description": "unknown item"}, **read_errors})
@@ -253,6 +292,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
     async def metrics(request: Request) -> Response:
         """Prometheus text format: request counts, latency histograms, model version and more."""
         svc = state(request)
+        svc.online.refresh()  # online hit rate and drift gauges (online.py)
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
     @router.post("/v1/admin/reload", response_model=ReloadOut, dependencies=admin, tags=["admin"],
@@ -262,6 +302,10 @@ def build_router(settings: ServeSettings) -> APIRouter:
         """Load a run directory under the reload root fully (checksums, index, warm-up), then swap;
         on error the old model stays."""
         svc = state(request)
+        if settings.workers > 1:  # this request reaches one worker process of several (docs/scale-serving.md)
+            raise HTTPException(409, f"this service runs {settings.workers} worker processes and a reload would "
+                                "reach one of them: send SIGHUP to the service (workers restart one by one) or "
+                                "serve a registry's current pointer with --watch")
         run_dir, shown = resolve_run_dir(body.run_dir, reload_root)
         async with svc.reload_lock:
             old = svc.engine

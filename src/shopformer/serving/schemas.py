@@ -94,9 +94,23 @@ class ScoredItem(BaseModel):
     score: float
 
 
+class ReasonOut(BaseModel):
+    """A history event that raised a recommended item's score (``Recommender.explain``, occlusion)."""
+
+    item_id: str
+    behaviour: str | None = Field(description="the event's behaviour (null when the history gave none)")
+    position: int = Field(description="index of the event in the history as sent, or as stored (its last "
+                          "max_len events) for a user's recommendations; 0 = oldest")
+    weight: float = Field(description="drop of the item's model score when this event is removed")
+
+
 class RecommendedItem(ScoredItem):
     repeat: bool = Field(description="true: the item is already in the user's history (a repeat, all of the "
                          "history as stored or sent, not just the model's window); false: a discovery")
+    explanation: str | None = Field(None, description="explain=true only: 'because you viewed X and carted Y' "
+                                    "('' when no event raised the item, e.g. a popularity answer)")
+    reasons: list[ReasonOut] | None = Field(None, description="explain=true only: the events behind "
+                                            "`explanation`, strongest first")
 
 
 MIN_NEW_SHARE_DOC = ("at least ceil(min_new_share * k) of the k items are discoveries (not in the history): the best "
@@ -129,12 +143,17 @@ BEHAVIOUR_QUERY_DOC = ("rank for the next event of this behaviour ('*' = any); t
                        "names the served model can rank for, an unknown name is a 422 listing the known ones")
 
 
+EXPLAIN_DOC = ("each item also carries the history events that drove it (`reasons`, strongest first) and "
+               "`explanation`, their text; costs one more forward pass over leave-one-out copies of the history")
+
+
 class AdHocRequest(_Closed):
     history: list[HistoryEventIn] = Field(description="events oldest first; nothing is stored")
     k: JsonInt = Field(10, ge=1)
     exclude_seen: bool | None = None
     behaviour: Id | None = Field(None, description=BEHAVIOUR_QUERY_DOC)
     min_new_share: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=MIN_NEW_SHARE_DOC)
+    explain: bool = Field(False, description=EXPLAIN_DOC)
 
 
 class SimilarOut(BaseModel):

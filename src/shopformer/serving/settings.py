@@ -12,6 +12,7 @@ optional ``read_key`` (recommendations, similar items, /metrics; reads are open 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,12 +41,22 @@ class ServeSettings(BaseSettings):
     # and `shopformer prepare --forget-ledger` drops their events from the next training data.
     # Default: shopformer_forget_ledger.jsonl beside the SQLite state file (working directory for Redis).
     forget_ledger: Path | None = None
+    # Pseudonymous user ids (data/pseudonym.py, the HMAC of `prepare --pseudonymise-users`): with
+    # pseudonymise_users (or a key file) the store, ledger, served-list log and logs hold only
+    # HMAC(key, user id); requests keep sending raw ids. Key: this file, else SHOPFORMER_PSEUDONYM_KEY.
+    pseudonymise_users: bool = False
+    pseudonym_key_file: Path | None = None
 
     # State store: "sqlite:///path/to/state.db" (default, embedded) or "redis://host:port/db".
     store_url: str = "sqlite:///shopformer_state.db"
     dedup_ttl_s: int = Field(24 * 3600, ge=60)  # how long an event_id is remembered (bounds the records)
     aof_rewrite_interval_s: float = Field(60.0, ge=0)  # Redis: at most one AOF rewrite after deletions per interval
     retry_after_s: int = Field(1, ge=1)  # Retry-After of a 503 (store outage, reload race)
+
+    # Web dashboard under /ui (serving/dashboard, docs/dashboard.md); off unless asked for.
+    dashboard: bool = False
+    dashboard_registry: Path | None = None  # model registry of the version history (default: found from run_dir)
+    dashboard_insights: Path | None = None  # trends / forecast / churn file written by `shopformer insights`
 
     # Limits.
     max_body_bytes: int = Field(1 << 20, ge=1024)
@@ -60,6 +71,28 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     faiss_threshold: int = Field(300_000, ge=1)  # catalogues at least this large use a FAISS IVF index
     faiss_nprobe: int = Field(32, ge=1)
+    # User vectors by PyTorch, or by the run's exported encoder.onnx with onnxruntime (`shopformer export RUN
+    # --format onnx`; models scored by user vector x item vectors only). docs/scale-serving.md has both measured.
+    backend: Literal["torch", "onnx"] = "torch"
+
+    # Scale-out (docs/scale-serving.md): worker processes on one port (share a Redis store), and load shedding:
+    # past max_in_flight requests in a worker, /v1 requests are answered 503 + Retry-After at once (0: no bound).
+    workers: int = Field(1, ge=1)
+    max_in_flight: int = Field(32, ge=0)
+    # ?explain=true: occlude the last N events only (0: the model's whole window); 10 keeps the 12k-item Beauty
+    # model's explain p99 under 30 ms of CPU (bench/results/explain_latency.json), same deletion gap there
+    explain_recent: int = Field(10, ge=0)
+
+    # Online hit rate (serving/online.py): served lists logged in the store, bounded and deleted with the user.
+    served_log: bool = True
+    online_window_s: int = Field(1800, ge=1)  # a next event counts for lists served at most this long before it
+    served_keep: int = Field(5, ge=1)  # lists kept per user until the user's next event
+    served_retention_s: int = Field(24 * 3600, ge=60)  # lists older than this are dropped
+    # Drift: the training data set directory of the served run, when not beside it in a registry version.
+    drift_reference: Path | None = None
+    # Follow a registry: reload when run_dir (e.g. registry/current, a symlink) points elsewhere (serving/follow.py).
+    watch_run_dir: bool = False
+    watch_interval_s: float = Field(5.0, gt=0)
 
     def scope_key(self, scope: str) -> SecretStr | None:
         """The key of a scope ("ingest", "admin", "read"); ingest and admin fall back to api_key."""

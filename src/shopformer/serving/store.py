@@ -24,10 +24,10 @@ from urllib.parse import urlparse
 
 from shopformer.serving.store_redis import RedisStore
 from shopformer.serving.store_sqlite import SQLiteStore
-from shopformer.serving.stored import AppendResult, InvalidEvent, StoredEvent, StoreUnavailable
+from shopformer.serving.stored import AppendResult, InvalidEvent, ServedList, StoredEvent, StoreUnavailable
 
-__all__ = ["AppendResult", "InvalidEvent", "RedisStore", "SQLiteStore", "StateStore", "StoreUnavailable",
-           "StoredEvent", "open_store"]
+__all__ = ["AppendResult", "InvalidEvent", "RedisStore", "SQLiteStore", "ServedList", "StateStore",
+           "StoreUnavailable", "StoredEvent", "open_store"]
 
 DEFAULT_DEDUP_TTL_S = 24 * 3600
 
@@ -51,6 +51,14 @@ class StateStore(Protocol):
 
     async def forget_many(self, user_ids: list[str]) -> int:
         """``forget`` for several users at once (one file scrub at the end)."""
+        ...
+
+    async def log_served(self, user_id: str, ts: int, items: list[str], keep: int, retention_s: int) -> None:
+        """Record a recommendation list served to the user (online hit rate; bounded, deleted with the user)."""
+        ...
+
+    async def take_served(self, user_id: str, until: int) -> list[ServedList]:
+        """Remove and return the user's lists served at or before ``until``, oldest first."""
         ...
 
     async def ping(self) -> bool: ...

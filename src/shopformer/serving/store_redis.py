@@ -13,7 +13,8 @@ integer field) are read from the score.
 
 Keys (``prefix`` = ``shopformer:``): ``h:<user>`` history, ``e:<hash(event_id)>`` idempotency
 record (value: hash of the user, expires after ``dedup_ttl_s``), ``u:<hash(user)>`` the user's
-idempotency records (expires with them), ``seq`` arrival counter, ``salt`` the hashing key.
+idempotency records (expires with them), ``seq`` arrival counter, ``salt`` the hashing key,
+``s:<user>`` lists served to the user (online hit rate; score = time, bounded, expiring, deleted with the user).
 
 Deletion removes the history and the idempotency records, then asks for an AOF rewrite
 (BGREWRITEAOF) so the user's commands do not survive in the append-only file. Rewrites are
@@ -32,7 +33,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from shopformer.data.ledger import keyed_hash
-from shopformer.serving.stored import AppendResult, StoredEvent, StoreUnavailable, in_range, validate_events
+from shopformer.serving.stored import (
+    AppendResult,
+    ServedList,
+    StoredEvent,
+    StoreUnavailable,
+    in_range,
+    validate_events,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,13 +91,13 @@ end
 return apply
 """
 
-# KEYS: [history key, user-records key]; ARGV: [idempotency key prefix]
+# KEYS: [history key, user-records key, served-lists key]; ARGV: [idempotency key prefix]
 _FORGET_LUA = """
 local n = redis.call('ZCARD', KEYS[1])
 for _, h in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('DEL', ARGV[1] .. h)
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', unpack(KEYS))
 return n
 """
 
@@ -106,8 +114,12 @@ class RedisStore:
 
         self.url, self.prefix, self.dedup_ttl_s = url, prefix, dedup_ttl_s
         self.aof_rewrite_interval_s = aof_rewrite_interval_s
-        # A blocking pool: a burst of requests waits for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10, decode_responses=True)
+        # A blocking pool: a burst of requests waits for a connection instead of failing. A pooled
+        # connection idle for over 0.25 s is PINGed (and reopened) before use: after a redis-server
+        # restart (an outage lasts longer) the first request on a stale connection succeeds instead
+        # of answering 503. The PING costs one local round trip on a lightly loaded service only.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10, decode_responses=True,
+                                                        health_check_interval=0.25)
         self._r = aioredis.Redis(connection_pool=pool)
         self._append_script = self._r.register_script(_APPEND_LUA)
         self._forget_script = self._r.register_script(_FORGET_LUA)
@@ -119,18 +131,31 @@ class RedisStore:
     def _hkey(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
 
+    def _skey(self, user_id: str) -> str:
+        return f"{self.prefix}s:{user_id}"
+
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis interaction; outages (down, loading, read-only, OOM, ...) become StoreUnavailable."""
         import redis.exceptions as rex
 
-        try:
-            return await fn()
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:  # BusyLoadingError is a ConnectionError
-            raise StoreUnavailable(f"redis store: {type(err).__name__}: {err}") from None
-        except rex.ResponseError as err:
-            if str(err).split(" ", 1)[0].upper() in _UNAVAILABLE_REPLIES:
-                raise StoreUnavailable(f"redis store: {err}") from None
-            raise
+        for attempt in (1, 2):
+            try:
+                return await fn()
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as err:  # BusyLoadingError is a ConnectionError
+                raise StoreUnavailable(f"redis store: {type(err).__name__}: {err}") from None
+            except rex.ResponseError as err:
+                if str(err).split(" ", 1)[0].upper() in _UNAVAILABLE_REPLIES:
+                    raise StoreUnavailable(f"redis store: {err}") from None
+                raise
+            except RuntimeError as err:
+                # uvloop refuses a write on a pooled connection whose socket died with a restarted
+                # redis-server ("the handler is closed"): nothing was sent, and the connection is
+                # dropped, so one retry on a fresh connection is safe; a second failure is an outage.
+                if "handler is closed" not in str(err):
+                    raise
+                if attempt == 2:
+                    raise StoreUnavailable(f"redis store: connection closed: {err}") from None
+        raise AssertionError("unreachable")
 
     async def _get_salt(self) -> bytes:
         if self._salt is None:
@@ -191,6 +216,35 @@ class RedisStore:
                 out.append(StoredEvent(user_id, item, ts, behaviour, session, category, price, eid))
         return out
 
+    async def log_served(self, user_id: str, ts: int, items: list[str], keep: int, retention_s: int) -> None:
+        """Record a list served to ``user_id`` at ``ts`` (MULTI/EXEC): the newest ``keep`` per user,
+        none older than ``retention_s``, the key expiring ``retention_s`` after the last list."""
+        key = self._skey(user_id)
+        member = f"{secrets.token_hex(6)}|{json.dumps(items, separators=(',', ':'))}"
+
+        async def run() -> None:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.zadd(key, {member: ts})
+            pipe.zremrangebyrank(key, 0, -(keep + 1))
+            pipe.zremrangebyscore(key, "-inf", f"({ts - retention_s}")
+            pipe.expire(key, retention_s)
+            await pipe.execute()
+
+        await self._call(run)
+
+    async def take_served(self, user_id: str, until: int) -> list[ServedList]:
+        """Remove and return the user's lists served at or before ``until``, oldest first."""
+        key = self._skey(user_id)
+
+        async def run() -> list[tuple[str, float]]:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.zrangebyscore(key, "-inf", until, withscores=True)
+            pipe.zremrangebyscore(key, "-inf", until)
+            return cast(list[tuple[str, float]], (await pipe.execute())[0])
+
+        rows = await self._call(run)
+        return [ServedList(int(score), tuple(json.loads(member.split("|", 1)[1]))) for member, score in rows]
+
     async def forget(self, user_id: str) -> int:
         return await self.forget_many([user_id])
 
@@ -201,7 +255,8 @@ class RedisStore:
             n = 0
             for uid in user_ids:
                 n += int(await self._forget_script(
-                    keys=[self._hkey(uid), f"{self.prefix}u:{keyed_hash(salt, uid)}"], args=[f"{self.prefix}e:"]))
+                    keys=[self._hkey(uid), f"{self.prefix}u:{keyed_hash(salt, uid)}", self._skey(uid)],
+                    args=[f"{self.prefix}e:"]))
             return n
 
         n = await self._call(run)

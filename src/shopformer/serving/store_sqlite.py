@@ -18,6 +18,7 @@ event id and of the user id (salt in ``meta``), never raw ids, and are deleted w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import sqlite3
@@ -28,7 +29,14 @@ from pathlib import Path
 
 from shopformer.data.ledger import keyed_hash
 from shopformer.serving.batching import MicroBatcher
-from shopformer.serving.stored import AppendResult, StoredEvent, StoreUnavailable, in_range, validate_events
+from shopformer.serving.stored import (
+    AppendResult,
+    ServedList,
+    StoredEvent,
+    StoreUnavailable,
+    in_range,
+    validate_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +51,15 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT RO
 CREATE TABLE IF NOT EXISTS dedup (k TEXT PRIMARY KEY, user TEXT NOT NULL, created INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_by_age ON dedup (created);
 CREATE INDEX IF NOT EXISTS dedup_by_user ON dedup (user);
+CREATE TABLE IF NOT EXISTS served (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, ts INTEGER NOT NULL, items TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS served_by_user ON served (user_id, ts, id);
+CREATE INDEX IF NOT EXISTS served_by_age ON served (ts);
 """
 _COLUMNS = "user_id, item_id, ts, event_type, session_id, category_id, price, event_id"
+# A served-list job: ("log", user, ts, items JSON, keep, oldest ts kept) or ("take", user, until).
+ServedJob = tuple[str, str, int, str, int, int] | tuple[str, str, int]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -80,6 +95,10 @@ class SQLiteStore:
         self._commits = 0
         self._appends: MicroBatcher[tuple[list[StoredEvent], int], AppendResult] = MicroBatcher(
             self._append_many, self._writer, max_batch=256
+        )
+        self._served_commits = 0
+        self._served: MicroBatcher[ServedJob, list[ServedList]] = MicroBatcher(
+            self._served_many, self._writer, max_batch=256
         )
 
     def _open_writer(self) -> tuple[sqlite3.Connection, bytes]:
@@ -191,6 +210,56 @@ class SQLiteStore:
             raise StoreUnavailable(f"sqlite store: {err}") from None
         return [StoredEvent(*r) for r in reversed(rows) if in_range(r[2])]
 
+    # Served lists (the online hit rate, serving/online.py): group-committed on the writer thread in
+    # order with appends and deletions, under synchronous=NORMAL (no fsync of their own: a crash of
+    # the machine may lose the last few, which only costs hit-rate samples).
+    async def log_served(self, user_id: str, ts: int, items: list[str], keep: int, retention_s: int) -> None:
+        """Record a list served to ``user_id`` at ``ts``; the user keeps the newest ``keep`` lists,
+        none older than ``retention_s``."""
+        await self._served.submit(("log", user_id, ts, json.dumps(items, separators=(",", ":")), keep,
+                                   ts - retention_s))
+
+    async def take_served(self, user_id: str, until: int) -> list[ServedList]:
+        """Remove and return the user's lists served at or before ``until``, oldest first."""
+        return await self._served.submit(("take", user_id, until))
+
+    def _served_one(self, con: sqlite3.Connection, job: ServedJob) -> list[ServedList]:
+        if job[0] == "log":
+            _, user, ts, items, keep, oldest = job  # type: ignore[misc]
+            con.execute("INSERT INTO served (user_id, ts, items) VALUES (?, ?, ?)", (user, ts, items))
+            con.execute("DELETE FROM served WHERE id IN (SELECT id FROM served WHERE user_id = ? "
+                        "ORDER BY ts DESC, id DESC LIMIT -1 OFFSET ?)", (user, keep))
+            con.execute("DELETE FROM served WHERE user_id = ? AND ts < ?", (user, oldest))
+            if self._served_commits % 256 == 0:  # users who never came back
+                con.execute("DELETE FROM served WHERE ts < ?", (oldest,))
+            return []
+        _, user, until = job[:3]
+        rows = con.execute("SELECT ts, items FROM served WHERE user_id = ? AND ts <= ? ORDER BY ts, id",
+                           (user, until)).fetchall()
+        if rows:
+            con.execute("DELETE FROM served WHERE user_id = ? AND ts <= ?", (user, until))
+        return [ServedList(int(ts), tuple(json.loads(items))) for ts, items in rows]
+
+    def _served_many(self, jobs: list[ServedJob]) -> list[list[ServedList] | BaseException]:
+        con = self._wcon
+        try:
+            con.execute("PRAGMA synchronous=NORMAL")
+            try:
+                _transaction(con)
+                try:
+                    out: list[list[ServedList] | BaseException] = [self._served_one(con, j) for j in jobs]
+                    self._served_commits += 1
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as err:
+            raise StoreUnavailable(f"sqlite store: {err}") from None
+        return out
+
     def _forget_now(self, user_ids: list[str]) -> int:
         con = self._wcon
         _transaction(con)
@@ -199,6 +268,7 @@ class SQLiteStore:
             for uid in user_ids:
                 n += con.execute("DELETE FROM events WHERE user_id = ?", (uid,)).rowcount
                 con.execute("DELETE FROM dedup WHERE user = ?", (keyed_hash(self._salt, uid),))
+                con.execute("DELETE FROM served WHERE user_id = ?", (uid,))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -238,6 +308,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await self._appends.close()
+        await self._served.close()
         await asyncio.get_running_loop().run_in_executor(self._writer, self._wcon.close)
         self._writer.shutdown(wait=True)
         self._rcon.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from shopformer.data.ingest import MAX_ID_CHARS
 from shopformer.serving.timestamps import MAX_TIMESTAMP
 
-MAX_ID_LEN = 256  # the API's limit on every id (schemas.Id)
+MAX_ID_LEN = MAX_ID_CHARS  # the API's limit on every id (schemas.Id), the same as prepare's
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class StoredEvent:
     def event_type(self) -> str | None:
         """Deprecated alias of ``behaviour`` (its old name), kept for one release."""
         return self.behaviour
+
+
+@dataclass(frozen=True)
+class ServedList:
+    """A recommendation list the service answered a user with (for the online hit rate)."""
+
+    timestamp: int
+    items: tuple[str, ...]
 
 
 @dataclass

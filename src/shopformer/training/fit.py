@@ -28,12 +28,14 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from shopformer.config import Config
-from shopformer.data.batches import Batch, EventArrays, make_train_loader
+from shopformer.data.batches import Batch, EventArrays, TrainLoader, make_train_loader
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.evaluation.report import plot_training_curve
 from shopformer.models.base import LossOutput, SequenceModel
+from shopformer.training import distributed, tracking
+from shopformer.training.hardware import autocast, compiled_encoder, step_precision
 from shopformer.training.objectives import make_sampler
 
 
@@ -79,6 +81,7 @@ class FitResult:
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0
     stopped_by: str = "epochs"
+    privacy: dict | None = None  # train.dp: the (epsilon, delta) spent (training/privacy.py)
 
 
 Hook = Callable[[int, dict], None]
@@ -141,12 +144,36 @@ def fit(
             validate = _ranking_validation(model, cfg, seq, arrays, valid)  # type: ignore[arg-type]
     if len(loader) == 0:
         raise ValueError("no training windows: every user has fewer than 2 training events")
+    # torchrun: join the process group, shard every global batch, start from rank 0's weights,
+    # validate on rank 0 only (training/distributed.py); a plain run gets rank 0 of 1
+    rank, world = distributed.setup(model)
+    if world > 1:
+        if not isinstance(loader, TrainLoader):
+            raise ValueError(f"multi-process training needs the standard TrainLoader, not {type(loader).__name__}")
+        loader = loader.shard(rank, world)
+        distributed.broadcast_parameters(model)
+        validate = distributed.on_main(validate) if validate is not None else None
+    if rank != 0:  # only rank 0 writes logs and prints progress
+        log_dir, progress = None, False
+    else:  # experiment tracking (TensorBoard / MLflow), off unless configured: training/tracking.py
+        on_epoch = tracking.epoch_hook(cfg, on_epoch, log_dir)
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    step_dtype = step_precision(tc.precision, device)
     if objective is None:
         sampler = make_sampler(cfg, model.spec.n_items, item_counts)  # type: ignore[union-attr, arg-type]
 
         def objective(batch: Batch) -> LossOutput:
             return model.loss(batch, cfg.loss, sampler)  # type: ignore[operator]
     params = [p for p in model.parameters() if p.requires_grad]
+    # --- issue 12: differentially private training (train.dp; training/privacy.py) ---
+    private = None
+    if tc.dp is not None:
+        from shopformer.training.privacy import make_private
+
+        if world > 1:
+            raise ValueError("train.dp: differentially private training runs in one process (no torchrun)")
+        objective = private = make_private(objective, params, loader, tc.dp, tc.batch_size, tc.seed)
+    # --- end of differential privacy ---
     opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     total_steps = tc.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -173,26 +200,33 @@ def fit(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not live,
     )
-    with bar:
+    with bar, compiled_encoder(model, tc.compile):
         task = bar.add_task("train", total=tc.epochs, info="")
         for epoch in range(1, tc.epochs + 1):
             model.train()
             t0 = time.perf_counter()
-            loss_sum, n_batches = 0.0, 0
+            # summed on the device and read once per epoch: no host synchronisation per step
+            loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+            token_acc = torch.zeros((), dtype=torch.int64, device=device)
+            n_batches = 0
             for batch in loader:
-                out = objective(batch)
+                with autocast(device, step_dtype):
+                    out = objective(batch)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
+                distributed.average_gradients(params)
                 if math.isfinite(tc.grad_clip):
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
-                loss_sum += float(out.total.detach())
+                loss_acc += out.total.detach()
                 n_batches += 1
                 targets = getattr(batch, "targets", None)
-                tokens += int((targets != 0).sum()) if targets is not None else 0
+                if targets is not None:
+                    token_acc += (targets != 0).sum()
+            tokens += int(token_acc)
             train_time += time.perf_counter() - t0
-            row: dict = {"epoch": epoch, "loss": loss_sum / max(n_batches, 1),
+            row: dict = {"epoch": epoch, "loss": float(loss_acc) / max(n_batches, 1),
                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
             if validate is not None and (epoch % tc.eval_every == 0 or epoch in (1, tc.epochs)):
                 model.eval()
@@ -230,7 +264,8 @@ def fit(
     elif validate is None:
         result.best_epoch = result.epochs
     result.train_seconds = train_time
-    result.tokens_per_second = tokens / max(train_time, 1e-9)
+    result.tokens_per_second = distributed.sum_over_ranks(tokens) / max(train_time, 1e-9)
+    result.privacy = private.report() if private is not None else None  # issue 12: (epsilon, delta) spent
     if log_dir:
         plot_training_curve(result.history, Path(log_dir) / "training_curve.png", tc.monitor)
     return result
@@ -274,4 +309,8 @@ def fit_warnings(result: FitResult, cfg: Config) -> list[str]:
     if scores and scores[0] >= 0.99:
         out.append(f"validation {cfg.train.monitor} is {scores[0]:.3f} from the first evaluation: validation is "
                    "saturated (too few or trivial targets), so it cannot select a model; move the split points")
+    if result.privacy is not None:  # issue 12: the privacy spent, in the report's plain words
+        from shopformer.training.privacy import privacy_note
+
+        out.append(privacy_note(result.privacy))
     return out

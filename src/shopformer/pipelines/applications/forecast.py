@@ -223,6 +223,14 @@ def series_groups(ds: Dataset, series: Series, t: int, behaviour: int | None, y:
     return {"all": active, "head": head, "tail": active & ~head}
 
 
+def top_series(names: list[str], y: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               n: int = 8) -> list[dict]:
+    """The ``n`` series with the largest expected demand (index 0, padding, left out): actual and forecast."""
+    order = np.argsort(-mean[1:], kind="stable")[:n] + 1
+    return [{"series": str(names[i]), "actual": float(y[i]), "expected": float(mean[i]), "lo": float(lo[i]),
+             "hi": float(hi[i])} for i in order]
+
+
 def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behaviour: str | None = None,
                  origins: int = 3, level_interval: float = 0.8) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluate ``origins`` consecutive forecasts ending at the last full horizon, then forecast the
@@ -259,6 +267,10 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
             "systems": {n: error_metrics(y, f, scale, groups) for n, f in systems.items()},
             "coverage": float(((y >= lo) & (y <= hi))[act].mean()) if act.any() else float("nan"),
             "coverage_all_series": float(((y >= lo) & (y <= hi))[1:].mean()),
+            # for the report's forecast-vs-actual chart: totals over every series, and the top series
+            "actual_total_all_series": float(y[1:].sum()),
+            "predicted_totals": {n: float(f[1:].sum()) for n, f in systems.items()},
+            "top_series": top_series(series.names, y, mean, lo, hi),
         })
         prev_mean, prev_y = mean, y
     mean = fc.expected(end)  # the forecast after the data, its dispersion from the last test origin
