@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from serving_support import RedisServer
 
 from shopformer.data.batches import Batch
 from shopformer.data.sequences import Sequences
@@ -18,6 +21,16 @@ SHARED = ROOT.parent / "shared" / "data"
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
     torch.set_num_threads(1)  # tests are many and small: no oversubscription on 2 cores
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for one test module (the serving tests' Redis store)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server; scripts/ensure_redis.sh)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 def cyclic_sequences(n_users: int = 300, n_items: int = 60, step: int = 7, seed: int = 0) -> Sequences:

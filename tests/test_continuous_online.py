@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -65,15 +64,6 @@ def test_score_drift_compares_recent_top_scores_with_the_first_after_loading() -
     assert monitor.score_psi() > 0.25
     monitor.refresh()
     assert _metric(monitor.metrics.render().decode(), 'shopformer_drift{indicator="score_psi"}') > 0.25
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not found")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

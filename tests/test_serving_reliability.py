@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ ITEMS = [f"i{i}" for i in range(40)]
 TINY = ModelConfig(dim=16, layers=1, heads=1, max_len=20, dropout=0.0, emb_dropout=0.0)
 KEYS = {"SHOPFORMER_INGEST_KEY": "ing", "SHOPFORMER_ADMIN_KEY": "adm"}
 ING, ADM = {"Authorization": "Bearer ing"}, {"Authorization": "Bearer adm"}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not found")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 # --------------------------------------------------------------------------------- timestamps

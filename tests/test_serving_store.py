@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ from shopformer.serving.store import RedisStore, SQLiteStore, StateStore, Stored
 
 NEEDS_REDIS = pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="redis-server binary not found (apt-get install redis-server)")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def run(coro):  # noqa: ANN001, ANN201 - tiny helper: every store call is a coroutine

@@ -3,13 +3,10 @@ service on another port. What one process stores, every other one serves from.""
 
 from __future__ import annotations
 
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from typer.testing import CliRunner
 
 from shopformer.cli.app import app
@@ -22,15 +19,6 @@ ITEMS = [f"i{i}" for i in range(40)]
 TINY = ModelConfig(dim=16, layers=1, heads=1, max_len=20, dropout=0.0, emb_dropout=0.0)
 AUTH = {"Authorization": "Bearer test-key"}
 STARTUP_S = 600  # generous: three interpreters import torch at once on a small shared box
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server; scripts/ensure_redis.sh)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def worker_pids(supervisor_pid: int) -> list[int]:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from shopformer.artifacts import Run
-from shopformer.data.batches import Batch, EventArrays
+from shopformer.data.batches import Batch, EventArrays, history_batches
 from shopformer.data.corpus import Dataset
 from shopformer.data.schema import PAD
 from shopformer.data.sequences import Sequences
-from shopformer.data.split import resolve_boundary
+from shopformer.data.split import EvalExamples, resolve_boundary
 from shopformer.models.base import SequenceModel
 
 DAY = 86400
@@ -123,15 +123,8 @@ def _last_marked_time(seq: Sequences, ends: np.ndarray, rows: np.ndarray, mark: 
 def model_batches(seq: Sequences, arrays: EventArrays, snap: Snapshot, max_len: int,
                   batch_size: int = 512) -> Iterator[tuple[np.ndarray, Batch]]:
     """(positions into the snapshot, Batch of the last ``max_len`` events of each history), sorted by
-    length so that each batch is only as wide as its longest history."""
-    starts = seq.offsets[:-1][snap.rows]
-    lengths = np.minimum(snap.ends - starts, max_len)
-    order = np.argsort(lengths, kind="stable")
-    for i in range(0, len(order), batch_size):
-        sel = order[i:i + batch_size]
-        width = max(int(lengths[sel].max()), 1)
-        w = arrays.windows(snap.ends[sel], starts[sel], width)
-        yield sel, Batch(**{k: torch.from_numpy(v) for k, v in w.items()})
+    length so that each batch is only as wide as its longest history (``history_batches``)."""
+    yield from history_batches(seq, arrays, EvalExamples(snap.rows, snap.ends), max_len, batch_size, by_length=True)
 
 
 @dataclass(frozen=True)
