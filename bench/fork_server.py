@@ -25,10 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serving_support import free_port  # noqa: E402
+from serving_support import free_port, wait_ready  # noqa: E402
 
 
 def zygote() -> None:
@@ -119,19 +117,10 @@ class ForkedServer:
         argv = ["serve", str(self.run_dir), "--port", str(self.port), "--store", self.store_url,
                 "--log-level", "warning"]
         self.pid = self.forks.spawn(argv, env, self.log_path)
-        deadline = time.monotonic() + timeout
-        while True:
-            if not _alive(self.pid):
-                raise RuntimeError(f"forked server exited; log: {self.log_path.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(hard=True)
-                raise TimeoutError(f"forked server not ready after {timeout}s")
-            time.sleep(0.05)
+        pid = self.pid
+        wait_ready(self.url, lambda: None if _alive(pid) else "forked server exited", lambda: self.stop(hard=True),
+                   timeout, lambda: self.log_path.read_text(errors="replace")[-2000:], poll=0.05)
+        return self
 
     def stop(self, hard: bool = False) -> None:
         """SIGKILL (``kill -9``) or SIGTERM, then wait until the process is gone."""

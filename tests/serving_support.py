@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -103,6 +104,25 @@ class RedisServer:
         self.proc = None
 
 
+def wait_ready(url: str, exited: Callable[[], str | None], kill: Callable[[], object], timeout: float,
+               log_tail: Callable[[], str], poll: float = 0.1) -> None:
+    """Poll ``url``/readyz until it answers 200. ``exited()`` names why the process is gone (None while
+    it runs): raised at once with the log's tail; after ``timeout`` seconds ``kill()`` and raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (why := exited()) is not None:
+            raise RuntimeError(f"{why}; log: {log_tail()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            kill()
+            raise TimeoutError(f"server not ready after {timeout}s; log: {log_tail()}")
+        time.sleep(poll)
+
+
 class ServerProcess:
     """``python -m shopformer.cli serve RUN_DIR`` as a child process; ready when /readyz says so."""
 
@@ -131,19 +151,10 @@ class ServerProcess:
                "--store", self.store_url, "--log-level", "warning", *self.extra_args]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(hard=True)
-                raise TimeoutError(f"server not ready after {timeout}s; log: {self.log_tail()}")
-            time.sleep(0.1)
+        proc = self.proc
+        wait_ready(self.url, lambda: None if proc.poll() is None else f"server exited with {proc.returncode}",
+                   lambda: self.stop(hard=True), timeout, self.log_tail)
+        return self
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path and self.log_path.exists() else ""
