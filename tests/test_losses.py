@@ -1,8 +1,10 @@
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax
 
@@ -45,7 +47,7 @@ def test_sampled_softmax_masks_accidental_hits_and_applies_logq() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     log_q = torch.log(torch.tensor([1e-9, 0.5, 0.25, 0.25]))
     corrected = sampled_softmax(h, torch.tensor([1]), emb, neg, log_q)
-    e_pos, e_neg = 2.0 - math.log(0.5), 0.0 - math.log(0.25)
+    e_pos, e_neg = 2.0, 0.0 - math.log(0.25)  # only the negatives are corrected
     assert corrected.item() == pytest.approx(-math.log(math.exp(e_pos) / (math.exp(e_pos) + math.exp(e_neg))), rel=1e-5)
 
 
@@ -71,3 +73,93 @@ def test_popularity_sampler_never_draws_padding_and_follows_counts() -> None:
 def test_unknown_sampler_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown sampler"):
         NegativeSampler(np.ones(3), "zipf")
+
+
+def test_in_batch_negatives_are_the_batch_targets_with_mixed_logq() -> None:
+    counts = np.array([0.0, 6.0, 2.0, 0.0])  # item frequency: 0.75, 0.25, 0
+    s = NegativeSampler(counts, "uniform", seed=0)
+    targets = torch.tensor([2, 1, 1, 2, 1])
+    neg, log_q = s.draw(targets, 0, in_batch=10)  # k = min(10, 5): every target, shuffled
+    assert sorted(neg.tolist()) == sorted(targets.tolist())
+    neg, log_q = s.draw(targets, 4, in_batch=2)  # 4 uniform draws over items 1..3 + 2 in-batch
+    assert len(neg) == 6 and set(neg[4:].tolist()) <= {1, 2} and (neg != 0).all()
+    # expected count of each item in the mixed draw: 4 / 3 + 2 * frequency
+    expected = [4 / 3 + 2 * 0.75, 4 / 3 + 2 * 0.25, 4 / 3]
+    assert torch.allclose(log_q[1:], torch.log(torch.tensor(expected)), atol=1e-6)
+
+
+def test_in_batch_accidental_hits_masked_and_gradient_reaches_negatives() -> None:
+    emb = torch.eye(4).requires_grad_(True)
+    h = torch.tensor([[1.0, 2.0, 0.0, 0.5], [1.0, 0.0, 1.0, 0.0]], requires_grad=True)
+    t = torch.tensor([1, 2])
+    neg = torch.tensor([2, 1, 3])  # in-batch: each row's target appears as the other's negative
+    log_q = torch.log(torch.tensor([1.0, 0.5, 2.0, 1.0]))
+    loss = sampled_softmax(h, t, emb, neg, log_q)
+    # row 0 (target 1, score 2): negatives 2 (score 0, -log 2) and 3 (score 0.5, -log 1); its own 1 masked
+    r0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0 - math.log(2.0)) + math.exp(0.5)))
+    # row 1 (target 2, score 1): negatives 1 (score 0, +log 2) and 3 (score 0); its own 2 masked
+    r1 = -math.log(math.exp(1) / (math.exp(1) + math.exp(0 - math.log(0.5)) + math.exp(0)))
+    assert loss.item() == pytest.approx((r0 + r1) / 2, rel=1e-5)
+    loss.backward()
+    assert h.grad is not None and emb.grad is not None
+    assert (h.grad.abs().sum(-1) > 0).all()
+    assert (emb.grad[1:].abs().sum(-1) > 0).all() and emb.grad[0].abs().sum() == 0  # padding untouched
+
+
+def test_in_batch_whole_catalogue_equals_full_ce() -> None:
+    torch.manual_seed(0)
+    emb, h = torch.randn(6, 3), torch.randn(5, 3)
+    t = torch.arange(1, 6)  # the batch's targets cover the catalogue once: equal frequencies
+    s = NegativeSampler(np.array([0, 3, 3, 3, 3, 3]), "uniform", seed=0)
+    neg, log_q = s.draw(t, 0, in_batch=5)
+    full = full_cross_entropy(h, t, emb)
+    assert sampled_softmax(h, t, emb, neg, log_q).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 0), (16, 64), (0, 64)])
+def test_logq_corrected_gradient_approaches_full_ce(n: int, k: int) -> None:
+    """Averaged over draws, the corrected sampled softmax's gradient is close to full CE's; without
+    the correction, or with the target corrected too (TF's form), it is clearly biased."""
+    torch.manual_seed(0)
+    n_items = 40
+    counts = np.r_[0.0, 1000.0 / np.arange(1, n_items)]  # Zipf item frequency
+    emb = torch.randn(n_items, 8)
+    t = torch.tensor([n_items - 1, 1, 5, 20])
+    h0 = 0.8 * emb[t]  # the targets are likely: their place in the normaliser matters
+
+    def grad(loss: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(loss, h)
+        return g
+
+    def corrected_both(h: torch.Tensor, neg: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        pos = (h * emb[t]).sum(-1, keepdim=True) - log_q[t].unsqueeze(-1)
+        logits = (h @ emb[neg].T - log_q[neg]).masked_fill(neg[None] == t[:, None], float("-inf"))
+        return F.cross_entropy(torch.cat([pos, logits], 1), torch.zeros(len(t), dtype=torch.long))
+
+    h = h0.clone().requires_grad_(True)
+    full = grad(full_cross_entropy(h, t, emb), h)
+    s = NegativeSampler(counts, "uniform", seed=1)
+    draws = [s.draw(torch.multinomial(s.freq, 256, replacement=True, generator=s.generator), n, k)
+             for _ in range(200)]
+
+    def error(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        g = torch.stack([grad(loss_fn(h, neg, log_q), h) for neg, log_q in draws]).mean(0)
+        return float((g - full).norm() / full.norm())
+
+    ours = error(lambda h, neg, log_q: sampled_softmax(h, t, emb, neg, log_q))
+    plain = error(lambda h, neg, log_q: sampled_softmax(h, t, emb, neg))
+    both = error(corrected_both)
+    assert ours < 0.06
+    assert plain > 3 * ours and both > 3 * ours
+
+
+def test_sampled_loss_config_needs_negatives_and_in_batch_needs_counts() -> None:
+    from shopformer.config import Config, LossConfig
+    from shopformer.training.objectives import make_sampler
+
+    with pytest.raises(ValueError, match="needs loss.negatives > 0 or loss.in_batch > 0"):
+        LossConfig(kind="sampled", negatives=0)
+    cfg = Config().override(loss={"kind": "sampled", "negatives": 0, "in_batch": 64})
+    with pytest.raises(ValueError, match="needs the training item counts"):
+        make_sampler(cfg, 5, None)
+    assert make_sampler(cfg, 5, np.ones(6)) is not None

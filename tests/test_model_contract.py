@@ -54,7 +54,7 @@ def test_shapes(model) -> None:
     assert torch.isfinite(s[:, 1:]).all()
 
 
-@pytest.mark.parametrize("kind", ["ce", "sampled"])
+@pytest.mark.parametrize("kind", ["ce", "sampled", "in-batch"])
 def test_finite_loss_and_gradients(model, kind: str) -> None:
     import numpy as np
 
@@ -62,7 +62,9 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
 
     model.train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)
-    out = model.loss(make_batch(), LossConfig(kind=kind, negatives=8), sampler)
+    loss_cfg = LossConfig(kind="sampled", negatives=4, in_batch=8) if kind == "in-batch" else LossConfig(
+        kind=kind, negatives=8)
+    out = model.loss(make_batch(), loss_cfg, sampler)
     assert torch.isfinite(out.total)
     out.total.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]

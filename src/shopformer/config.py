@@ -47,10 +47,20 @@ class ModelConfig(_Section):
 
 class LossConfig(_Section):
     kind: Literal["ce", "sampled"] = "ce"
-    negatives: int = Field(256, ge=1)
+    # sampled softmax: ``negatives`` drawn from ``sampler`` plus up to ``in_batch`` targets of other
+    # positions in the batch (in-batch negatives, distributed as item frequency), all shared by the
+    # batch; logQ correction subtracts the log expected count of each item in that mixed sample
+    negatives: int = Field(256, ge=0)
     sampler: Literal["uniform", "popularity"] = "uniform"
+    in_batch: int = Field(0, ge=0)
     logq_correction: bool = True
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> LossConfig:
+        if self.kind == "sampled" and self.negatives + self.in_batch == 0:
+            raise ValueError("loss.kind='sampled' needs loss.negatives > 0 or loss.in_batch > 0")
+        return self
 
 
 class TaskConfig(_Section):

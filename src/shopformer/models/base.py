@@ -133,8 +133,8 @@ class SequenceModel(nn.Module):
         if loss_cfg.kind == "sampled":
             if sampler is None:
                 raise ValueError("loss.kind='sampled' needs a NegativeSampler")
-            neg = sampler.sample(loss_cfg.negatives).to(h.device)
-            return sampled_softmax(h, t, emb, neg, sampler.log_q if loss_cfg.logq_correction else None, cold)
+            neg, log_q = sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
+            return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold)
         return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)
 
     def cold_items(self) -> torch.Tensor | None:

@@ -377,12 +377,12 @@ class MultiTaskHeads(nn.Module):
         targets = batch.targets[rows, cols]
         length = hidden.shape[1]
         qpos = torch.arange(length, device=hidden.device)
-        negatives = None
+        negatives = log_q = None
         if loss_cfg.kind == "sampled":
             if sampler is None:
                 raise ValueError("loss.kind='sampled' needs a NegativeSampler")
-            negatives = sampler.sample(loss_cfg.negatives).to(hidden.device)  # shared by all parts
-        log_q = sampler.log_q.to(hidden.device) if sampler is not None and loss_cfg.logq_correction else None
+            negatives, log_q = sampler.draw(targets, loss_cfg.negatives, loss_cfg.in_batch)  # shared by all parts
+            log_q = log_q.to(hidden.device) if loss_cfg.logq_correction else None
         features = self.gate_features(hidden, batch)  # (B, L, F): summary, then repeat features
         parts: dict[str, torch.Tensor] = {}
 
@@ -556,7 +556,7 @@ def mixture_nll(
     queries (M, D); targets (M,); emb (V + 1, D); items/bonus/rep (M, L): each query's window items,
     pointer logits and representative mask; gate (M,) logits of g. The explore softmax runs over
     the whole catalogue (``negatives`` None; label smoothing spreads over every real item) or over
-    the target plus the shared ``negatives`` (logQ-corrected by ``log_q`` when given; a negative
+    the target plus the shared ``negatives`` (these logQ-corrected by ``log_q`` when given; a negative
     equal to the target, or, with ``exclude_history``, inside the window, is masked). A target
     outside the window is explained by explore alone; one inside by repeat (and, without
     ``exclude_history``, explore too). Never builds the (M, V) log-probability matrix.
@@ -583,8 +583,7 @@ def mixture_nll(
     else:
         pos = s_t
         neg = queries @ emb[negatives].T  # (M, N)
-        if log_q is not None:
-            pos = pos - log_q[targets]
+        if log_q is not None:  # negatives only, as in losses.sampled_softmax
             neg = neg - log_q[negatives][None, :]
         drop = negatives[None, :] == targets[:, None]  # accidental hits
         if exclude_history:

@@ -47,10 +47,14 @@ def full_cross_entropy(
 
 
 class NegativeSampler:
-    """Draws shared negatives for sampled softmax, uniform or by popularity.
+    """Draws the shared negatives of a sampled softmax: ``n`` from a uniform or popularity
+    sampler, plus up to ``k`` in-batch negatives (the targets of randomly chosen positions of the
+    batch, so distributed as the items' training frequency).
 
-    ``log_q`` is the log-probability of drawing each item; subtracting it from the logits
-    (logQ correction) makes the sampled softmax an unbiased estimate of the full one.
+    logQ correction subtracts from each logit the log of the item's expected count in that mixed
+    sample, ``log(n q_sampler(j) + k p_freq(j))``, which makes the sampled softmax an unbiased
+    estimate of the full one (the correction is applied to the positive too; a constant shift of
+    every logit leaves the softmax unchanged).
     """
 
     def __init__(self, item_counts: np.ndarray, kind: str, seed: int = 0) -> None:
@@ -66,11 +70,39 @@ class NegativeSampler:
             raise ValueError(f"unknown sampler {kind!r}; use 'uniform' or 'popularity'")
         probs /= probs.sum()
         self.probs = torch.from_numpy(probs).float()
-        self.log_q = torch.log(self.probs.clamp_min(1e-30))
+        freq = counts if counts.sum() > 0 else (counts >= 0).astype(np.float64)
+        freq[PAD] = 0.0
+        self.freq = torch.from_numpy(freq / freq.sum()).float()  # what an in-batch target follows
         self.generator = torch.Generator().manual_seed(seed)
+        self._log_expected: dict[tuple[int, int], torch.Tensor] = {}
 
     def sample(self, n: int) -> torch.Tensor:
         return torch.multinomial(self.probs, n, replacement=True, generator=self.generator)
+
+    def draw(self, targets: torch.Tensor, n: int, in_batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negative ids (n + k,), (V,) log expected count of each item among them).
+
+        targets: (M,) the batch's real targets; k = min(in_batch, M) of them are picked at random
+        positions (without replacement of positions) as in-batch negatives. A row's own target
+        among them is an accidental hit that ``sampled_softmax`` masks.
+        """
+        k = min(in_batch, len(targets))
+        parts = [self.sample(n).to(targets.device)] if n else []
+        if k:
+            pick = torch.randperm(len(targets), generator=self.generator)[:k]
+            parts.append(targets[pick.to(targets.device)])
+        if not parts:
+            raise ValueError("sampled softmax without negatives: set loss.negatives or loss.in_batch > 0")
+        return torch.cat(parts), self.log_expected(n, k)
+
+    def log_expected(self, n: int, k: int) -> torch.Tensor:
+        """(V,) log(n q_sampler + k p_freq): the logQ correction of a draw of n + k negatives."""
+        key = (n, k)
+        if key not in self._log_expected:
+            if len(self._log_expected) >= 8:  # k varies only on batches with fewer than in_batch targets
+                self._log_expected.clear()
+            self._log_expected[key] = torch.log((n * self.probs + k * self.freq).clamp_min(1e-30))
+        return self._log_expected[key]
 
 
 def sampled_softmax(
@@ -83,16 +115,19 @@ def sampled_softmax(
 ) -> torch.Tensor:
     """Softmax over the target and N shared negatives, with optional logQ correction.
 
-    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) or None;
-    excluded: optional (V,) bool, items never used as negatives.
-    A negative equal to the row's own target is masked (an "accidental hit").
+    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) log expected count of
+    each item among the negatives (``NegativeSampler.draw``), or None; excluded: optional (V,)
+    bool, items never used as negatives. A negative equal to the row's own target is masked (an
+    "accidental hit"). Only the negatives are corrected: the target enters once with weight 1, so
+    ``exp(s_y) + sum_j exp(s_j - log E[count_j])`` over the negatives j != y is an unbiased
+    estimate of the full softmax's normaliser. (Correcting the target as well, as in TF's
+    ``sampled_softmax_loss``, under-weights it in the normaliser by its expected count and biases
+    the gradient; tests/test_losses.py measures both.)
     """
     pos = (hidden * item_emb[targets]).sum(-1, keepdim=True)  # (M, 1)
     neg = hidden @ item_emb[negatives].T  # (M, N)
     if log_q is not None:
-        log_q = log_q.to(hidden.device)
-        pos = pos - log_q[targets].unsqueeze(-1)
-        neg = neg - log_q[negatives].unsqueeze(0)
+        neg = neg - log_q.to(hidden.device)[negatives].unsqueeze(0)
     hit = negatives.unsqueeze(0) == targets.unsqueeze(-1)  # (M, N)
     if excluded is not None:
         hit = hit | excluded.to(hidden.device)[negatives].unsqueeze(0)

@@ -137,5 +137,7 @@ def make_sampler(cfg: Config, n_items: int, item_counts: np.ndarray | None) -> N
     """The negative sampler ``cfg.loss`` asks for (None for full cross-entropy)."""
     if cfg.loss.kind != "sampled":
         return None
+    if item_counts is None and cfg.loss.in_batch and cfg.loss.logq_correction:
+        raise ValueError("loss.in_batch with logQ correction needs the training item counts (fit(..., item_counts))")
     counts = item_counts if item_counts is not None else np.ones(n_items + 1)
     return NegativeSampler(counts, cfg.loss.sampler, seed=cfg.train.seed)
