@@ -5,8 +5,9 @@
 1. A synthetic catalogue (``--items``, Zipf item popularity, geometric history lengths; generated
    here, seeded) trains SASRec (d=64, max length 50) for a few steps with each loss — the chunked
    full softmax (models/chunked_ce.py, the default) and the sampled softmax (uniform negatives,
-   logQ correction) — each in its own process, so ``ru_maxrss`` is that loss's peak RSS. What the
-   plain (materialised) cross-entropy would need is computed, not run: three (M, V) fp32 tensors.
+   alone and with in-batch negatives, logQ correction) — each in its own process, so ``ru_maxrss``
+   is that loss's peak RSS. What the plain (materialised) cross-entropy would need is computed, not
+   run: three (M, V) fp32 tensors.
 2. Full-ranking evaluation of ``--eval-users`` histories over the same catalogue (random weights:
    the cost does not depend on them): seconds and peak RSS, with the score block capped by
    ``evaluation.ranking.SCORE_BLOCK``.
@@ -43,6 +44,8 @@ from shopformer.training.objectives import make_sampler
 
 BEAUTY = SHARED / "amazon_beauty" / "Beauty.txt"
 SAMPLED = {"kind": "sampled", "negatives": 256, "sampler": "uniform", "logq_correction": True}
+MIXED = {**SAMPLED, "in_batch": 1024}  # + up to 1,024 in-batch negatives (the batch's own targets)
+LOSSES: dict[str, dict] = {"ce": {"kind": "ce"}, "sampled": SAMPLED, "mixed": MIXED}
 
 
 def zipf_catalogue(n_items: int, n_users: int, mean_len: float = 12.0, a: float = 1.05, seed: int = 0,
@@ -74,7 +77,7 @@ def run_step(n_items: int, loss_kind: str, batch_size: int, steps: int) -> dict:
     # every training window full (51+ events): M = batch_size * 50 targets per step, the worst case
     seq = zipf_catalogue(n_items, n_users=max(batch_size * (steps + 1), 256), mean_len=60, min_len=53)
     split = leave_one_out(seq)
-    cfg = step_config(batch_size, SAMPLED if loss_kind == "sampled" else {"kind": "ce"})
+    cfg = step_config(batch_size, LOSSES[loss_kind])
     arrays = EventArrays.from_sequences(seq, cfg.model.time_buckets)
     loader = make_train_loader(cfg, seq, split.train_end, arrays)
     batches = [b for _, b in zip(range(steps + 1), loader, strict=False)]
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quality-epochs", type=int, default=3, help="0: skip the Beauty comparison")
     ap.add_argument("--seeds", default="42,43")
     ap.add_argument("--no-scale", action="store_true", help="only the Beauty comparison (skip parts 1 and 2)")
-    ap.add_argument("--child", choices=["ce", "sampled", "eval"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=[*LOSSES, "eval"], help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS / "large_catalogue.json"))
     args = ap.parse_args(argv)
     if args.child == "eval":
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--items", str(args.items), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     result: dict = {**provenance(__file__, argv), "items": args.items}
     if not args.no_scale:
-        result["step"] = {k: child([*common, "--child", k]) for k in ("ce", "sampled")}
+        result["step"] = {k: child([*common, "--child", k]) for k in LOSSES}
         result["eval"] = child(["--items", str(args.items), "--eval-users", str(args.eval_users), "--child", "eval"])
     if args.quality_epochs and BEAUTY.exists():
         torch.set_num_threads(1)
