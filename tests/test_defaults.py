@@ -65,6 +65,9 @@ def test_adapt_sets_rule_values_and_keeps_explicit_keys() -> None:
     assert cfg.model.emb_dropout == applied["model.emb_dropout"] == dropout_for(stats.sparsity)
     assert cfg.model.max_len == 20 and cfg.train.epochs == 200 and cfg.loss.kind == "ce"
     assert cfg.eval.exclude_seen is True  # no repeats in these histories
+    assert cfg.train.blend is True and applied["train.blend"] is True  # served: the validation-chosen blend
+    refit, _, applied = adapt_config(Config().override(train={"refit": True}), seq, train_end, 9, keep={"train.refit"})
+    assert refit.train.refit and not refit.train.blend  # refit trains on the validation targets: no blend there
 
 
 def test_repeats_keep_seen_items_and_huge_catalogues_sample() -> None:
@@ -103,6 +106,9 @@ def test_train_without_config_uses_default_and_rule(shop_log: Path, tmp_path: Pa
     assert cfg["model"]["dim"] == 16 and cfg["train"]["epochs"] == 1  # explicit --set kept
     assert cfg["eval"]["exclude_seen"] is False  # the shop log repeats items: seen items stay rankable
     assert cfg["train"]["threads"] == 1
+    assert cfg["train"]["blend"] is True  # the rule's validation-chosen blend (docs/defaults.md)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "grid" in metrics["blend"]  # the blend grid was searched on validation and reported
 
 
 def test_train_with_config_skips_the_rule(shop_log: Path, tmp_path: Path) -> None:

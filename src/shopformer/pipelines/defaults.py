@@ -18,6 +18,8 @@ loss.kind          ``sampled`` (1,024 popularity negatives, logQ-corrected) when
                    (batch x max_len x items x 4 bytes) would exceed 1 GiB, else full cross-entropy
 eval.exclude_seen  false when >= 5% of training next-events repeat an item already in the user's history
                    (shop and session logs, where repeats are the signal), else true (Amazon-style review logs)
+train.blend        true unless ``train.refit``: the served answer mixes the model with its best blendable
+                   baseline when that scores higher on validation (evaluation/blend.py; alpha 0 = the model)
 =================  ==========================================================================================
 
 Keys given explicitly (``--set``, ``--model`` ...) are never changed.
@@ -112,7 +114,9 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
         if sampled else {"kind": "ce"})
     return {
         "model": {"dropout": dropout, "emb_dropout": dropout, "max_len": max_len},
-        "train": {"epochs": epochs, "patience": patience},
+        # blend: chosen on validation, so the served answer is never below the model or the best blendable
+        # baseline there; off with refit, whose training events include the validation targets
+        "train": {"epochs": epochs, "patience": patience, "blend": not cfg.train.refit},
         "loss": loss,
         "eval": {"exclude_seen": stats.repeat_share < REPEAT_SHARE},
     }
