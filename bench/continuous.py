@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline-gate", action="store_true", help="the warm gate also demands the best baseline")
     ap.add_argument("--min-examples", type=int, default=20, help="the warm gate's minimum of gate-slice examples")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (all trainings)")
-    ap.add_argument("--warm-epochs", type=int, default=10)
+    ap.add_argument("--warm-epochs", type=int, default=2, help="the warm start's epoch budget (RetrainOptions)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write JSON + markdown here (default: print JSON only)")
     ap.add_argument("--work", type=Path, default=None, help="keep the registries here (default: a temp dir)")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         row: dict = {"day": day.stem}
         warm_opts = RetrainOptions(events=(day,), ingest=canonical, window_days=args.window_days, promote=True,
                                    gate=GateConfig(baselines=args.baseline_gate, min_examples=args.min_examples),
-                                   overrides=(f"train.epochs={args.warm_epochs}", *overrides))
+                                   warm_epochs=args.warm_epochs, overrides=overrides)
         cur = Registry(regs["warm"]).require_current()
         answers[cur] = [Recommender.load(regs["warm"] / "current").recommend(h, k=10).pairs() for h in probe]
         t = time.perf_counter()
@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
         row["warm"] = {"status": out.status, "reason": out.reason, "seconds": time.perf_counter() - t,
                        "train_seconds": out.manifest["fit"]["train_seconds"], "peak_rss_mb": warm_mem.peak,
                        "gate_diff_vs_current": next(iter(out.manifest["gate"]["comparisons"].values()))["diff"],
+                       "gate_examples": out.manifest["gate"]["examples"],
+                       "gate_fallback": out.manifest["gate"].get("fallback", {}).get("reason"),
+                       "epochs": out.manifest["fit"]["epochs"], "warm_since_utc": out.manifest["warm"]["since_utc"],
                        "drift": out.manifest["drift"]}
         sc_opts = RetrainOptions(events=(day,), ingest=canonical, window_days=args.window_days, from_scratch=True,
                                  gate=GateConfig(min_examples=0), overrides=overrides)
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         with PeakRSS() as sc_mem:
             manifest = always_promote(Registry(regs["scratch"]), sc_opts)
         row["scratch"] = {"seconds": time.perf_counter() - t, "train_seconds": manifest["fit"]["train_seconds"],
-                          "peak_rss_mb": sc_mem.peak}
+                          "epochs": manifest["fit"]["epochs"], "peak_rss_mb": sc_mem.peak}
         # every event up to day d: the scratch system's current data (the warm one's may be older: a
         # rejected candidate is not current); vocabularies grow identically, so ids agree across systems
         scratch_dir = Registry(regs["scratch"]).version_dir(Registry(regs["scratch"]).require_current())
@@ -303,6 +306,9 @@ def summarise(days: list[dict]) -> dict:
     warm_t = sum(d["warm"]["train_seconds"] for d in days)
     scratch_t = sum(d["scratch"]["train_seconds"] for d in days)
     out["train_seconds"] = {"warm": warm_t, "scratch": scratch_t, "ratio": warm_t / scratch_t if scratch_t else None}
+    warm_w, scratch_w = (sum(d[n]["seconds"] for d in days) for n in ("warm", "scratch"))
+    out["retrain_wall_seconds"] = {"warm": warm_w, "scratch": scratch_w,  # data, training, heads, gate, report
+                                   "ratio": warm_w / scratch_w if scratch_w else None}
     out["peak_rss_mb"] = {n: max((d[n]["peak_rss_mb"] for d in days), default=None) for n in ("warm", "scratch")}
     out["promoted_days"] = sum(d["warm"]["status"] == "promoted" for d in days)
     out["promoted_worse_than_current"] = sum(d["warm"]["status"] == "promoted" and d["warm"]["gate_diff_vs_current"] < 0
@@ -387,8 +393,14 @@ def markdown(r: dict) -> str:
               f"| warm (b) | {f(s['train_seconds']['warm'])} | {f(s['peak_rss_mb']['warm'])} |",
               f"| scratch (c) | {f(s['train_seconds']['scratch'])} | {f(s['peak_rss_mb']['scratch'])} |",
               f"| initial | {f(r['initial_train_seconds'])} | {f(s['initial_train_peak_rss_mb'])} |", "",
-              "Warm gate per day (status, candidate - current on the gate slice): " + ", ".join(
-                  f"{d['day']} {d['warm']['status']} ({f(d['warm']['gate_diff_vs_current'])})" for d in r["days"]),
+              f"Whole retrain (data, training, heads, gate, report), all days: warm "
+              f"{f(s['retrain_wall_seconds']['warm'])} s, scratch {f(s['retrain_wall_seconds']['scratch'])} s "
+              f"(ratio {f(s['retrain_wall_seconds']['ratio'])}). Epochs per day, warm / scratch: " + ", ".join(
+                  f"{d['day']} {d['warm']['epochs']} / {d['scratch']['epochs']}" for d in r["days"]), "",
+              "Warm gate per day (status, candidate - current on the gate slice, gate examples): " + ", ".join(
+                  f"{d['day']} {d['warm']['status']} ({f(d['warm']['gate_diff_vs_current'])}, "
+                  f"n={d['warm']['gate_examples']}{', fallback' if d['warm']['gate_fallback'] else ''})"
+                  for d in r["days"]),
               "", "## Targets", ""]
     for key, val in r["targets"].items():
         if "met" in val:

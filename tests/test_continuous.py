@@ -131,7 +131,7 @@ def test_new_item_vectors_prefer_text_then_cooccurrence_then_mean() -> None:
 def test_retrain_promotes_and_new_items_become_recommendable(registry: Path, logs: Path) -> None:
     before = Recommender.load(registry / "current").recommend(["i38", "i39", "i40"], k=10).pairs()
     assert not any(item in {f"i{i}" for i in range(41, 51)} for item, _ in before)  # unknown to v0001
-    out = small_retrain(registry, logs, promote=True, overrides=("train.epochs=20", "train.learning_rate=0.005"))
+    out = small_retrain(registry, logs, promote=True, warm_epochs=20, overrides=("train.learning_rate=0.005",))
     assert (out.status, out.exit_code) == ("promoted", 0), out.reason
     reg = Registry(registry)
     assert reg.current() == "v0002" and reg.pointer()["history"] == ["v0001"]
@@ -148,6 +148,27 @@ def test_retrain_promotes_and_new_items_become_recommendable(registry: Path, log
     assert "i41" in top, top
     top = [item for item, _ in rec.recommend(["i42", "i43", "i44"], k=3).pairs()]
     assert "i45" in top, top
+
+
+def test_warm_start_trains_recent_windows_only(registry: Path, logs: Path) -> None:
+    from shopformer.data.batches import recent_windows, training_windows
+    from shopformer.pipelines.continuous import warm_since
+
+    seq = Sequences.from_lists([[1, 2, 3, 4, 5], [6, 7, 8]], [[1] * 5, [1] * 3], [[10, 20, 30, 40, 50], [5, 6, 7]])
+    ends, starts = training_windows(seq, seq.offsets[1:], 2)  # user 0: windows ending at 5 and 3; user 1: at 8
+    kept = recent_windows(seq, ends, starts, since=30)
+    assert sorted(kept[0].tolist()) == [3, 5]  # user 1 (nothing since t=30) costs nothing
+    assert sorted(recent_windows(seq, ends, starts, since=45)[0].tolist()) == [5]
+    # the rule: the parent's training cut, at least one valid_days period before the candidate's cut
+    assert warm_since({"data_window": {"train_end": 1000}}, 100 * DAY, 1.0) == 1000
+    assert warm_since({"data_window": {"end": 50 * DAY}}, 100 * DAY, 1.0) == 48 * DAY
+    assert warm_since({"data_window": {"train_end": 99 * DAY}}, 100 * DAY, 1.0) == 99 * DAY
+    assert warm_since({}, 100 * DAY, 2.0) == 98 * DAY
+    out = small_retrain(registry, logs, warm_epochs=1)
+    m = out.manifest
+    assert m["warm"] == {"epochs": 1, "patience": 1, "since": m["warm"]["since"], "since_utc": m["warm"]["since_utc"]}
+    assert m["warm"]["since"] <= m["data_window"]["train_end"] - DAY and m["fit"]["epochs"] == 1
+    assert m["config"]["train"]["epochs"] == 2  # the saved config keeps the train.* settings, not the warm budget
 
 
 def test_rollback_restores_previous_answers_byte_for_byte(registry: Path, logs: Path) -> None:
@@ -200,6 +221,15 @@ def test_retrain_warm_starts_a_multitask_run(logs: Path, base_run: Path, tmp_pat
     assert m["config"]["task"]["kind"] == "multi" and "calibration" in m
     rec = Recommender.load(tmp_path / "reg" / "versions" / "v0002" / "model")
     assert len(rec.recommend(["i38", "i39", "i40"], k=5, behaviour="buy").pairs()) == 5
+    # too few purchases on the gate slice: gated on the next item of any behaviour, and said so
+    n_buy = m["gate"]["examples"]
+    strict = GateConfig(baselines=False, min_examples=n_buy + 1, margin=1.0, fallback=False)
+    assert small_retrain(tmp_path / "reg", logs, gate=strict).status == "rejected"
+    out = small_retrain(tmp_path / "reg", logs, gate=GateConfig(baselines=False, min_examples=n_buy + 1, margin=1.0))
+    fb = out.manifest["gate"]["fallback"]
+    assert out.status == "candidate" and "gated on the next item of any behaviour" in out.reason
+    assert (fb["target_behaviour"], fb["target_examples"], fb["target"]["examples"]) == ("buy", n_buy, n_buy)
+    assert out.manifest["gate"]["examples"] > n_buy and out.manifest["gate"]["target_behaviour"] is None
     again = small_retrain(tmp_path / "reg", logs, from_scratch=True).manifest
     assert again["warm_start"] is False and "calibration" in again and "new_item_init" not in again
     assert again["events"]["duplicates_dropped"] >= again["events"]["new_valid"]  # b.csv a second time

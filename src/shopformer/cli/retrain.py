@@ -39,12 +39,18 @@ def retrain_command(
     store: Annotated[Path | None, typer.Option(
         help="read new events from the service's SQLite store file (read-only, the service keeps running)")] = None,
     from_scratch: Annotated[bool, typer.Option(help="train a fresh model instead of warm-starting")] = False,
+    warm_epochs: Annotated[int, typer.Option(
+        min=1, help="warm start: at most this many epochs (patience 1) over the windows with events the current "
+                    "model never trained on")] = 2,
     window_days: Annotated[float | None, typer.Option(help="train on the last N days of events only")] = None,
     valid_days: Annotated[float, typer.Option(help="length of the selection and of the gate slice (days)")] = 1.0,
     promote: Annotated[bool, typer.Option(help="make the candidate current when it passes the gate")] = False,
     metric: Annotated[str | None, typer.Option(help="gate metric (default: the run's train.monitor)")] = None,
     margin: Annotated[float, typer.Option(help="largest loss the gate's 95% CI may leave possible")] = 0.01,
     min_examples: Annotated[int, typer.Option(help="fewer gate examples: rejected")] = 20,
+    gate_fallback: Annotated[bool, typer.Option(
+        "--gate-fallback/--no-gate-fallback", help="fewer than --min-examples target-behaviour (purchase) examples: "
+        "gate on the next item of any behaviour instead of rejecting")] = True,
     baseline_gate: Annotated[bool, typer.Option(
         "--baseline-gate/--no-baseline-gate", help="the candidate must also match the best shop baseline")] = True,
     every: Annotated[str | None, typer.Option(help="repeat every interval (30m, 6h, 1d) until interrupted")] = None,
@@ -83,9 +89,11 @@ def retrain_command(
             has_header=header, columns=_split_list(columns), mapping=_mapping(map_items or [], mapping_file),
             time_format=time_format,
         ) if store is None else IngestOptions(format="csv", has_header=True)
-        gate = GateConfig(metric=metric, margin=margin, min_examples=min_examples, baselines=baseline_gate)
+        gate = GateConfig(metric=metric, margin=margin, min_examples=min_examples, baselines=baseline_gate,
+                          fallback=gate_fallback)
         opts = RetrainOptions(events=tuple(events or ()), ingest=ingest, from_scratch=from_scratch,
-                              window_days=window_days, valid_days=valid_days, promote=promote, gate=gate,
+                              warm_epochs=warm_epochs, window_days=window_days, valid_days=valid_days,
+                              promote=promote, gate=gate,
                               overrides=tuple(overrides or ()), forget_ledger=forget_ledger, progress=True,
                               tracking=tracking)
     except USER_ERRORS as err:

@@ -117,6 +117,16 @@ def target_windows(
     return ends[keep], starts[keep]
 
 
+def recent_windows(seq: Sequences, ends: np.ndarray, starts: np.ndarray, since: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the training windows whose newest target (event ``end - 1``) is at or after Unix time
+    ``since``: the users active since then, each with their recent window (older events of that
+    window stay in it as context and as replayed targets); users with nothing new cost nothing."""
+    if not seq.has_time or len(ends) == 0:
+        return ends, starts
+    keep = seq.times[ends - 1] >= since
+    return ends[keep], starts[keep]
+
+
 # An augmentation maps the numpy windows of one batch (each (B, W), left-padded) to new ones.
 Augment = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
 
@@ -227,18 +237,22 @@ def make_train_loader(
     augment: Augment | None = None,
     labels: np.ndarray | None = None,
     target_behaviour: int | None = None,
+    since: int | None = None,
 ) -> TrainLoader:
     """The training loader of ``cfg``: windows of each user's events before ``train_end``
     (``cfg.model.max_len``, ``cfg.train.sliding_window``), ``cfg.train.batch_size``, shuffled
     by ``cfg.train.seed``.
 
     ``target_behaviour`` keeps only the windows with a target of that behaviour (fine-tuning);
-    ``augment`` and ``labels`` are passed to ``TrainLoader``.
+    ``since`` only the windows whose newest target is at or after that Unix time (a warm start
+    trains on recent events: ``recent_windows``); ``augment`` and ``labels`` are passed to ``TrainLoader``.
     """
     max_len = cfg.model.max_len
     ends, starts = training_windows(seq, train_end, max_len, cfg.train.sliding_window)
     if target_behaviour is not None:
         ends, starts = target_windows(seq, ends, starts, max_len, target_behaviour)
+    if since is not None:
+        ends, starts = recent_windows(seq, ends, starts, since)
     arrays = arrays or EventArrays.from_sequences(seq, cfg.model.time_buckets)
     return TrainLoader(arrays, ends, starts, max_len, cfg.train.batch_size, cfg.train.seed, augment=augment,
                        labels=labels)

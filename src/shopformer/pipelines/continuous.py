@@ -12,10 +12,17 @@
 4. model: the current weights grown to the new vocabularies (``models.growth``; new items start
    from titles, co-occurrence or the mean vector) and trained on by the one ``fit`` loop, keeping the
    starting weights unless an epoch beats them on the selection slice; or, with ``from_scratch``,
-   the standard next-item training (``pipelines.next_item.train_next_item``);
+   the standard next-item training (``pipelines.next_item.train_next_item``). The warm-start rule
+   (``warm_since``): at most ``warm_epochs`` epochs (default 2), patience 1, over the *recent*
+   training windows only, i.e. the windows whose newest target falls after the parent's training
+   cut (every event the parent never trained on, at least one ``valid_days`` period); older events
+   stay in those windows as context. Users with nothing new cost nothing, so a warm retrain costs
+   a small fraction of a scratch one, which passes over every window until early stopping;
 5. gate (``gate``): candidate vs current model vs the best shop baseline on the gate slice, paired
    per user; the candidate passes when it is at least as good on average *and* the 95% bootstrap CI
-   of the difference rules out a loss larger than ``margin``;
+   of the difference rules out a loss larger than ``margin``. A run that gates on its target
+   behaviour (next purchase) with fewer than ``min_examples`` of them on the slice is gated on the
+   next item of any behaviour instead (``_gate``; recorded as ``gate.fallback``);
 6. the version is written (``pipelines.registry``) with its manifest; with ``promote`` it becomes
    current when the gate passes, otherwise it is marked rejected with the reason.
 """
@@ -37,17 +44,31 @@ from shopformer.data import schema as S
 from shopformer.data.batches import EventArrays, make_train_loader
 from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.drift import drift_report
-from shopformer.data.growth import VOCAB_NAMES, prepare_window
+from shopformer.data.growth import DAY, VOCAB_NAMES, prepare_window
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.ledger import open_ledger
-from shopformer.data.split import Split, intent_labels_after, make_windows, subsample, window_examples
+from shopformer.data.split import (
+    Split,
+    intent_labels_after,
+    make_windows,
+    subsample,
+    temporal_split,
+    window_examples,
+)
 from shopformer.data.vocab import Vocabs
 from shopformer.evaluation.baselines import item_counts, shop_baselines
 from shopformer.evaluation.ranking import ScoreFn, model_scorer
 from shopformer.models.base import SequenceModel
 from shopformer.models.growth import grow_model, new_item_vectors
 from shopformer.models.text import ItemText
-from shopformer.pipelines.gate import GateConfig, gate, old_model_scorer, recent_split, slice_bounds
+from shopformer.pipelines.gate import (
+    GateConfig,
+    behaviour_scorer,
+    gate,
+    old_model_scorer,
+    recent_split,
+    slice_bounds,
+)
 from shopformer.pipelines.multi_behaviour import calibrate_models, configure, train_multi_task
 from shopformer.pipelines.next_item import fit_summary, train_next_item
 from shopformer.pipelines.registry import Registry
@@ -71,6 +92,7 @@ class RetrainOptions:
     window_days: float | None = None
     valid_days: float = 1.0
     promote: bool = False
+    warm_epochs: int = 2  # warm start: epoch budget (patience 1) over the recent windows (module docstring)
     gate: GateConfig = GateConfig()
     overrides: tuple[str, ...] = ()  # config --set overrides (train.epochs=3, ...)
     forget_ledger: Path | None = None  # deletion ledger (data/ledger.py): forgotten users' events are dropped
@@ -96,26 +118,41 @@ def _item_text(cfg: Config, ds: Dataset, cache: Path) -> ItemText | None:
     return align_text(title_vectors(cfg.text.titles, cache), ds.vocabs.items)
 
 
+def warm_since(parent: dict, t_valid: int, valid_days: float) -> int:
+    """The first time a warm start trains on (targets at or after it): the parent's training cut
+    (``data_window.train_end`` of a retrained version; an imported one's: its data end minus
+    2 ``valid_days``, the slices it held out), and at least ``valid_days`` before ``t_valid``."""
+    window = parent.get("data_window") or {}
+    cut = window.get("train_end")
+    if cut is None and window.get("end") is not None:
+        cut = int(window["end"]) - int(2 * valid_days * DAY)
+    floor = t_valid - int(valid_days * DAY)
+    return floor if cut is None else min(int(cut), floor)
+
+
 def _train(cur: Run, ds: Dataset, cfg: Config, split: Split, target: int | None, opts: RetrainOptions, tmp: Path,
-           cache: Path) -> tuple[SequenceModel, dict, np.ndarray, dict]:
-    """(model, fit summary, training item counts, manifest extras incl. "valid") of the candidate."""
+           cache: Path, since: int) -> tuple[SequenceModel, dict, np.ndarray, dict]:
+    """(model, fit summary, training item counts, manifest extras incl. "valid") of the candidate;
+    a warm one trains on the windows with targets at or after ``since`` (``warm_since``)."""
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     extra: dict = {}
     model: SequenceModel | None = None
+    # the warm budget changes the training only: the saved config keeps the parent's train.* settings
+    tcfg = cfg if opts.from_scratch else cfg.override(train={"epochs": opts.warm_epochs, "patience": 1})
     if not opts.from_scratch:
         init = new_item_vectors(cur.model, ds.spec.n_items, ds.seq, _item_text(cfg, ds, cache))
         model = grow_model(cur.model, ds.spec, cfg.task, init)
         extra["new_item_init"] = init.counts()
     if target is not None:  # a multi-task run: the multi-behaviour training steps
-        model, res = _fit_multi(model, ds, cfg, target, arrays, tmp, opts.progress)
+        model, res = _fit_multi(model, ds, tcfg, target, arrays, tmp, opts.progress, since)
         counts = item_counts(ds.seq, make_windows(ds.seq, cfg)[0], ds.spec.n_items)
         extra["calibration"] = calibrate_models(ds, cfg, {cfg.model.name: model}, target)
     elif model is not None:  # warm next-item: the one fit loop, keeping the start unless an epoch beats it
         counts = item_counts(ds.seq, split.train_end, ds.spec.n_items)
         set_seed(cfg.train.seed)
-        loader, objective = augmented_training(model, cfg, ds.seq, split.train_end, arrays, counts,
-                                               ds.item_category())
-        res = fit(model, cfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=tmp,
+        loader, objective = augmented_training(model, tcfg, ds.seq, split.train_end, arrays, counts,
+                                               ds.item_category(), since=since)
+        res = fit(model, tcfg, ds.seq, split.train_end, split.valid, arrays, counts, log_dir=tmp,
                   progress=opts.progress, loader=loader, objective=objective, score_start=True)
     else:
         trained = train_next_item(ds, cfg, split, arrays, log_dir=tmp, progress=opts.progress, text_cache=cache)
@@ -126,20 +163,22 @@ def _train(cur: Run, ds: Dataset, cfg: Config, split: Split, target: int | None,
             fold_text(model)
     if not opts.from_scratch:
         extra["kept_start_weights"] = res.best_epoch == 0
+        extra["warm"] = {"epochs": opts.warm_epochs, "patience": 1, "since": since, "since_utc": _utc(since)}
     return model, {**fit_summary(res), "start_score": res.start_score}, counts, {**extra, "valid": res.best_metrics}
 
 
 def _fit_multi(model: SequenceModel | None, ds: Dataset, cfg: Config, target: int, arrays: EventArrays, log_dir: Path,
-               progress: bool) -> tuple[SequenceModel, FitResult]:
+               progress: bool, since: int) -> tuple[SequenceModel, FitResult]:
     """A multi-task candidate: from scratch, ``train_multi_task``; warm, the same steps on the grown
-    model (intent labels censored at the selection slice, ``fit`` keeping the start unless an epoch
-    beats it, then the next-action / intent heads refitted on the frozen encoder)."""
+    model over the recent windows (targets at or after ``since``; intent labels censored at the
+    selection slice, ``fit`` keeping the start unless an epoch beats it, then the next-action /
+    intent heads refitted on the frozen encoder)."""
     train_end, valid_w, _ = make_windows(ds.seq, cfg)
     if model is None:
         return train_multi_task(ds, cfg, target, train_end, valid_w, arrays, log_dir, progress)
     labels = intent_labels_after(ds.seq, train_end, target, cfg.task.intent_horizon, cfg.task.intent_seconds,
                                  valid_w.lo)
-    loader = make_train_loader(cfg, ds.seq, train_end, arrays, labels=labels)
+    loader = make_train_loader(cfg, ds.seq, train_end, arrays, labels=labels, since=since)
     valid, _ = window_examples(ds.seq, valid_w, target if cfg.task.kind in TARGET_FIRST else None)
     if len(valid) == 0:
         raise ValueError("no selection-slice examples for the multi-task model; pass a larger --valid-days")
@@ -153,6 +192,36 @@ def _fit_multi(model: SequenceModel | None, ds: Dataset, cfg: Config, target: in
 
 def _utc(ts: int | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _gate(model: SequenceModel, cur: Run, parent: str, ds: Dataset, cfg: Config, split: Split, primary: int | None,
+          bounds: tuple[int, int], gc: GateConfig) -> dict:
+    """The gate on ``split``'s gate slice (next item of ``primary``, else of any behaviour); with
+    ``gc.fallback``, a slice with fewer than ``gc.min_examples`` ``primary`` examples is gated on
+    the next item of any behaviour instead (pipelines/gate.py), the target figures kept beside."""
+    def run(rank: int | None, part: Split) -> dict:  # rank: None = the models' own ranking, 0 = any behaviour
+        baselines = shop_baselines(ds.seq, part.train_end, ds.spec.n_items, ds.spec.n_behaviours,
+                                   primary if rank is None else None)
+        systems: dict[str, ScoreFn] = {
+            "candidate": model_scorer(model) if rank is None else behaviour_scorer(model, rank),
+            f"current ({parent})": old_model_scorer(cur, ds.spec.n_items, rank), **baselines}
+        return gate(systems, "candidate", f"current ({parent})", ds, part, cfg, gc, list(baselines))
+
+    n = len(split.test)
+    if primary is None or not gc.fallback or n >= max(gc.min_examples, 1):
+        if n == 0:
+            raise ValueError("the gate slice has no examples of the target behaviour; pass a larger --valid-days")
+        result = run(None, split)
+        result["target_behaviour"] = None if primary is None else ds.vocabs.behaviours.tokens[primary]
+        return result
+    name = ds.vocabs.behaviours.tokens[primary]
+    result = run(0, temporal_split(ds.seq, *bounds, None))
+    result["target_behaviour"] = None
+    result["fallback"] = {"reason": f"only {n} '{name}' gate examples (< {gc.min_examples}): gated on the next item "
+                                    f"of any behaviour ({result['examples']} examples)",
+                          "target_behaviour": name, "target_examples": n,
+                          "target": run(None, split) if n else None}
+    return result
 
 
 def newest_data(registry: Registry, vocabs: Vocabs) -> str:
@@ -192,12 +261,9 @@ def build_candidate(registry: Registry, parent: str, opts: RetrainOptions, tmp: 
         primary = target if cfg.task.kind in TARGET_FIRST else None
     split, _, _ = recent_split(ds, opts.valid_days, primary)
     cache = registry.root / "cache" / "title_vectors.safetensors"
-    model, fit_info, counts, extra = _train(cur, ds, cfg, split, target, opts, tmp, cache)
-    baselines = shop_baselines(ds.seq, split.train_end, ds.spec.n_items, ds.spec.n_behaviours, primary)
-    systems: dict[str, ScoreFn] = {"candidate": model_scorer(model), f"current ({parent})": old_model_scorer(
-        cur, ds.spec.n_items), **baselines}
-    result = gate(systems, "candidate", f"current ({parent})", ds, split, cfg, opts.gate, list(baselines))
-    result["target_behaviour"] = None if primary is None else ds.vocabs.behaviours.tokens[primary]
+    since = warm_since(registry.read(parent), t_valid, opts.valid_days)
+    model, fit_info, counts, extra = _train(cur, ds, cfg, split, target, opts, tmp, cache, since)
+    result = _gate(model, cur, parent, ds, cfg, split, primary, (t_valid, t_gate), opts.gate)
     metrics = {"valid": extra.pop("valid"), "gate": result, "fit": fit_info}
     final_dataset = registry.root / "versions" / version / "dataset"
     save_run(tmp / "model", model, cfg, ds.vocabs, counts, ds.item_category(), metrics,
@@ -210,7 +276,7 @@ def build_candidate(registry: Registry, parent: str, opts: RetrainOptions, tmp: 
         "warm_start": not opts.from_scratch,
         "sources": [str(p) for p in opts.events],
         "data_window": {"start": window.window[0], "end": window.window[1], "start_utc": _utc(window.window[0]),
-                        "end_utc": _utc(window.window[1]), "window_days": opts.window_days,
+                        "end_utc": _utc(window.window[1]), "window_days": opts.window_days, "train_end": t_valid,
                         "selection_start_utc": _utc(t_valid), "gate_start_utc": _utc(t_gate)},
         "events": {"total": stats["events"], "new_valid": window.new_events.height,
                    "new_rejected": stats.get("rows_rejected", 0), "duplicates_dropped": stats.get("duplicates_dropped"),
@@ -242,6 +308,8 @@ def retrain(registry_root: str | Path, opts: RetrainOptions) -> Outcome:
         manifest = registry.read(version)
         passed = bool(manifest["gate"]["passed"])
         reason = "; ".join(manifest["gate"]["reasons"]) if not passed else "passed the gate"
+        if "fallback" in manifest["gate"]:
+            reason += f" ({manifest['gate']['fallback']['reason']})"
         if not passed:
             manifest = registry.set_status(version, "rejected", reason)
             out = Outcome(version, "rejected", reason, EXIT_REJECTED, manifest)

@@ -4,6 +4,13 @@ The gate slice is the newest ``valid_days`` of events (no model trained on it); 
 before it picks the candidate's epoch. The candidate, the current model and the shop baselines are
 ranked on the gate slice; per user, the difference candidate - reference (current model, best
 baseline) must be >= 0 on average, and the lower end of its 95% bootstrap CI >= -``margin``.
+
+Too few examples of the target behaviour (a multi-task or next-purchase run gates on its next
+purchase; a small shop's day can hold a handful of purchases): with ``fallback`` (default) the
+gate is decided on the next item of *any* behaviour over the same slice instead, by the same rule,
+and the result says so (``fallback``: why, and the target-behaviour figures). A CI over 14
+purchases cannot tell a better model from a worse one; over the slice's next items it can. Only
+when that slice is too small as well is the candidate rejected as "too few to tell".
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ class GateConfig:
     min_examples: int = 20  # fewer gate examples: rejected, too few to tell
     bootstrap: int = 1000
     baselines: bool = True  # the candidate must also match the best shop baseline
-
+    fallback: bool = True  # too few target-behaviour examples: gate on the next item of any behaviour
 
 
 def slice_bounds(ds: Dataset, valid_days: float) -> tuple[int, int]:
@@ -52,7 +59,8 @@ def recent_split(ds: Dataset, valid_days: float, behaviour: int | None = None) -
     t_valid, t_gate = slice_bounds(ds, valid_days)
     split = temporal_split(ds.seq, t_valid, t_gate, behaviour)
     what = "" if behaviour is None else f" '{ds.vocabs.behaviours.tokens[behaviour]}'"
-    for name, part in (("selection", split.valid), ("gate", split.test)):
+    # with a target behaviour, an empty gate slice falls back to the next item (``GateConfig.fallback``)
+    for name, part in (("selection", split.valid), ("gate", split.test))[: 2 if behaviour is None else 1]:
         if len(part) == 0:
             raise ValueError(f"the {name} slice (last {valid_days:g} day(s)) has no{what} examples with a history; "
                              "pass more recent events or a larger --valid-days")
@@ -65,7 +73,7 @@ def old_model_scorer(run: Run, n_items: int, behaviour: int | None = None) -> Sc
     the new items score -inf (the old model cannot recommend them). ``behaviour``: rank the next
     item of that behaviour (0 = any; models with heads only), None: the model's default ranking."""
     model, spec = run.model, run.spec
-    base = model_scorer(model) if behaviour is None or model.heads is None else _behaviour_scorer(model, behaviour)
+    base = model_scorer(model) if behaviour is None else behaviour_scorer(model, behaviour)
     inner = run.blend.scorer(base) if run.blend is not None else base
 
     def score(batch: Batch) -> torch.Tensor:
@@ -88,7 +96,11 @@ def old_model_scorer(run: Run, n_items: int, behaviour: int | None = None) -> Sc
     return score
 
 
-def _behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
+def behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
+    """The model's ranking of the next item of ``behaviour`` (0 = any; its default ranking without heads)."""
+    if model.heads is None:
+        return model_scorer(model)
+
     def score(batch: Batch) -> torch.Tensor:
         model.eval()
         with torch.inference_mode():

@@ -116,14 +116,16 @@ def augmented_training(
     arrays: EventArrays,
     item_counts: np.ndarray | None = None,
     item_category: np.ndarray | None = None,
+    since: int | None = None,
 ) -> tuple[TrainLoader, Callable[[Batch], LossOutput]]:
     """(loader, objective) for ``fit(..., loader=loader, objective=objective)`` from ``cfg.augment``.
 
     The loader is the standard one with the ``Augmenter`` hook (or none when every probability
-    is 0); the objective is ``training_objective`` with the sampler ``fit`` would have built.
+    is 0; ``since``: recent windows only, ``make_train_loader``); the objective is
+    ``training_objective`` with the sampler ``fit`` would have built.
     """
     hook = augment_hook(cfg, model.spec.n_items, item_category)
-    loader = make_train_loader(cfg, seq, train_end, arrays, augment=hook)
+    loader = make_train_loader(cfg, seq, train_end, arrays, augment=hook, since=since)
     return loader, training_objective(model, cfg, make_sampler(cfg, model.spec.n_items, item_counts))
 
 
