@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from continuous_support import COLUMNS, DAY, T0, small_retrain
+from serving_support import RedisServer
 from typer.testing import CliRunner
 
 from shopformer.cli.app import app
@@ -24,6 +26,7 @@ from shopformer.data.vocab import Vocab, Vocabs
 from shopformer.pipelines.continuous import EXIT_LOCKED
 from shopformer.pipelines.registry import Registry, RegistryLocked
 from shopformer.recommender import Recommender
+from shopformer.serving.store import RedisStore, SQLiteStore, StateStore, StoredEvent
 
 pytest_plugins = ["continuous_support"]  # the fixtures logs, base_run, registry
 
@@ -133,48 +136,72 @@ def test_cli_list_retrain_and_bad_input(registry: Path, logs: Path, base_run: Pa
     assert Registry(registry).version_ids() == ["v0001", "v0002"]  # failed runs leave no version
 
 
-def test_export_store_events_reads_the_live_sqlite_store(tmp_path: Path) -> None:
-    from shopformer.serving.store import SQLiteStore, StoredEvent
+@pytest.fixture(params=["sqlite", "redis"])
+def service_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callable[[], StateStore]]:
+    """(the URL `retrain --store` reads, a factory of the service's store on it), SQLite or a real Redis."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db"), lambda: SQLiteStore(tmp_path / "state.db")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    import redis
 
-    async def go() -> int:
-        store = SQLiteStore(tmp_path / "state.db")  # the service's store, open while we read it
-        try:
-            await store.append([StoredEvent("u1", "i1", T0, "view"), StoredEvent("u1", "i2", T0 + 5, "buy", price=2.5),
-                                StoredEvent("u2", "i9", T0 + 9, "view")], max_len=50)
-            return export_store_events(tmp_path / "state.db", tmp_path / "events.csv")
-        finally:
-            await store.close()
-
-    assert asyncio.run(go()) == 3
-    rows = (tmp_path / "events.csv").read_text().splitlines()
-    assert rows[0] == "user_id,item_id,timestamp,behaviour,session_id,category_id,price"
-    assert rows[2] == f"u1,i2,{T0 + 5},buy,,,2.5"
-    with pytest.raises(FileNotFoundError):
-        export_store_events(tmp_path / "none.db", tmp_path / "x.csv")
+    redis.Redis.from_url(server.url).flushdb()  # the module's server: start from an empty store
+    return server.url, lambda: RedisStore(server.url)
 
 
-def test_retrain_reads_new_events_from_the_service_store(registry: Path, logs: Path, tmp_path: Path) -> None:
-    from shopformer.serving.store import SQLiteStore, StoredEvent
-
-    rows = [line.split(",") for line in (logs / "b.csv").read_text().splitlines()]
-    events = [StoredEvent(u, i, int(t), b) for u, i, b, t in rows]
-
-    async def fill() -> None:
-        store = SQLiteStore(tmp_path / "state.db")
+def _fill(make: Callable[[], StateStore], events: list[StoredEvent], forget: tuple[str, ...] = ()) -> None:
+    async def go() -> None:
+        store = make()  # the service's store, open while `retrain` reads it
         try:
             await store.append(events, max_len=100)
+            for user in forget:
+                await store.forget(user)
         finally:
             await store.close()
 
-    asyncio.run(fill())
-    res = CliRunner().invoke(app, ["retrain", str(registry), "--store", str(tmp_path / "state.db"), "--set",
-                                   "train.epochs=1", "--no-baseline-gate", "--margin", "1", "--min-examples", "1"])
+    asyncio.run(go())
+
+
+def test_export_store_events_reads_the_live_store(service_store: tuple[str, Callable[[], StateStore]],
+                                                  tmp_path: Path) -> None:
+    url, make = service_store
+    _fill(make, [StoredEvent("u1", "i1", T0, "view"), StoredEvent("u1", "i2", T0 + 5, "buy", price=2.5),
+                 StoredEvent("u2", "i9", T0 + 9, "view"), StoredEvent("u3", "i4", T0 + 1, "view")], forget=("u3",))
+    assert export_store_events(url, tmp_path / "events.csv") == 3
+    rows = (tmp_path / "events.csv").read_text().splitlines()
+    assert rows[0] == "user_id,item_id,timestamp,behaviour,session_id,category_id,price"
+    assert rows[1:] == [f"u1,i1,{T0},view,,,", f"u1,i2,{T0 + 5},buy,,,2.5", f"u2,i9,{T0 + 9},view,,,"]
+    assert export_store_events(url, tmp_path / "late.csv", since=T0 + 6) == 1
+    with pytest.raises(FileNotFoundError):
+        export_store_events(tmp_path / "none.db", tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="cannot read the event store: ConnectionError"):
+        export_store_events("redis://user:secret@127.0.0.1:1/0", tmp_path / "x.csv")
+
+
+def test_retrain_reads_new_events_from_the_service_store(service_store: tuple[str, Callable[[], StateStore]],
+                                                         registry: Path, logs: Path, tmp_path: Path) -> None:
+    """Both stores, read while open; a user forgotten through the service (gone from the store,
+    recorded in its ledger) does not come back from the previous version's events either."""
+    from shopformer.data.ledger import open_ledger
+
+    url, make = service_store
+    rows = [line.split(",") for line in (logs / "b.csv").read_text().splitlines()]
+    events = [StoredEvent(u, i, int(t), b) for u, i, b, t in rows]
+    _fill(make, events, forget=("u250",))  # u250: events in a.csv (v0001's data) and in b.csv
+    ledger = tmp_path / "ledger.jsonl"
+    args = ["retrain", str(registry), "--store", url, "--set", "train.epochs=1", "--no-baseline-gate", "--margin",
+            "1", "--min-examples", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "no deletion ledger" in res.output  # never without the service's ledger
+    open_ledger(ledger).record(["u250"], at=T0 + 100 * DAY)
+    res = CliRunner().invoke(app, [*args, "--forget-ledger", str(ledger)])
     assert res.exit_code == 0, res.output
-    assert f"read {len(events):,} events" in res.output
+    kept = [e for e in events if e.user_id != "u250"]
+    assert f"read {len(kept):,} events" in res.output
     m = Registry(registry).read("v0002")
-    assert m["events"]["new_valid"] == len(events) and m["growth"]["added"]["items"] == 10
-    res = CliRunner().invoke(app, ["retrain", str(registry), "--store", str(tmp_path / "state.db"), "--events",
-                                   str(logs / "b.csv")])
+    assert m["events"]["new_valid"] == len(kept) and m["growth"]["added"]["items"] == 10
+    data = pl.read_parquet(registry / "versions" / "v0002" / "dataset" / "events.parquet")
+    assert m["events"]["forgotten_dropped"] > 0 and "u250" not in set(data["user_id"].to_list())
+    res = CliRunner().invoke(app, ["retrain", str(registry), "--store", url, "--events", str(logs / "b.csv")])
     assert res.exit_code == 2 and "one of them" in res.output
 
 

@@ -33,11 +33,26 @@ def parse_every(text: str) -> float:
     return float(m.group(1)) * _SECONDS[m.group(2)]
 
 
+def service_ledger(store: str) -> Path:
+    """The deletion ledger a service on ``store`` keeps by default (serving/settings.py); an error when
+    it is missing: without it, users forgotten through the service would come back from the events of
+    earlier versions."""
+    from shopformer.data.store_events import is_redis
+    from shopformer.serving.settings import LEDGER_NAME
+
+    path = Path(LEDGER_NAME) if is_redis(store) else Path(store.removeprefix("sqlite:///")).parent / LEDGER_NAME
+    if not path.exists():
+        raise ValueError(f"no deletion ledger at {path}: pass the service's with --forget-ledger FILE "
+                         "(forgotten users' events must not come back from earlier versions' data)")
+    return path
+
+
 def retrain_command(
     registry: Annotated[Path, typer.Argument(help="model registry directory (see `shopformer models`)")],
     events: Annotated[list[Path] | None, typer.Option("--events", "-e", help="new event files (repeatable)")] = None,
-    store: Annotated[Path | None, typer.Option(
-        help="read new events from the service's SQLite store file (read-only, the service keeps running)")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="read new events from the service's store, read-only while it keeps running: its SQLite file "
+             "(or sqlite:///path) or its Redis URL (redis://host:port/db)")] = None,
     from_scratch: Annotated[bool, typer.Option(help="train a fresh model instead of warm-starting")] = False,
     warm_epochs: Annotated[int, typer.Option(
         min=1, help="warm start: at most this many epochs (patience 1) over the windows with events the current "
@@ -62,7 +77,9 @@ def retrain_command(
     mapping_file: Annotated[Path | None, typer.Option(help="JSON/TOML file with canonical = source")] = None,
     time_format: Annotated[str | None, typer.Option(help="as `prepare`")] = None,
     forget_ledger: Annotated[Path | None, typer.Option(
-        help="deletion ledger: forgotten users' events never come back into training")] = None,
+        help="deletion ledger: forgotten users' events never come back into training (with --store, default: "
+             "the service's default, shopformer_forget_ledger.jsonl beside the SQLite file, or in the working "
+             "directory for Redis)")] = None,
     overrides: SetOpt = None,
     track: Annotated[list[str] | None, typer.Option(
         help="log params, per-epoch metrics and artifacts to tensorboard and/or mlflow (repeatable; default: "
@@ -81,7 +98,9 @@ def retrain_command(
         if track or track_dir:
             tracking = TrackingConfig(tuple(track or tracking.backends), track_dir or tracking.root)
         if bool(events) == (store is not None):
-            raise ValueError("pass new events with --events FILE... or --store STATE.db (one of them)")
+            raise ValueError("pass new events with --events FILE... or --store STATE.db|redis://... (one of them)")
+        if store is not None and forget_ledger is None:
+            forget_ledger = service_ledger(store)
         interval = parse_every(every) if every else None
         ingest = IngestOptions(
             format=fmt,  # type: ignore[arg-type]
@@ -107,13 +126,13 @@ def retrain_command(
         time.sleep(interval)
 
 
-def _once(registry: Path, opts: RetrainOptions, store: Path | None) -> int:
+def _once(registry: Path, opts: RetrainOptions, store: str | None) -> int:
     """One retrain; returns its exit code (and prints what happened)."""
     from dataclasses import replace
 
     from shopformer.artifacts import ArtifactError
     from shopformer.data.ingest import DataValidationError
-    from shopformer.data.store_events import export_store_events
+    from shopformer.data.store_events import export_store_events, redacted
     from shopformer.pipelines.continuous import EXIT_BAD_INPUT, EXIT_LOCKED, retrain
     from shopformer.pipelines.registry import RegistryLocked
 
@@ -122,7 +141,8 @@ def _once(registry: Path, opts: RetrainOptions, store: Path | None) -> int:
             if store is not None:
                 csv = Path(tmp) / "store_events.csv"
                 n = export_store_events(store, csv)
-                console.print(f"read {n:,} events from {store} (read-only)")
+                console.print(f"read {n:,} events from {redacted(store)} (read-only; deletion ledger "
+                              f"{opts.forget_ledger})", highlight=False)
                 opts = replace(opts, events=(csv,))
             outcome = retrain(registry, opts)
         except RegistryLocked as err:
