@@ -263,8 +263,9 @@ def test_sampled_ce_with_every_item_as_negative_equals_full_ce(exclude: bool) ->
 def test_every_causal_model_trains_all_heads(name: str) -> None:
     model = headed(name).train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)
-    for kind in ("ce", "sampled"):
-        out = model.loss(batch(), LossConfig(kind=kind, negatives=8), sampler)
+    for loss_cfg in (LossConfig(), LossConfig(kind="sampled", negatives=8),
+                     LossConfig(kind="sampled", negatives=4, in_batch=8)):
+        out = model.loss(batch(), loss_cfg, sampler)
         assert torch.isfinite(out.total)
         out.total.backward()
 
