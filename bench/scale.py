@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(runs, list)
     for n in args.sizes:
         src = args.work / f"taobao_synth_{n}.csv"
-        row: dict[str, object] = {"events_generated": n, "memory_limit": args.memory_limit}
+        row: dict[str, object] = {"events_generated": n, "memory_limit": args.memory_limit,
+                                  "command": record["command"], "nice": os.nice(0)}
         if not src.exists():
             synth = [sys.executable, str(ROOT / "bench" / "synth.py"), "--events", str(n), "-o", str(src)]
             row["synth"] = {k: v for k, v in run_child(synth).items() if k != "stderr"}
