@@ -63,7 +63,13 @@ def prepare_cmd(src: Path, out: Path, memory: str, engine: str) -> list[str]:
             "--memory-limit", memory, "--engine", engine, "--progress", "--overwrite"]
 
 
-def save(record: dict[str, object]) -> None:
+def save(meta: dict[str, object], row: dict[str, object]) -> None:
+    """Add or update ``row`` (by its ``started`` stamp) in the results file, re-read first: another
+    run of this script may have added its own rows meanwhile."""
+    record: dict = json.loads(OUT.read_text()) if OUT.exists() else {}
+    record.update(meta)
+    runs = record.setdefault("runs", [])
+    runs[:] = [r for r in runs if r.get("started") is None or r.get("started") != row["started"]] + [row]
     OUT.write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -77,15 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-polars", action="store_true", help="with --spark: compare with a kept Polars dataset")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    record: dict[str, object] = json.loads(OUT.read_text()) if OUT.exists() else {}
-    record.update(provenance(__file__, argv))
-    record.update({"cpus": os.cpu_count(), "python": sys.version.split()[0], "nice": os.nice(0)})
-    runs = record.setdefault("runs", [])
-    assert isinstance(runs, list)
+    meta: dict[str, object] = {**provenance(__file__, argv), "cpus": os.cpu_count(),
+                               "python": sys.version.split()[0], "nice": os.nice(0)}
+    rows = []
     for n in args.sizes:
         src = args.work / f"taobao_synth_{n}.csv"
         row: dict[str, object] = {"events_generated": n, "memory_limit": args.memory_limit,
-                                  "command": record["command"], "nice": os.nice(0)}
+                                  "command": meta["command"], "nice": os.nice(0), "started": time.time()}
+        rows.append(row)
         if not src.exists():
             synth = [sys.executable, str(ROOT / "bench" / "synth.py"), "--events", str(n), "-o", str(src)]
             row["synth"] = {k: v for k, v in run_child(synth).items() if k != "stderr"}
@@ -97,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             stats = json.loads((ds / "stats.json").read_text())
             row["dataset"] = {k: stats[k] for k in ("rows_read", "events", "users", "items", "kcore_dropped",
                                                      "kcore_passes", "duplicates_dropped")}
-        runs.append(row)
-        save(record)
+        save(meta, row)
         if args.spark:
             sds = args.work / f"ds_spark_{n}"
             row["spark_local2"] = run_child(prepare_cmd(src, sds, args.memory_limit, "spark"),
@@ -106,13 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             row["spark_same_as_polars"] = {
                 f: (sds / f).exists() and _sha(sds / f) == _sha(ds / f) for f in ("events.parquet", "vocab.json")
             }
-            save(record)
+            save(meta, row)
             if not args.keep:
                 shutil.rmtree(sds, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(ds, ignore_errors=True)
             src.unlink(missing_ok=True)
-    print(json.dumps(record))
+    print(json.dumps({**meta, "runs": rows}))
 
 
 if __name__ == "__main__":
