@@ -111,6 +111,19 @@ def test_drift_report_unknown_share_psi_and_js() -> None:
     assert 0 < jensen_shannon(p, q) < 1
 
 
+def test_score_shift_of_top1_scores() -> None:
+    from shopformer.pipelines.gate import score_shift
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, 2000)
+    same = score_shift(rng.normal(0, 1, 2000), ref)
+    assert same is not None and same["psi"] < 0.02 and same["js"] < 0.01 and same["examples"] == 2000
+    moved = score_shift(np.append(rng.normal(1.5, 1, 2000), -np.inf), ref)  # -inf: no score, ignored
+    assert moved is not None and moved["psi"] > 0.25 and 0.1 < moved["js"] < 1 and moved["examples"] == 2000
+    assert moved["candidate_mean"] == pytest.approx(1.5, abs=0.1) and moved["current_mean"] == pytest.approx(0, abs=0.1)
+    assert score_shift(np.array([-np.inf]), ref) is None and score_shift(None, ref) is None
+
+
 def test_cli_list_retrain_and_bad_input(registry: Path, logs: Path, base_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["retrain", str(registry), "--events", str(logs / "b.csv"), "--columns",

@@ -53,6 +53,12 @@ def test_retrain_tracks_params_epochs_and_artifacts_and_writes_its_report(regist
     assert "| v0001 | import |" in text and f"| {out.version} | retrain | {out.status} |" in text
     history = json.loads((report / "history.json").read_text())
     assert history[-1]["gate"]["passed"] == out.manifest["gate"]["passed"]
+    # score drift per version: the candidate's top-1 scores vs its parent's on the same gate-slice histories
+    shift, drift = out.manifest["gate"]["score_shift"], out.manifest["drift"]
+    assert shift["examples"] == out.manifest["gate"]["examples"] and shift["candidate_mean"] != shift["current_mean"]
+    assert drift["score_psi"] == shift["psi"] > 0 and 0 < drift["score_js"] == shift["js"] < 1
+    assert history[-1]["drift"]["score_psi"] == drift["score_psi"] and "| score PSI | score JS |" in text
+    assert f"| {drift['score_psi']:.4f} | {drift['score_js']:.4f} |" in text
 
 
 def test_version_report_is_replaced_atomically_and_by_the_cli(registry: Path, tmp_path: Path) -> None:

@@ -83,7 +83,8 @@ def version_lines(v: dict) -> list[str]:
     drift = v.get("drift")
     if drift:
         lines.append(f"      drift: unknown items {_fmt(drift.get('unknown_item_share'), '.1%')} of new events, "
-                     f"behaviour PSI {_fmt(drift.get('behaviour_psi'))}, JS {_fmt(drift.get('behaviour_js'))}")
+                     f"behaviour PSI {_fmt(drift.get('behaviour_psi'))}, JS {_fmt(drift.get('behaviour_js'))}; "
+                     f"top-1 scores vs parent PSI {_fmt(drift.get('score_psi'))}, JS {_fmt(drift.get('score_js'))}")
     if v.get("reason"):
         lines.append(f"      {v.get('status')}: {v['reason']}")
     return lines

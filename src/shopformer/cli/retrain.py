@@ -159,7 +159,8 @@ def _once(registry: Path, opts: RetrainOptions, store: str | None) -> int:
         console.print(f"  {name:28s} {g['metric']} {row.get(g['metric'], float('nan')):.4f}  (n={row.get('n')})")
     d = m.get("drift", {})
     console.print(f"  drift: unknown items {d.get('unknown_item_share', 0):.1%} of new events, behaviour PSI "
-                  f"{d.get('behaviour_psi', float('nan')):.3f}, JS {d.get('behaviour_js', float('nan')):.3f}; "
+                  f"{d.get('behaviour_psi', float('nan')):.3f}, JS {d.get('behaviour_js', float('nan')):.3f}; top-1 "
+                  f"score PSI vs current {d.get('score_psi') or float('nan'):.3f}; "
                   f"new items {m.get('growth', {}).get('added', {}).get('items', 0)} "
                   f"(start vectors: {m.get('new_item_init', {})})", highlight=False)
     return outcome.exit_code

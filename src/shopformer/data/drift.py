@@ -10,6 +10,10 @@
   behaviour types (shares smoothed by ``EPS``); rule of thumb: < 0.1 stable, 0.1-0.25 moderate,
   > 0.25 a real shift;
 * ``behaviour_js`` — Jensen-Shannon divergence of the two mixes, base 2 (0 = same, 1 = disjoint).
+
+Scores (continuous) are compared the same way after ``score_bins``: the shares of two samples in the
+deciles of the reference sample (the service's live ``score_psi``, a version's ``score_psi`` /
+``score_js`` of its top-1 scores against its parent's).
 """
 
 from __future__ import annotations
@@ -37,6 +41,15 @@ def psi(p: np.ndarray, q: np.ndarray, eps: float = EPS) -> float:
     p, q = np.clip(p, eps, None), np.clip(q, eps, None)
     p, q = p / p.sum(), q / q.sum()
     return float(((q - p) * np.log(q / p)).sum())
+
+
+def score_bins(ref: np.ndarray, new: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of ``ref`` and of ``new`` in the ``bins`` quantile bins of ``ref`` (for ``psi`` /
+    ``jensen_shannon`` of a continuous score); both samples non-empty."""
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    p = np.bincount(np.searchsorted(edges, ref), minlength=len(edges) + 1) / len(ref)
+    q = np.bincount(np.searchsorted(edges, new), minlength=len(edges) + 1) / len(new)
+    return p, q
 
 
 def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:

@@ -31,6 +31,7 @@ class EvalResult:
     ranks: np.ndarray  # (E,) 0-based rank of each target
     topk: np.ndarray  # (E, max K) recommended item ids
     is_repeat: np.ndarray  # (E,) True where the target item is already in the user's history
+    top1: np.ndarray | None = None  # (E,) the score of each example's first-ranked item (score drift)
 
 
 class RankingModel(Protocol):
@@ -82,6 +83,7 @@ def evaluate(
     kmax = max(cfg.ks)
     ranks = np.empty(len(examples), dtype=np.int64)
     topk = np.zeros((len(examples), kmax), dtype=np.int64)
+    top1 = np.zeros(len(examples), dtype=np.float64)
     targets_all = torch.from_numpy(seq.items[examples.pos].astype(np.int64))
     # rows per batch capped so a (rows, n_items + 1) score block stays within SCORE_BLOCK floats: at 1M
     # items 32 users at a time (128 MB) instead of eval.batch_size (2 GB, twice with the clone)
@@ -94,7 +96,9 @@ def evaluate(
         targets = targets_all[idx]
         ranks[idx] = target_ranks(scores, targets).numpy()
         k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0 (padding)
-        topk[idx, :k_top] = scores.topk(k_top, dim=1).indices.numpy()
+        best = scores.topk(k_top, dim=1)
+        topk[idx, :k_top] = best.indices.numpy()
+        top1[idx] = best.values[:, 0].double().numpy()
     n_boot = cfg.bootstrap if bootstrap else 0
     metrics = summarise(ranks, topk, n_items, cfg.ks, n_boot)
     metrics["exclude_seen"] = cfg.exclude_seen
@@ -103,4 +107,4 @@ def evaluate(
     is_repeat = repeat_targets(seq, examples)
     parts = split_repeat_explore(ranks, is_repeat, cfg.ks, n_boot)
     metrics["repeat"], metrics["explore"] = parts["repeat"], parts["explore"]
-    return EvalResult(metrics, ranks, topk, is_repeat)
+    return EvalResult(metrics, ranks, topk, is_repeat, top1)

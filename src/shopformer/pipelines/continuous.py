@@ -264,6 +264,8 @@ def build_candidate(registry: Registry, parent: str, opts: RetrainOptions, tmp: 
     since = warm_since(registry.read(parent), t_valid, opts.valid_days)
     model, fit_info, counts, extra = _train(cur, ds, cfg, split, target, opts, tmp, cache, since)
     result = _gate(model, cur, parent, ds, cfg, split, primary, (t_valid, t_gate), opts.gate)
+    shift = result.get("score_shift") or {}  # top-1 scores, candidate vs current, same gate-slice histories
+    drift.update({"score_psi": shift.get("psi"), "score_js": shift.get("js")})
     metrics = {"valid": extra.pop("valid"), "gate": result, "fit": fit_info}
     final_dataset = registry.root / "versions" / version / "dataset"
     save_run(tmp / "model", model, cfg, ds.vocabs, counts, ds.item_category(), metrics,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from shopformer.artifacts import Run
@@ -25,6 +26,7 @@ from shopformer.config import Config
 from shopformer.data import schema as S
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.corpus import Dataset
+from shopformer.data.drift import jensen_shannon, psi, score_bins
 from shopformer.data.growth import DAY
 from shopformer.data.split import Split, temporal_split
 from shopformer.evaluation.metrics import bootstrap_ci, per_example
@@ -117,9 +119,10 @@ def gate(systems: dict[str, ScoreFn], candidate: str, current: str | None, ds: D
     metric = gc.metric or cfg.train.monitor
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
-    values, metrics = {}, {}
+    values, metrics, top1 = {}, {}, {}
     for name, fn in systems.items():
         res = evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, cfg.model.max_len, ecfg, bootstrap=False)
+        top1[name] = res.top1
         if metric not in res.metrics:
             raise ValueError(f"gate metric {metric!r} is not reported; one of: "
                              f"{', '.join(k for k, v in res.metrics.items() if isinstance(v, float))}")
@@ -143,4 +146,19 @@ def gate(systems: dict[str, ScoreFn], candidate: str, current: str | None, ds: D
             reasons.append(f"{metric} {values[candidate].mean():.4f} vs {ref} {values[ref].mean():.4f} "
                            f"(diff {diff.mean():+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]): {why}")
     return {"metric": metric, "examples": n, "margin": gc.margin, "best_baseline": best,
-            "systems": metrics, "comparisons": comparisons, "passed": not reasons, "reasons": reasons}
+            "systems": metrics, "comparisons": comparisons, "passed": not reasons, "reasons": reasons,
+            "score_shift": score_shift(top1[candidate], top1[current]) if current else None}
+
+
+def score_shift(candidate: np.ndarray | None, current: np.ndarray | None) -> dict | None:
+    """How the top-1 score distribution moves from the current model to the candidate on the same
+    gate-slice histories: PSI and Jensen-Shannon over the current model's score deciles
+    (``data.drift.score_bins``), and both means. None without finite scores on either side."""
+    if candidate is None or current is None:
+        return None
+    a, b = current[np.isfinite(current)], candidate[np.isfinite(candidate)]
+    if len(a) == 0 or len(b) == 0:
+        return None
+    p, q = score_bins(a, b)
+    return {"psi": psi(p, q), "js": jensen_shannon(p, q), "current_mean": float(a.mean()),
+            "candidate_mean": float(b.mean()), "examples": len(b)}

@@ -5,7 +5,9 @@
 
 The report covers every version up to and including the given one (in id order), from their
 manifests (``version.json``): the drift of each retrain's new events against its parent's training
-window (unknown-item share, behaviour PSI / Jensen-Shannon), the selection-slice metrics, and each
+window (unknown-item share, behaviour PSI / Jensen-Shannon), the shift of its top-1 score
+distribution against its parent's on the same gate-slice histories (score PSI / Jensen-Shannon,
+``gate.score_shift``), the selection-slice metrics, and each
 gate decision (candidate - current on the gate slice with its 95% CI, passed or not, and the
 version's status). ``retrain`` writes it for every candidate; ``shopformer models report`` (re)writes it.
 
@@ -25,7 +27,7 @@ from shopformer.atomic import fsync_dir
 from shopformer.pipelines.registry import Registry
 
 REPORT = "report"
-DRIFT_KEYS = ("unknown_item_share", "behaviour_psi", "behaviour_js")
+DRIFT_KEYS = ("unknown_item_share", "behaviour_psi", "behaviour_js", "score_psi", "score_js")
 
 
 def history(registry: Registry, upto: str) -> list[dict]:
@@ -66,7 +68,7 @@ def _plots(rows: list[dict], out: Path, metric: str) -> None:
                 marker="o", label=key)
     ax.axhline(0.25, color="grey", lw=0.8, ls="--", label="PSI 0.25 (real shift)")
     ax.set_xticks(x, names)
-    ax.set_title("Drift of each version's new events vs its parent's training window", fontsize=10)
+    ax.set_title("Drift vs the parent: new events (items, behaviour mix), top-1 scores", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "drift.png", dpi=100)
@@ -109,8 +111,8 @@ def _markdown(rows: list[dict], version: str, metric: str) -> str:
     lines = [f"# Model registry report: {version}", "",
              "Every version up to this one, from their manifests (`version.json`).", "",
              "| version | kind | status | data end (UTC) | events | unknown-item share | behaviour PSI | "
-             f"behaviour JS | validation {metric} | gate diff [95% CI] | gate |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"behaviour JS | score PSI | score JS | validation {metric} | gate diff [95% CI] | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g, d = r["gate"] or {}, r["drift"]
         ci = g.get("ci95")
@@ -118,7 +120,8 @@ def _markdown(rows: list[dict], version: str, metric: str) -> str:
         verdict = "" if not g else ("passed" if g.get("passed") else "failed: " + "; ".join(g.get("reasons") or []))
         lines.append(f"| {r['version']} | {f(r['kind'])} | {f(r['status'])} | {f(r['data_end_utc'])} | "
                      f"{f(r['events'])} | {f(d['unknown_item_share'])} | {f(d['behaviour_psi'])} | "
-                     f"{f(d['behaviour_js'])} | {f(r['validation'].get(metric))} | {gate_diff} | {verdict} |")
+                     f"{f(d['behaviour_js'])} | {f(d['score_psi'])} | {f(d['score_js'])} | "
+                     f"{f(r['validation'].get(metric))} | {gate_diff} | {verdict} |")
     lines += ["", "![drift](drift.png)", "", "![validation](validation.png)", "", "![gate](gate.png)", ""]
     return "\n".join(lines)
 

@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 from shopformer.data import schema as S
-from shopformer.data.drift import jensen_shannon, psi
+from shopformer.data.drift import jensen_shannon, psi, score_bins
 from shopformer.serving.metrics import Metrics
 from shopformer.serving.settings import ServeSettings
 from shopformer.serving.stored import ServedList, StoredEvent
@@ -202,12 +202,7 @@ class OnlineMonitor:
         """PSI of the recent top-1 scores against the reference window (deciles of the reference)."""
         if len(self.ref_scores) < SCORE_WINDOW or len(self.recent_scores) < SCORE_WINDOW:
             return 0.0
-        ref = np.asarray(self.ref_scores)
-        edges = np.unique(np.quantile(ref, np.linspace(0, 1, 11)[1:-1]))
-        p = np.bincount(np.searchsorted(edges, ref), minlength=len(edges) + 1) / len(ref)
-        recent = np.asarray(self.recent_scores)
-        q = np.bincount(np.searchsorted(edges, recent), minlength=len(edges) + 1) / len(recent)
-        return psi(p, q)
+        return psi(*score_bins(np.asarray(self.ref_scores), np.asarray(self.recent_scores)))
 
     def refresh(self) -> None:
         """Write the hit rate and the drift indicators into the gauges (before /metrics renders)."""
