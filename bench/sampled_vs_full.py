@@ -17,6 +17,7 @@ Writes ``bench/results/sampled_vs_full.json`` (runs, mean ± std per variant, lo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from common import RESULTS, ROOT, command_line, provenance
 from large_catalogue import LOSSES
 
 RUNS = RESULTS / "sampled_vs_full.jsonl"
+REFERENCE = RESULTS / "beauty.json"  # an earlier full-CE run of the same config and seed (deterministic)
 OUT = RESULTS / "sampled_vs_full.json"
 VARIANTS = {"full": "ce", "mixed": "mixed", "uniform": "sampled"}  # -> large_catalogue.LOSSES
 LABELS = {"full": "chunked full CE (default)", "mixed": "sampled: 1,024 in-batch + 256 uniform, logQ",
@@ -35,6 +37,7 @@ LABELS = {"full": "chunked full CE (default)", "mixed": "sampled: 1,024 in-batch
 METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10", "epochs", "best_epoch", "seconds_per_epoch", "train_seconds",
            "train_tokens_per_second", "peak_rss_mb")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+BEAUTY = ROOT / "bench" / "beauty.py"
 
 
 def overrides(variant: str, seed: int) -> list[str]:
@@ -42,10 +45,13 @@ def overrides(variant: str, seed: int) -> list[str]:
     return [*(f"loss.{k}={str(v).lower()}" for k, v in loss.items()), "train.threads=1", f"train.seed={seed}"]
 
 
+def beauty_args(variant: str, seed: int) -> list[str]:
+    return [a for o in overrides(variant, seed) for a in ("--set", o)]
+
+
 def beauty_run(variant: str, seed: int) -> dict:
-    args = [a for o in overrides(variant, seed) for a in ("--set", o)]
     load = os.getloadavg()
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "beauty.py"), *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(BEAUTY), *beauty_args(variant, seed)], capture_output=True, text=True,
                           env=ENV)
     if proc.returncode:
         raise SystemExit(f"beauty.py {variant} seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -63,6 +69,21 @@ def step_run(variant: str, items: int) -> dict:
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-3:]}
     return {"command": command_line(cmd[0], cmd[1:]), **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def unfinished(spec: str) -> dict:
+    """``VARIANT:SEED:TRAIN_LOG``: how far a Beauty run stopped before its end (at a deadline) got,
+    from its ``train_log.csv`` (validation only: no test metrics)."""
+    variant, seed, path = spec.split(":", 2)
+    with open(path, newline="") as f:
+        log = list(csv.DictReader(f))
+    ndcg = [float(r["valid_ndcg@10"]) for r in log]
+    best = int(np.argmax(ndcg))
+    return {"variant": variant, "seed": int(seed), "finished": False, "train_log": path,
+            "equivalent_command": command_line(BEAUTY, beauty_args(variant, int(seed))), "epochs_done": len(log),
+            "best_valid_ndcg@10": ndcg[best], "best_epoch": best + 1,
+            "valid_ndcg@10_by_epoch": [round(x, 5) for x in ndcg],
+            "epoch_seconds": [round(float(r["epoch_seconds"]), 1) for r in log], "loadavg": os.getloadavg()}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -91,6 +112,19 @@ def table(record: dict) -> str:
         lines.append(f"| {s['label']} | {len(s['seeds'])} | {fmt(s['ndcg@10'], 4)} | {fmt(s['hr@10'], 4)} | "
                      f"{fmt(s['valid_ndcg@10'], 4)} | {fmt(s['epochs'], 0)} | {fmt(s['seconds_per_epoch'], 1)} | "
                      f"{fmt(s['peak_rss_mb'], 0)} |")
+    ref = record.get("full_ce_reference")
+    if ref:
+        lines += ["", f"Reference, not side by side: full CE, seed 42, `{ref['command']}` ({ref['date']}, "
+                  f"`{REFERENCE.relative_to(ROOT)}`): test NDCG@10 {ref['ndcg@10']:.4f}, HR@10 {ref['hr@10']:.4f}, "
+                  f"best valid NDCG@10 {ref['valid_ndcg@10']:.4f} at epoch {ref['best_epoch']} of {ref['epochs']} "
+                  f"(early stop), {ref['seconds_per_epoch']:.1f} s / epoch on a quiet machine."]
+    if record.get("unfinished"):
+        lines += ["", "Runs stopped before their end (deadline; validation only, from `train_log.csv`):", "",
+                  "| loss | seed | epochs done | best valid NDCG@10 (epoch) | median s / epoch |",
+                  "|---|---|---|---|---|"]
+        for r in record["unfinished"]:
+            lines.append(f"| {LABELS[r['variant']]} | {r['seed']} | {r['epochs_done']} | "
+                         f"{r['best_valid_ndcg@10']:.4f} ({r['best_epoch']}) | {np.median(r['epoch_seconds']):.0f} |")
     if record.get("step_1m"):
         lines += ["", f"Training step at {record['items']:,} synthetic items (16 windows × 50 targets, one thread, "
                   "each loss in its own process):", "",
@@ -106,11 +140,13 @@ def table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44], help="none: skip Beauty")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["full", "mixed"])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--items", type=int, default=1_000_000, help="0: skip the large-catalogue step")
     ap.add_argument("--report", action="store_true", help="only rebuild the JSON and table from the kept runs")
+    ap.add_argument("--unfinished", action="append", default=[], metavar="VARIANT:SEED:TRAIN_LOG",
+                    help="record a run stopped before its end from its training log (repeatable)")
     args = ap.parse_args(argv)
     rows = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
     record: dict = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -124,8 +160,18 @@ def main(argv: list[str] | None = None) -> None:
             record["items"] = args.items
         record.update(provenance(__file__, argv))
     record.setdefault("command", command_line(__file__, argv))
+    if args.unfinished:
+        new = [unfinished(spec) for spec in args.unfinished]
+        keys = {(r["variant"], r["seed"]) for r in new}
+        record["unfinished"] = [r for r in record.get("unfinished", []) if (r["variant"], r["seed"]) not in keys] + new
+        record["unfinished_command"] = command_line(__file__, argv)
     rows = [r for r in rows if r["variant"] in args.variants]
     record.update({"runs": rows, "beauty": summary(rows), "loadavg_end": os.getloadavg()})
+    if REFERENCE.exists():
+        ref = json.loads(REFERENCE.read_text())
+        record["full_ce_reference"] = {"command": ref["command"], "date": ref["date"], **{
+            k: ref["result"][k] for k in ("ndcg@10", "hr@10", "valid_ndcg@10", "epochs", "best_epoch",
+                                          "seconds_per_epoch")}}
     OUT.write_text(json.dumps(record, indent=1) + "\n")
     OUT.with_suffix(".md").write_text(table(record))
     print(json.dumps({"beauty": record["beauty"], "step_1m": record.get("step_1m")}))
