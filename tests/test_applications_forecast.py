@@ -14,16 +14,21 @@ from typer.testing import CliRunner
 
 from shopformer.cli import app
 from shopformer.pipelines.applications.forecast import (
+    AGGREGATE,
     ZERO,
     Forecaster,
     Series,
     baseline_forecasts,
+    blend,
+    choose_blend,
     error_metrics,
     intervals,
     nb_dispersion,
     parse_horizon,
+    period_history,
     run_forecast,
     series_counts,
+    statsforecast_forecasts,
 )
 from shopformer.pipelines.applications.snapshot import DAY
 
@@ -65,6 +70,34 @@ def test_counts_and_baselines_by_hand() -> None:
     assert m["all"]["wape"] == pytest.approx(3 / 6) and m["all"]["mase"] == pytest.approx(1.0)
 
 
+def test_period_history_and_blend_choice_by_hand() -> None:
+    users = [[(1, BUY, 0 * DAY + 5), (1, BUY, 2 * DAY + 5), (2, BUY, 2 * DAY + 9)]]
+    ds = small_dataset(users, 2)
+    items = Series(level="item", item_to_series=np.arange(3), n=3, names=["<pad>", "i1", "i2"])
+    h = period_history(ds, items, 3 * DAY, DAY, BUY)
+    assert h.tolist() == [[0, 0, 0], [0, 1, 1]]  # (1d, 2d], (2d, 3d]: the whole periods after the start (5 s)
+    y, active = np.array([0, 4.0, 0.0]), np.array([False, True, True])
+    model, base = np.array([0, 2.0, 2.0]), {"b": np.array([0, 4.0, 0.0]), "c": np.array([0, 1.0, 1.0])}
+    assert choose_blend(y, model, base, active) == ("b", 1.0)  # the baseline alone was exact
+    assert blend(model, base, ("b", 0.25)).tolist() == [0, 2.5, 1.5]
+    assert choose_blend(y, base["b"], base, active) == (None, 0.0)  # a tie keeps the model alone
+    assert blend(model, {"c": base["c"]}, ("b", 0.5)) is model  # the chosen baseline absent at this origin
+
+
+def test_statsforecast_baselines() -> None:
+    pytest.importorskip("statsforecast", reason="statsforecast not installed: pip install 'shopformer[forecast]'")
+    hist = np.zeros((8, 4))
+    hist[:, 1] = [0, 2, 0, 0, 3, 0, 0, 2]  # intermittent
+    hist[:, 2] = [5, 6, 5, 7, 6, 5, 6, 6]  # smooth
+    hist[-1, 3] = 1  # a single event, too short for a fit
+    f = statsforecast_forecasts(hist, "category")
+    assert set(f) == {"statsforecast CrostonOptimized", "statsforecast AutoETS"}
+    for name, v in f.items():
+        assert v[0] == 0 and (v >= 0).all(), name  # a series without events forecasts none
+        assert 0.3 < v[1] < 2.5 and 4.5 < v[2] < 7, (name, v)
+    assert set(statsforecast_forecasts(hist, "item")) == {"statsforecast CrostonOptimized"}
+
+
 def test_dispersion_and_interval_coverage_on_simulated_counts() -> None:
     rng = np.random.default_rng(0)
     mu = rng.uniform(0.5, 20, 20000)
@@ -103,6 +136,9 @@ def test_forecast_protocol_on_the_demo(demo: tuple, level: str) -> None:
     assert metrics["summary"]["model"]["origins"] == 2
     assert metrics["summary"][ZERO]["all"]["wape"] == pytest.approx(1.0)  # the reference: no demand at all
     assert ZERO not in metrics["wape_ratios"] and metrics["best_baseline"] in metrics["wape_ratios"]
+    assert AGGREGATE not in metrics["wape_ratios"] and AGGREGATE in metrics["summary"]
+    for o in metrics["origins"]:  # the blend is chosen at the origin before, never on the window it forecasts
+        assert o["blend"]["chosen_on_origin"] == o["origin"] - DAY and o["blend"]["weight"] in (0, .25, .5, .75, 1)
     assert metrics["wape_ratio_to_best_baseline"] == max(metrics["wape_ratios"].values())
     naive = metrics["summary"]["naive last period"]["all"]["wape"]  # forecasts every origin: plain ratio
     assert metrics["wape_ratios"]["naive last period"] == pytest.approx(metrics["summary"]["model"]["all"]["wape"]
@@ -123,7 +159,7 @@ def test_cli_forecast(demo: tuple) -> None:
     assert r.exit_code == 0, r.output
     assert "WAPE" in r.output and "seasonal naive" in r.output
     frame = pl.read_csv(out)
-    assert frame.columns == ["category", "expected", "lo", "hi", "last_period"]
+    assert frame.columns == ["category", "point", "expected", "lo", "hi", "last_period"]
     assert json.loads(m.read_text())["level"] == "category"
     r = runner.invoke(app, ["forecast", str(tmp / "run"), "--level", "brand"])
     assert r.exit_code == 2 and "--level 'brand'" in r.output, r.output

@@ -162,8 +162,8 @@ def forecast_command(
         loaded, ds = _load(run, dataset)
         result, final = run_forecast(loaded, ds, parse_horizon(horizon), level, behaviour, origins, interval)
         if out is not None:
-            frame = pl.DataFrame({level: final["series"][1:].tolist(), **{k: final[k][1:] for k in
-                                                                          ("expected", "lo", "hi", "last_period")}})
+            columns = ("point", "expected", "lo", "hi", "last_period")
+            frame = pl.DataFrame({level: final["series"][1:].tolist(), **{k: final[k][1:] for k in columns}})
             write_frame(frame.sort("expected", descending=True), out)
         _write_metrics(result, metrics, run, f"forecast_{level}", record)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple

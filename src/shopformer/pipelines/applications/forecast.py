@@ -175,30 +175,65 @@ def intervals(mean: np.ndarray, alpha: float, level: float) -> tuple[np.ndarray,
     return stats.nbinom.ppf(q[0], n, p), stats.nbinom.ppf(q[1], n, p)
 
 
+def period_history(ds: Dataset, series: Series, t: int, h: int, behaviour: int | None) -> np.ndarray:
+    """(n, S) events per series in each of the ``n`` whole periods of length ``h`` between the data
+    start and ``t`` (at least one), oldest first; the last row is ``(t - h, t]``."""
+    start = data_span(ds.seq)[0]
+    n = max(int((t - start) // h), 1)
+    return np.stack([series_counts(ds, series, t - (j + 1) * h, t - j * h, behaviour) for j in range(n - 1, -1, -1)])
+
+
+# Per-series forecasters of statsforecast (an optional dependency: ``pip install 'shopformer[forecast]'``).
+# Croston's method (optimised smoothing) is the classical one for intermittent demand, i.e. item
+# series that are mostly zero; AutoETS (exponential smoothing, model chosen by AICc) for the denser
+# category series only: it costs ~10 ms a series, too much for tens of thousands of items.
+STATSFORECAST = {"item": ("CrostonOptimized",), "category": ("CrostonOptimized", "AutoETS")}
+STATSFORECAST_MISSING = ("statsforecast is not installed (pip install 'shopformer[forecast]'): "
+                         "its baselines are left out")
+
+
+def statsforecast_forecasts(history: np.ndarray, level: str) -> dict[str, np.ndarray]:
+    """One-period-ahead forecasts of statsforecast's models fitted on each series' ``history``
+    ((n, S), oldest first; ``period_history``), or {} when statsforecast is not installed. Series
+    without any event forecast 0; one too short for a model (AutoETS needs a few points) falls back to
+    its last period."""
+    try:
+        from statsforecast import models as sf
+    except ImportError:
+        return {}
+    active = np.flatnonzero(history.sum(0) > 0)
+    out: dict[str, np.ndarray] = {}
+    for name in STATSFORECAST[level]:
+        model, f = getattr(sf, name)(), np.zeros(history.shape[1])
+        with np.errstate(all="ignore"):  # flat series: ETS's in-sample variance divides by zero, harmlessly
+            for s in active:
+                y = history[:, s]
+                try:
+                    f[s] = float(model.forecast(y=y, h=1)["mean"][0])
+                except (ValueError, NotImplementedError):  # "tiny datasets": fewer points than parameters + 4
+                    f[s] = y[-1]
+        out[f"statsforecast {name}"] = np.maximum(np.nan_to_num(f), 0.0)
+    return out
+
+
 def baseline_forecasts(ds: Dataset, series: Series, t: int, h: int, behaviour: int | None,
                        ma_periods: int = 3, season: int = 7 * DAY) -> dict[str, np.ndarray]:
     """The analyst's forecasts for ``(t, t + h]``: last period, mean of the last ``ma_periods``
     periods (fewer when the data start later), mean of every period since the data start (the smoothest, which
-    WAPE favours on sparse series), and the same window one season earlier (when the data reach)."""
-    start = data_span(ds.seq)[0]
-    past = [series_counts(ds, series, t - (j + 1) * h, t - j * h, behaviour) for j in range(ma_periods)
-            if t - j * h > start]
-    n_all = max(int((t - start) // h), 1)
-    long_run = np.mean([series_counts(ds, series, t - (j + 1) * h, t - j * h, behaviour) for j in range(n_all)], 0)
-    out = {"naive last period": past[0], f"moving average ({ma_periods} periods)": np.mean(past, 0),
-           "long-run mean": long_run}
-    if season > h and t - season >= start:
+    WAPE favours on sparse series), the same window one season earlier (when the data reach), and
+    statsforecast's per-series models on the period history (when installed)."""
+    history = period_history(ds, series, t, h, behaviour)
+    out = {"naive last period": history[-1], f"moving average ({ma_periods} periods)": history[-ma_periods:].mean(0),
+           "long-run mean": history.mean(0)}
+    if season > h and t - season >= data_span(ds.seq)[0]:
         out["seasonal naive (7 d)"] = series_counts(ds, series, t - season, t - season + h, behaviour)
-    return out
+    return {**out, **statsforecast_forecasts(history, series.level)}
 
 
-def naive_scale(ds: Dataset, series: Series, t: int, h: int, behaviour: int | None) -> np.ndarray:
-    """(S,) MASE denominators: each series' mean absolute change between consecutive periods before
-    ``t`` (in-sample one-step naive error)."""
-    start = data_span(ds.seq)[0]
-    n = max(int((t - start) // h), 2)
-    counts = [series_counts(ds, series, t - (j + 1) * h, t - j * h, behaviour) for j in range(n)]
-    return np.mean(np.abs(np.diff(np.stack(counts), axis=0)), axis=0)
+def naive_scale(history: np.ndarray) -> np.ndarray:
+    """(S,) MASE denominators: each series' mean absolute change between consecutive periods of its
+    ``history`` (``period_history``: the in-sample one-step naive error; 0 with a single period)."""
+    return np.mean(np.abs(np.diff(history, axis=0)), axis=0) if len(history) > 1 else np.zeros(history.shape[1])
 
 
 def error_metrics(y: np.ndarray, f: np.ndarray, scale: np.ndarray, groups: dict[str, np.ndarray]) -> dict:
@@ -221,6 +256,30 @@ def series_groups(ds: Dataset, series: Series, t: int, behaviour: int | None, y:
     cut = np.quantile(volume[active], 0.8) if active.any() else 0.0
     head = active & (volume > cut)
     return {"all": active, "head": head, "tail": active & ~head}
+
+
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+AGGREGATE = "model aggregate (unblended)"
+
+
+def choose_blend(y: np.ndarray, model: np.ndarray, baselines: dict[str, np.ndarray], active: np.ndarray
+                 ) -> tuple[str | None, float]:
+    """(baseline, w) whose blend ``(1 - w) model + w baseline`` had the lowest WAPE over the ``active``
+    series of a *past* origin with actuals ``y`` (w = 0: the model alone, baseline None); ties keep the
+    smaller w, so the model alone wins unless a blend is strictly better."""
+    total = max(float(y[active].sum()), 1e-12)
+    best: tuple[float, str | None, float] = (float(np.abs(y - model)[active].sum()) / total, None, 0.0)
+    for name, b in baselines.items():
+        for w in BLEND_WEIGHTS[1:]:
+            wape = float(np.abs(y - ((1 - w) * model + w * b))[active].sum()) / total
+            if wape < best[0]:
+                best = (wape, name, w)
+    return best[1], best[2]
+
+
+def blend(model: np.ndarray, baselines: dict[str, np.ndarray], choice: tuple[str | None, float]) -> np.ndarray:
+    name, w = choice
+    return model if name is None or name not in baselines else (1 - w) * model + w * baselines[name]
 
 
 def top_series(names: list[str], y: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -252,6 +311,8 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
                          "use a shorter --horizon or fewer --origins")
     prev_mean = fc.expected(ts[0])
     prev_y = series_counts(ds, series, ts[0], ts[0] + horizon, beh)
+    prev_base = baseline_forecasts(ds, series, ts[0], horizon, beh)
+    prev_active = series_groups(ds, series, ts[0], beh, prev_y)["all"]
     per_origin: list[dict] = []
     for t in ts[1:]:
         alpha = nb_dispersion(prev_y[1:], prev_mean[1:])
@@ -259,11 +320,16 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
         lo, hi = intervals(mean, alpha, level_interval)
         y = series_counts(ds, series, t, t + horizon, beh)
         groups = series_groups(ds, series, t, beh, y)
-        scale = naive_scale(ds, series, t, horizon, beh)
-        systems = {"model": mean, **baseline_forecasts(ds, series, t, horizon, beh), ZERO: np.zeros_like(mean)}
+        scale = naive_scale(period_history(ds, series, t, horizon, beh))
+        base = baseline_forecasts(ds, series, t, horizon, beh)
+        # the point forecast: the model's aggregate blended with the baseline that, blended so, did best
+        # at the previous origin (whose actuals are known at t): never chosen on the window forecast
+        choice = choose_blend(prev_y, prev_mean, {n: b for n, b in prev_base.items() if n in base}, prev_active)
+        systems = {"model": blend(mean, base, choice), AGGREGATE: mean, **base, ZERO: np.zeros_like(mean)}
         act = groups["all"]
         per_origin.append({
             "origin": t, "alpha": alpha, "actual_total": float(y[act].sum()),
+            "blend": {"baseline": choice[0], "weight": choice[1], "chosen_on_origin": t - horizon},
             "systems": {n: error_metrics(y, f, scale, groups) for n, f in systems.items()},
             "coverage": float(((y >= lo) & (y <= hi))[act].mean()) if act.any() else float("nan"),
             "coverage_all_series": float(((y >= lo) & (y <= hi))[1:].mean()),
@@ -272,10 +338,13 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
             "predicted_totals": {n: float(f[1:].sum()) for n, f in systems.items()},
             "top_series": top_series(series.names, y, mean, lo, hi),
         })
-        prev_mean, prev_y = mean, y
+        prev_mean, prev_y, prev_base, prev_active = mean, y, base, act
     mean = fc.expected(end)  # the forecast after the data, its dispersion from the last test origin
     lo, hi = intervals(mean, nb_dispersion(prev_y[1:], prev_mean[1:]), level_interval)
-    final = {"series": np.asarray(series.names, dtype=object), "expected": mean, "lo": lo, "hi": hi,
+    base = baseline_forecasts(ds, series, end, horizon, beh)
+    point = blend(mean, base, choose_blend(prev_y, prev_mean, {n: b for n, b in prev_base.items() if n in base},
+                                           prev_active))
+    final = {"series": np.asarray(series.names, dtype=object), "expected": mean, "point": point, "lo": lo, "hi": hi,
              "last_period": series_counts(ds, series, end - horizon, end, beh)}
     names = list(dict.fromkeys(n for o in per_origin for n in o["systems"]))
     summary = {n: {**{g: {m: float(np.nanmean([o["systems"][n][g][m] for o in per_origin if n in o["systems"]]))
@@ -285,7 +354,7 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
     # ones); the best baseline is the one the model gains least on. "zero" is a reference, not a method.
     ratios = {}
     for n in summary:
-        if n not in ("model", ZERO):
+        if n not in ("model", AGGREGATE, ZERO):
             on = [o for o in per_origin if n in o["systems"]]
             ratios[n] = float(np.mean([o["systems"]["model"]["all"]["wape"] for o in on])
                               / np.mean([o["systems"][n]["all"]["wape"] for o in on]))
@@ -293,6 +362,11 @@ def run_forecast(run: Run, ds: Dataset, horizon: int, level: str = "item", behav
     metrics = {"level": level, "behaviour": beh_name, "horizon_seconds": horizon, "interval": level_interval,
                "origins": per_origin, "summary": summary, "best_baseline": best, "wape_ratios": ratios,
                "wape_ratio_to_best_baseline": ratios[best],
+               "aggregate_wape_ratio_to_best_baseline": float(np.mean([o["systems"][AGGREGATE]["all"]["wape"]
+                                                                       for o in per_origin if best in o["systems"]])
+                                                              / np.mean([o["systems"][best]["all"]["wape"]
+                                                                         for o in per_origin if best in o["systems"]])),
+               "notes": [] if "statsforecast CrostonOptimized" in summary else [STATSFORECAST_MISSING],
                "coverage": float(np.mean([o["coverage"] for o in per_origin])), "forecast_origin": end}
     return metrics, final
 
