@@ -189,12 +189,18 @@ def follow_recbole(proc: subprocess.Popen, log_path: Path) -> dict:
     return marks
 
 
+def suffix(args: argparse.Namespace) -> str:
+    """File-name tag of a shopformer batch size other than RecBole's (stage files and the result file)."""
+    return "" if args.shopformer_batch_size == MODEL["batch_size"] else f"_batch{args.shopformer_batch_size}"
+
+
 def run_shopformer_stage(args: argparse.Namespace, path: Path, fmt: str, work: Path, budget_s: float) -> dict:
-    out = work / "shopformer.json"
+    out = work / f"shopformer{suffix(args)}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", "shopformer", "--data", args.data,
            "--input", str(path), "--input-format", fmt, "--threads", str(args.threads), "--seed", str(args.seed),
-           "--budget-s", f"{budget_s:.1f}", "--epochs", str(args.shopformer_epochs), "--out-json", str(out)]
-    with LoadSampler() as load, (work / "shopformer.log").open("w") as log:
+           "--budget-s", f"{budget_s:.1f}", "--epochs", str(args.shopformer_epochs), "--out-json", str(out),
+           "--batch-size", str(args.shopformer_batch_size)]
+    with LoadSampler() as load, (work / f"shopformer{suffix(args)}.log").open("w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     res = json.loads(out.read_text())
     res["command"] = " ".join(cmd)
@@ -228,7 +234,7 @@ def shopformer_stage(args: argparse.Namespace) -> None:
     cfg = Config().override(
         model={"name": "sasrec", "dim": MODEL["dim"], "layers": MODEL["layers"], "heads": MODEL["heads"],
                "dropout": MODEL["dropout"], "emb_dropout": MODEL["dropout"], "max_len": MODEL["max_len"]},
-        train={"epochs": args.epochs, "batch_size": MODEL["batch_size"], "learning_rate": 0.002,
+        train={"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": 0.002,
                "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": args.seed,
                "threads": args.threads, "max_minutes": args.budget_s / 60},
         eval={"exclude_seen": False, "bootstrap": 200})
@@ -362,6 +368,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recbole-patience", type=int, default=10)
     ap.add_argument("--recbole-budget-s", type=float, default=2700.0, help="RecBole starts no epoch after this")
     ap.add_argument("--shopformer-epochs", type=int, default=60, help="schedule length (cosine); patience 10")
+    ap.add_argument("--shopformer-batch-size", type=int, default=MODEL["batch_size"],
+                    help="sequences per step; RecBole's batch counts prefixes (one target each), shopformer's "
+                         "sequences (a target at every position), so 32 gives about as many targets per step "
+                         "on Beauty (~7 per training sequence) as RecBole's 256")
     ap.add_argument("--shopformer-budget-s", type=float, default=None,
                     help="cap shopformer's wall budget below RecBole's training wall time (a shared machine)")
     ap.add_argument("--max-users", type=int, default=None, help="taobao-pv: first N users only")
@@ -376,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=60, help=argparse.SUPPRESS)
     ap.add_argument("--out-json", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=MODEL["batch_size"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage == "shopformer":
         shopformer_stage(args)
@@ -405,12 +416,13 @@ def main(argv: list[str] | None = None) -> None:
         budget = min(rb["fit_wall_s"], args.shopformer_budget_s or float("inf"))
         sf = run_shopformer_stage(args, path, fmt, work, budget_s=budget)
     meta = {"bench": "peers", "command": command, "data": note, "file": str(path), "started_utc": started,
-            "model": {**MODEL, "loss": "full CE (RecBole: last position of each prefix; shopformer: every position)"},
+            "model": {**MODEL, "shopformer_batch_size": args.shopformer_batch_size,
+                      "loss": "full CE (RecBole: last position of each prefix; shopformer: every position)"},
             "recbole_env": env, "order": order}
     # the figure beside, not under, bench/results (tests/test_bench_scripts.py: figures there are the
     # multi-behaviour report's only)
-    res = report(rb, sf, meta, ROOT / "bench" / "figures" / f"peers_{args.data}.png")
-    (RESULTS / f"peers_{args.data}.json").write_text(json.dumps(res, indent=1) + "\n")
+    res = report(rb, sf, meta, ROOT / "bench" / "figures" / f"peers_{args.data}{suffix(args)}.png")
+    (RESULTS / f"peers_{args.data}{suffix(args)}.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("recbole_best_valid_ndcg@10", "time_to_recbole_best_s",
                                           "time_ratio_shopformer_over_recbole", "peak_rss_mb", "targets")}))
 

@@ -69,6 +69,8 @@ def churn_command(
     cutoff: CutoffOpt = None,
     active_days: Annotated[float | None, typer.Option(
         help="score only users with an event in the last N days before each cut-off")] = None,
+    fit_cutoffs: Annotated[int, typer.Option(
+        help="fit on this many cut-offs a horizon apart (pooled; none before the model's training end)")] = 3,
     metrics: MetricsOpt = None,
     record: RecordOpt = True,
 ) -> None:
@@ -82,7 +84,7 @@ def churn_command(
         if out is not None:
             check_output(out)
         loaded, ds = _load(run, dataset)
-        result = run_churn(loaded, ds, days, target_only, cutoff, active_days)
+        result = run_churn(loaded, ds, days, target_only, cutoff, active_days, fit_cutoffs=fit_cutoffs)
         if out is not None:
             write_frame(result.scores, out)
         _write_metrics(result.metrics, metrics, run, "churn_target" if target_only else "churn", record)
