@@ -17,7 +17,13 @@ from shopformer.data.corpus import load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
 from shopformer.data.sequences import Sequences
-from shopformer.pipelines.applications.churn import fit_churn_model, leakage_warnings, run_churn
+from shopformer.pipelines.applications.churn import (
+    fit_churn_model,
+    leakage_warnings,
+    model_train_end,
+    run_churn,
+    user_folds,
+)
 from shopformer.pipelines.applications.snapshot import (
     DAY,
     count_between,
@@ -112,6 +118,23 @@ def test_churn_finds_the_activity_signal_on_a_later_cutoff(activity: tuple) -> N
     assert "know the future" in leakage_warnings(late, ds, m["t1"])[0]
     loo = replace(run, config=run.config.override(split={"kind": "loo"}))
     assert "'loo' split" in leakage_warnings(loo, ds, m["t1"])[0]
+
+
+def test_fit_pools_clean_cutoffs_and_keeps_users_in_one_fold(activity: tuple) -> None:
+    ds, run, _ = activity
+    m = run_churn(run, ds, days=1.0).metrics
+    cuts = m["fit_cutoffs"]
+    assert len(cuts) >= 2 and cuts[0] == m["t1"] and all(a - b == DAY for a, b in zip(cuts, cuts[1:], strict=False))
+    assert min(cuts) >= model_train_end(run, ds)  # no label window the encoder was trained on
+    assert m["n_fit"] == sum(len(snapshot(ds.seq, c)) for c in cuts)
+    assert 0.75 < m["systems"]["rfm_logistic"]["validation_roc_auc"] <= 1
+    one = run_churn(run, ds, days=1.0, fit_cutoffs=1).metrics
+    assert one["fit_cutoffs"] == [one["t1"]] and one["n_fit"] == len(snapshot(ds.seq, one["t1"]))
+    y, groups = np.tile([0, 1], 50), np.repeat(np.arange(25), 4)
+    folds = user_folds(y, groups, 5, 0)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(100))
+    for train, test in folds:
+        assert not set(groups[train]) & set(groups[test]) and set(y[test]) == {0, 1}
 
 
 def test_target_only_churn_counts_purchases_only(activity: tuple) -> None:
