@@ -109,21 +109,28 @@ def score_command(
     churn_days: Annotated[float | None, typer.Option(
         help="also fit churn over this many days (see `shopformer churn`) and add its probability")] = None,
     batch_size: Annotated[int, typer.Option(help="users per forward pass (each holds a catalogue of scores)")] = 256,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads (default: SHOPFORMER_THREADS, else the cores free at start)")] = None,
 ) -> None:
     """Score every user: top-k items, next-action probabilities, intent (and churn) to Parquet."""
     from shopformer.artifacts import ArtifactError
 
     try:
+        import torch
+
         from shopformer.pipelines.applications.score import score_users
+        from shopformer.training.threads import choose_threads
+
+        torch.set_num_threads(choose_threads(threads).threads)
 
         if out.suffix != ".parquet":
             raise ValueError(f"{out}: batch scores are written as Parquet; the output must end in .parquet")
         loaded, ds = _load(run, dataset)
         churn = None
         if churn_days is not None:
-            from shopformer.pipelines.applications.churn import run_churn
+            from shopformer.pipelines.applications.churn import churn_scores
 
-            churn = run_churn(loaded, ds, churn_days).scores["churn_probability"].to_numpy()
+            churn = churn_scores(loaded, ds, churn_days)["churn_probability"].to_numpy()
         summary = score_users(loaded, ds, out, k, users, exclude_seen, behaviour, batch_size, churn)
     except (ArtifactError, *USER_ERRORS) as err:  # type: ignore[misc]  # mypy cannot read a starred tuple
         fail(str(err))

@@ -78,19 +78,23 @@ class SequenceModel(nn.Module):
         """(B, D) state that predicts the event after the last one."""
         return self.encode(batch)[:, -1]
 
-    def score_all(self, batch: Batch, behaviour: int | torch.Tensor | None = None) -> torch.Tensor:
+    def score_all(self, batch: Batch, behaviour: int | torch.Tensor | None = None,
+                  hidden: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items + 1) score of every item as the next event; column 0 is -inf.
 
         ``behaviour`` (a dense behaviour id, or one per row; 0 = any behaviour) asks "which item
         will the next event of this type be about"; None is the heads' default (the target
         behaviour for next-purchase / multi models, otherwise any). Needs heads unless None/0.
+        ``hidden``: a model with heads reads ``self.encode(batch)`` from it when the caller has it
+        already (batch scoring reads the heads' other outputs from the same states).
         """
         if self.heads is None:
             if behaviour is not None and bool(torch.as_tensor(behaviour).ne(PAD).any()):
                 raise ValueError("this model has no behaviour-conditioned head (trained with task.kind='next-item')")
             scores = self.last_hidden(batch) @ self.output_embeddings().T
         else:
-            scores = self.heads.score(self.encode(batch), batch, self.output_embeddings(), behaviour)
+            scores = self.heads.score(self.encode(batch) if hidden is None else hidden, batch,
+                                      self.output_embeddings(), behaviour)
         scores[:, PAD] = float("-inf")
         return scores
 
@@ -109,10 +113,11 @@ class SequenceModel(nn.Module):
         the window, rather than a new one (models/heads.py)."""
         return self._require_heads().repeat_probability(self.encode(batch), batch, behaviour)
 
-    def head_features(self, batch: Batch) -> torch.Tensor:
-        """(B, F) what the classifier heads read about the event after the window."""
+    def head_features(self, batch: Batch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, F) what the classifier heads read about the event after the window (``hidden``: the
+        batch's ``encode`` when the caller has it)."""
         heads = self._require_heads()
-        return heads.summary(self.encode(batch), batch)[:, -1]
+        return heads.summary(self.encode(batch) if hidden is None else hidden, batch)[:, -1]
 
     def _require_heads(self) -> MultiTaskHeads:
         if self.heads is None:

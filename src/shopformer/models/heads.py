@@ -518,24 +518,26 @@ def mixture_log_probs(explore: torch.Tensor, items: torch.Tensor, bonus: torch.T
     """log P(j) of every item under the mixture: explore (B, V + 1) catalogue logits ``q . e_j``;
     items/bonus/rep (B, L) the window's items, pointer logits and representative mask; gate (B,)
     logits. Column 0 (padding) is -inf; every real item is finite; ``exp`` sums to 1 per row."""
-    b, n_cols = explore.shape
-    n_items = n_cols - 1
+    n_items = explore.shape[1] - 1
     log_g, log_1mg = gate_log_probs(gate, rep, n_items, exclude_history)
     idx = torch.where(rep, items, torch.zeros_like(items))
-    in_hist = torch.zeros(b, n_cols, dtype=torch.bool, device=explore.device).scatter(1, idx, rep)
-    support = torch.ones_like(in_hist)
-    support[:, PAD] = False
+    # The explore component's support: every real item, less the window's items when it excludes the
+    # history. Written as -inf straight into a copy of the logits (B x L writes), so that the (B, V)
+    # tensors are passed over as few times as possible: this is the whole cost of batch scoring.
+    masked = explore.index_fill(1, torch.tensor([PAD], device=explore.device), NEG_INF)
     if exclude_history:
-        support &= ~in_hist
-    masked = explore.masked_fill(~support, NEG_INF)
-    explore_lp = log_1mg.unsqueeze(1) + masked - _safe_logsumexp(masked, support.any(-1)).unsqueeze(1)
-    explore_lp = explore_lp.masked_fill(~support, NEG_INF)  # an empty component stays -inf
+        masked.scatter_(1, idx, NEG_INF)  # non-representatives point at the padding column, already -inf
+    lse = torch.logsumexp(masked, dim=-1)
+    lse = torch.where(lse == NEG_INF, torch.zeros_like(lse), lse)  # an empty component stays -inf, never NaN
+    grad = torch.is_grad_enabled() and masked.requires_grad  # in place only where autograd keeps no copy
+    explore_lp = masked.add_(log_1mg.unsqueeze(1)) if not grad else masked + log_1mg.unsqueeze(1)
+    explore_lp = explore_lp.sub_(lse.unsqueeze(1)) if not grad else explore_lp - lse.unsqueeze(1)
     repeat_lp = log_g.unsqueeze(1) + repeat_log_probs(bonus, rep)  # (B, L), -inf off the representatives
     if not exclude_history:  # a window item also gets its explore share
         both = torch.logaddexp(repeat_lp.masked_fill(~rep, 0.0), explore_lp.gather(1, idx).masked_fill(~rep, 0.0))
         repeat_lp = both.masked_fill(~rep, NEG_INF)
     # scatter the window items' values in; non-representatives write -inf into the padding column
-    return explore_lp.scatter(1, idx, repeat_lp)
+    return explore_lp.scatter_(1, idx, repeat_lp) if not grad else explore_lp.scatter(1, idx, repeat_lp)
 
 
 def mixture_nll(

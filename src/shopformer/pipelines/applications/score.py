@@ -109,7 +109,8 @@ def score_users(run: Run, ds: Dataset, out: Path, k: int = 10, users: str | Path
     schema = pa.schema(fields)
     with ParquetStream(out, schema) as stream, torch.inference_mode():
         for sel, batch in model_batches(ds.seq, arrays, snap, model.max_len, batch_size):
-            scores = model.score_all(batch, beh).float()
+            hidden = model.encode(batch) if model.heads is not None else None  # once for scores and heads
+            scores = model.score_all(batch, beh, hidden).float()
             if run.blend is not None:
                 scores = run.blend.combine(scores, batch)
             if exclude_seen:
@@ -124,7 +125,7 @@ def score_users(run: Run, ds: Dataset, out: Path, k: int = 10, users: str | Path
                 "items": pa.ListArray.from_arrays(offsets, pa.array(tokens[ids[ok]].tolist(), pa.string())),
                 "scores": pa.ListArray.from_arrays(offsets, pa.array(vals[ok], pa.float32())),
             }
-            action, intent = head_outputs(model, batch)
+            action, intent = head_outputs(model, batch, hidden)
             if action is not None:
                 cols.update({f"p_next_{n}": pa.array(action[:, i], pa.float32()) for i, n in enumerate(names)})
             if intent is not None:

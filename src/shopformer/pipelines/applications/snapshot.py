@@ -140,13 +140,15 @@ class ModelState:
         return np.concatenate(parts, 1)
 
 
-def head_outputs(model: SequenceModel, batch: Batch) -> tuple[np.ndarray | None, np.ndarray | None]:
+def head_outputs(model: SequenceModel, batch: Batch, hidden: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(B, n_behaviours) next-action probabilities and (B,) calibrated intent of a batch, each None
-    when the model lacks that head. Call under ``torch.inference_mode``."""
+    when the model lacks that head (``hidden``: the batch's ``model.encode``, when already computed).
+    Call under ``torch.inference_mode``."""
     heads = model.heads
     if heads is None or not {"action", "intent"} & set(heads.parts):
         return None, None
-    feats = model.head_features(batch)
+    feats = model.head_features(batch, hidden)
     action = torch.softmax(heads.action_logits(feats).float(), -1)[:, PAD + 1:].numpy() \
         if "action" in heads.parts else None
     intent = heads.calibrated(heads.intent_logit(feats)).float().numpy() if "intent" in heads.parts else None
