@@ -246,6 +246,12 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def agg_note(f: dict) -> str:
+    """Lines written since the point forecast became a validated blend also give the unblended ratio."""
+    r = f.get("aggregate_wape_ratio_to_best_baseline")
+    return "" if r is None else f"; unblended aggregate {_f(r)}"
+
+
 def dataset_markdown(r: dict) -> list[str]:
     """One data set's section: every target with its numbers, met or missed."""
     ch, ex = r["churn"], r["explain"]
@@ -268,7 +274,7 @@ def dataset_markdown(r: dict) -> list[str]:
         zero = f["summary"]["zero (reference)"]["all"]["wape"]
         lines.append(f"| forecast {lv}: WAPE ≤ 0.9 × best baseline; coverage {f['interval']:.0%} ± 5 | model WAPE "
                      f"{_f(f['summary']['model']['all']['wape'])}, ratio {_f(f['wape_ratio_to_best_baseline'])} to "
-                     f"{f['best_baseline']} (zero forecast: {_f(zero)}); coverage {_f(f['coverage'])} | "
+                     f"{f['best_baseline']}{agg_note(f)} (zero forecast: {_f(zero)}); coverage {_f(f['coverage'])} | "
                      f"{'yes' if c[f'forecast_{lv}_wape_le_0.9x_best_baseline'] else 'no'} / "
                      f"{'yes' if c[f'forecast_{lv}_coverage_within_5_points'] else 'no'} |")
     for lv, t in r["trends"].items():
