@@ -14,9 +14,9 @@ by cross-validation on the fitting rows only (folds grouped by user), then Platt
 out-of-fold scores (``evaluation.classification.fit_platt``); the out-of-fold ROC-AUC is the
 validation figure. The baseline is the same pipeline on the RFM columns, so the model's system holds
 every baseline feature and can lose to it only by over-fitting its extra columns. Pooling cut-offs
-gives that fit several times the rows, and averages the day-to-day swings of the churn rate that a
-single fitting day bakes into the calibration. Exported scores come from a refit at the last
-labelled cut-offs, applied at the end of the data.
+gives that fit several times the rows; Platt scaling reads only the newest cut-off's rows, whose
+churn rate is the nearest to the one scored next (real logs' churn rate drifts from day to day).
+Exported scores come from a refit at the last labelled cut-offs, applied at the end of the data.
 """
 
 from __future__ import annotations
@@ -79,9 +79,11 @@ def user_folds(y: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> l
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
-def fit_churn_model(x: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> ChurnModel:
-    """L2 strength by 5-fold cross-validated log-loss, then Platt scaling on out-of-fold scores. Rows
-    of one ``groups`` value (a user seen at several cut-offs) stay in one fold."""
+def fit_churn_model(x: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None,
+                    calibrate: np.ndarray | None = None) -> ChurnModel:
+    """L2 strength by 5-fold cross-validated log-loss, then Platt scaling on out-of-fold scores (of
+    the ``calibrate`` rows only, when given: the newest cut-off's, whose churn rate is the nearest to
+    the one scored next). Rows of one ``groups`` value (a user seen at several cut-offs) stay in one fold."""
     n_min = int(min(y.sum(), len(y) - y.sum()))
     if n_min < 2:
         raise ValueError(f"churn labels at the fitting cut-off are all {int(y[0]) if len(y) else '-'}: "
@@ -96,7 +98,10 @@ def fit_churn_model(x: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndar
         pipe.set_params(**search.best_params_)
         oof = cross_val_predict(pipe, x, y, cv=folds, method="decision_function")
         pipe.fit(x, y)
-    return ChurnModel(pipe, fit_platt(oof, y), float(roc_auc_score(y, oof)))
+    cal = np.ones(len(y), bool) if calibrate is None else calibrate
+    if len(np.unique(y[cal])) < 2:  # one class on the newest cut-off: calibrate on every row
+        cal = np.ones(len(y), bool)
+    return ChurnModel(pipe, fit_platt(oof[cal], y[cal]), float(roc_auc_score(y, oof)))
 
 
 def churn_labels(ds: Dataset, snap: Snapshot, days: float, target: int | None) -> np.ndarray:
@@ -126,6 +131,7 @@ class FitRows:
     full: np.ndarray
     y: np.ndarray
     groups: np.ndarray
+    newest: np.ndarray  # (rows,) bool: the row comes from the newest cut-off (Platt scaling's rows)
 
 
 def fit_rows(run: Run, ds: Dataset, cutoffs: list[int], days: float, target: int, label_target: int | None,
@@ -135,7 +141,7 @@ def fit_rows(run: Run, ds: Dataset, cutoffs: list[int], days: float, target: int
         snap = snapshot(ds.seq, t, active_days)
         parts.append((*_features(run, ds, snap, days, target), churn_labels(ds, snap, days, label_target), snap.rows))
     rfm, full, y, groups = (np.concatenate([p[i] for p in parts]) for i in range(4))
-    return FitRows(cutoffs, rfm, full, y, groups)
+    return FitRows(cutoffs, rfm, full, y, groups, np.arange(len(y)) < len(parts[0][2]))
 
 
 def model_train_end(run: Run, ds: Dataset) -> int | None:
@@ -204,7 +210,7 @@ def run_churn(run: Run, ds: Dataset, days: float, target_only: bool = False, cut
                      "systems": {}}
     fitted: dict[str, ChurnModel] = {}
     for name, (x1, x2) in systems.items():
-        fitted[name] = fit_churn_model(x1, fit.y, seed, fit.groups)
+        fitted[name] = fit_churn_model(x1, fit.y, seed, fit.groups, fit.newest)
         metrics["systems"][name] = {**binary_summary(y2, fitted[name].predict(x2)),
                                     "validation_roc_auc": fitted[name].oof_roc_auc}
     m, b = metrics["systems"]["model+rfm"], metrics["systems"]["rfm_logistic"]
@@ -230,8 +236,8 @@ def churn_scores(run: Run, ds: Dataset, days: float, target_only: bool = False, 
     last = default_cutoffs(ds, days, None)[1] if last is None else last
     rows = fit_rows(run, ds, fitting_cutoffs(run, ds, last, days, fit_cutoffs), days, target,
                     target if target_only else None, active_days)
-    final = fit_churn_model(rows.full, rows.y, seed, rows.groups)
-    base = fit_churn_model(rows.rfm, rows.y, seed, rows.groups)
+    final = fit_churn_model(rows.full, rows.y, seed, rows.groups, rows.newest)
+    base = fit_churn_model(rows.rfm, rows.y, seed, rows.groups, rows.newest)
     snap = snapshot(ds.seq, int(ds.seq.times.max()), active_days)
     rfm, full = _features(run, ds, snap, days, target)
     return pl.DataFrame({
