@@ -29,8 +29,11 @@ def test_train_writes_a_complete_run(trained) -> None:
                  "model/manifest.json", "report.md", "metrics_at_k.png", "train_log.csv", "training_curve.png"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"sasrec", "popularity", "markov", "weighted recent items", "co-occurrence",
-                                    "category popularity"}
+    systems = {"sasrec", "popularity", "markov", "weighted recent items", "co-occurrence", "category popularity"}
+    chosen = metrics["blend"]["chosen"]  # the default rule blends (docs/defaults.md): a row when a blend won
+    if chosen is not None:
+        systems.add(f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})")
+    assert set(metrics["test"]) == systems
     assert "full ranking" in metrics["protocol"]
 
 
