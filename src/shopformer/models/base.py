@@ -48,9 +48,15 @@ class SequenceModel(nn.Module):
         self.cfg, self.spec = cfg, spec
         # +2: padding row 0 and a [MASK] row at n_items + 1 (used by masked models).
         self.item_emb = nn.Embedding(spec.n_items + 2, cfg.dim, padding_idx=PAD)
-        nn.init.normal_(self.item_emb.weight, std=cfg.dim**-0.5)
-        with torch.no_grad():
-            self.item_emb.weight[PAD].zero_()
+        # model.tie_output = false: the items' output vectors get a table of their own (same shape)
+        self.out_emb = None if cfg.tie_output else nn.Embedding(spec.n_items + 2, cfg.dim, padding_idx=PAD)
+        for table in (self.item_emb, self.out_emb):
+            if table is not None:
+                nn.init.normal_(table.weight, std=cfg.dim**-0.5)
+                with torch.no_grad():
+                    table.weight[PAD].zero_()
+        # model.input_skip: h_t + w * item vector of event t (``with_input_skip``); w starts at 0
+        self.input_skip = nn.Parameter(torch.zeros(1)) if cfg.input_skip and self.causal else None
         self.heads: MultiTaskHeads | None = None  # MultiTaskHeads, attached by build_model(task=...)
         self._max_len = int(cfg.max_len)  # the window the position tables were built for
 
@@ -70,9 +76,15 @@ class SequenceModel(nn.Module):
         """(B, L) batch -> (B, L, D) hidden states; position t summarises events <= t."""
         raise NotImplementedError
 
+    def with_input_skip(self, hidden: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) states + the learned multiple of each position's own input item vector (unchanged
+        without ``model.input_skip``). A causal model's ``encode`` ends with this."""
+        return hidden if self.input_skip is None else hidden + self.input_skip * item_vectors
+
     def output_embeddings(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors used for scoring (row 0 = padding, no [MASK])."""
-        return self.item_emb.weight[: self.spec.n_items + 1]
+        table = self.item_emb if self.out_emb is None else self.out_emb
+        return table.weight[: self.spec.n_items + 1]
 
     def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) state that predicts the event after the last one."""

@@ -34,6 +34,7 @@ from shopformer.models.text import ItemText, TextFusion
 
 INIT_METHODS = ("text", "cooccurrence", "mean")
 _ITEM_TABLE = "item_emb.weight"
+_OUT_TABLE = "out_emb.weight"  # model.tie_output = false: the output vectors' own table, same rows
 _SUMMARY_HEADS = ("heads.gate.", "heads.action.", "heads.intent.")
 
 
@@ -140,10 +141,17 @@ def grow_model(model: SequenceModel, spec: DataSpec, task: TaskConfig | None = N
             continue
         state[key] = _grow_tensor(key, old_state[key], fresh, old, spec, model.cfg.dim)
     if d_items:
-        table = state[_ITEM_TABLE]
-        table[old.n_items + 1 : spec.n_items + 1] = (
-            new_items.vectors.to(table.dtype) if new_items is not None else table[1 : old.n_items + 1].mean(0)
-        )
+        # new_items holds output-space vectors (new_item_vectors reads output_embeddings): they go to the
+        # scoring table; an untied input table gives its new rows the mean old row
+        for key in (_ITEM_TABLE, _OUT_TABLE):
+            if key not in state:
+                continue
+            table = state[key]
+            scoring = key == _OUT_TABLE or _OUT_TABLE not in state
+            table[old.n_items + 1 : spec.n_items + 1] = (
+                new_items.vectors.to(table.dtype) if new_items is not None and scoring
+                else table[1 : old.n_items + 1].mean(0)
+            )
     grown.load_state_dict(state)
     grown.train(model.training)
     return grown
@@ -161,7 +169,7 @@ def _grow_tensor(key: str, old: torch.Tensor, fresh: torch.Tensor, a: DataSpec, 
     for d, (so, sn) in enumerate(zip(old.shape, fresh.shape, strict=True)):
         if so == sn:
             index.append(torch.arange(so))
-        elif key == _ITEM_TABLE and d == 0:  # rows 0..n_old stay, [MASK] moves to the new end
+        elif key in (_ITEM_TABLE, _OUT_TABLE) and d == 0:  # rows 0..n_old stay, [MASK] moves to the new end
             index.append(torch.cat([torch.arange(a.n_items + 1), torch.tensor([b.n_items + 1])]))
         elif "cat_emb" in key:
             index.append(torch.arange(so))

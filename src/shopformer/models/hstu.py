@@ -101,9 +101,10 @@ class HSTU(SequenceModel):
         self.ln_f = nn.LayerNorm(cfg.dim)
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        x = self.inputs(batch, self.item_emb(batch.items))  # (B, L, D)
+        items = self.item_emb(batch.items)  # (B, L, D)
+        x = self.inputs(batch, items)
         mask = attention_mask(batch.items != PAD, causal=True)  # (B, 1, L, L)
         rab = self.rel_bias(batch)  # shared by all layers, as in the reference
         for layer in self.layers:
             x = layer(x, mask, rab)
-        return self.ln_f(x)
+        return self.with_input_skip(self.ln_f(x), items)

@@ -108,20 +108,25 @@ class Block(nn.Module):
             nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim),
         )
         self.drop = nn.Dropout(cfg.dropout)
+        self.post = cfg.norm == "post"
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.post:  # LN(x + f(x)): every block re-normalises the sum it passes on
+            x = self.ln1(x + self.drop(self.attn(x, mask)))
+            return self.ln2(x + self.drop(self.ffn(x)))
         x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class TransformerEncoder(nn.Module):
-    """Input embeddings + a stack of blocks + final LayerNorm; causal or bidirectional."""
+    """Input embeddings + a stack of blocks (+ a final LayerNorm when pre-LN); causal or bidirectional."""
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec, causal: bool) -> None:
         super().__init__()
         self.inputs = InputEmbedding(cfg, spec)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
-        self.ln_f = nn.LayerNorm(cfg.dim)
+        # post-LN blocks already end normalised
+        self.ln_f: nn.Module = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
         self.causal = causal
 
     def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:

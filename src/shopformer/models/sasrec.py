@@ -23,4 +23,5 @@ class SASRec(SequenceModel):
         self.encoder = TransformerEncoder(cfg, spec, causal=True)
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        return self.encoder(batch, self.item_emb(batch.items))
+        items = self.item_emb(batch.items)  # (B, L, D)
+        return self.with_input_skip(self.encoder(batch, items), items)

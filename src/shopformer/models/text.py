@@ -182,6 +182,8 @@ def add_text(
     False = no training event; ``id_dropout``: see ``TextFusion``)."""
     if isinstance(model.item_emb, TextFusion):
         raise ValueError("the model already has text fused in")
+    if model.out_emb is not None:  # a cold item would be scored by an untrained output vector
+        raise ValueError("item text is fused into the tied item table: it needs model.tie_output = true")
     if has_id is not None and len(has_id) != model.spec.n_items + 1:
         raise ValueError(f"has_id must have n_items + 1 = {model.spec.n_items + 1} entries, got {len(has_id)}")
     model.item_emb = TextFusion(model.item_emb, text, has_id, id_dropout)  # type: ignore[assignment]
