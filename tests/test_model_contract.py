@@ -35,14 +35,12 @@ def make_batch(seed: int = 0, pad: tuple[int, ...] = (0, 3, 6, 1)) -> Batch:
 def model_cfg(name: str) -> ModelConfig:
     """``name`` is a registered model, or ``model:variant`` for an architecture option that must pass too."""
     name, _, variant = name.partition(":")
-    extra = {"post-ln": {"norm": "post"}, "untied": {"tie_output": False}, "skip": {"input_skip": True},
-             "": {}}[variant]
+    extra = {"post-ln": {"norm": "post"}, "untied": {"tie_output": False}, "": {}}[variant]
     return ModelConfig(name=name, dim=16, layers=2, heads=2, max_len=L, dropout=0.1, emb_dropout=0.1,
                        use_category=True, **extra)
 
 
-@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:untied", "bert4rec:untied", "sasrec:skip",
-                        "hstu:skip", "gru4rec:skip"])
+@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:untied", "bert4rec:untied"])
 def model(request: pytest.FixtureRequest):
     torch.manual_seed(0)
     return build_model(model_cfg(request.param), SPEC)
@@ -79,22 +77,6 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
     if model.out_emb is not None:  # untied: the scoring table learns too, and is not the input table
         assert model.out_emb.weight.grad is not None and model.out_emb.weight.grad.abs().sum() > 0
         assert model.output_embeddings().data_ptr() != model.item_emb.weight.data_ptr()
-    if model.input_skip is not None:
-        assert model.input_skip.grad is not None and model.input_skip.grad.abs().sum() > 0
-
-
-def test_input_skip_adds_the_newest_items_own_vector() -> None:
-    torch.manual_seed(0)
-    model = build_model(model_cfg("sasrec:skip"), SPEC).eval()
-    batch = make_batch()
-    assert model.input_skip is not None
-    with torch.no_grad():
-        before = model.last_hidden(batch)  # w starts at 0: the plain model
-        model.input_skip.fill_(0.5)
-        after = model.last_hidden(batch)
-    torch.testing.assert_close(after - before, 0.5 * model.item_emb(batch.items[:, -1]))
-    with pytest.raises(ValueError, match="bidirectional"):
-        build_model(model_cfg("bert4rec:skip"), SPEC)
 
 
 def test_no_future_leakage(model) -> None:

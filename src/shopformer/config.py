@@ -40,10 +40,6 @@ class ModelConfig(_Section):
     # (bench/seen_items.py). Untied output has no such pull: use it when seen items stay rankable
     # on a log with few repeats.
     tie_output: bool = True
-    # Causal models: add a learned multiple (one scalar, starting at 0) of the newest event's own item
-    # vector to the state that scores the next item, a direct "items like the one just seen" path
-    # beside the Transformer's (on Beauty it learns a positive weight: bench/seen_items_variants.py).
-    input_skip: bool = False
     # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
     use_behaviour: bool = True
     use_time_gap: bool = True

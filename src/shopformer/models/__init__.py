@@ -34,10 +34,6 @@ def build_model(
     if cfg.lora_rank and not cls.has_attention:
         raise ValueError(f"model.lora_rank={cfg.lora_rank}: LoRA adapts attention projections and {cfg.name!r} has "
                          f"no attention layers; use model.lora_rank=0 or one of: {attention_models()}")
-    if cfg.input_skip and not cls.causal:
-        raise ValueError(f"model.input_skip adds the newest event's own item vector to the next-item state; "
-                         f"{cfg.name!r} is bidirectional (that position is [MASK] when it predicts). Use one of: "
-                         f"{', '.join(sorted(n for n, c in REGISTRY.items() if c.causal))}")
     model = cls(cfg, spec)
     if task is not None and task.kind != "next-item":
         model.heads = MultiTaskHeads(task, cfg, spec)

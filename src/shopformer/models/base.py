@@ -55,8 +55,6 @@ class SequenceModel(nn.Module):
                 nn.init.normal_(table.weight, std=cfg.dim**-0.5)
                 with torch.no_grad():
                     table.weight[PAD].zero_()
-        # model.input_skip: h_t + w * item vector of event t (``with_input_skip``); w starts at 0
-        self.input_skip = nn.Parameter(torch.zeros(1)) if cfg.input_skip and self.causal else None
         self.heads: MultiTaskHeads | None = None  # MultiTaskHeads, attached by build_model(task=...)
         self._max_len = int(cfg.max_len)  # the window the position tables were built for
 
@@ -75,11 +73,6 @@ class SequenceModel(nn.Module):
     def encode(self, batch: Batch) -> torch.Tensor:
         """(B, L) batch -> (B, L, D) hidden states; position t summarises events <= t."""
         raise NotImplementedError
-
-    def with_input_skip(self, hidden: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) states + the learned multiple of each position's own input item vector (unchanged
-        without ``model.input_skip``). A causal model's ``encode`` ends with this."""
-        return hidden if self.input_skip is None else hidden + self.input_skip * item_vectors
 
     def output_embeddings(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors used for scoring (row 0 = padding, no [MASK])."""

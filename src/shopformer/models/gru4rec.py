@@ -71,9 +71,9 @@ class RecurrentModel(SequenceModel):
 
     def encode(self, batch: Batch) -> torch.Tensor:
         real = batch.items != PAD  # (B, L)
-        items = self.item_emb(batch.items)  # (B, L, D), 0 at padding
-        h = run_left_padded(self.rnn, self.inputs(batch, items), real)  # (B, L, D)
-        return self.with_input_skip(self.ln_f(self.drop(h)) * real.unsqueeze(-1), items)
+        x = self.inputs(batch, self.item_emb(batch.items))  # (B, L, D), 0 at padding
+        h = run_left_padded(self.rnn, x, real)  # (B, L, D)
+        return self.ln_f(self.drop(h)) * real.unsqueeze(-1)
 
 
 class GRU4Rec(RecurrentModel):

@@ -101,10 +101,9 @@ class HSTU(SequenceModel):
         self.ln_f = nn.LayerNorm(cfg.dim)
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        items = self.item_emb(batch.items)  # (B, L, D)
-        x = self.inputs(batch, items)
+        x = self.inputs(batch, self.item_emb(batch.items))  # (B, L, D)
         mask = attention_mask(batch.items != PAD, causal=True)  # (B, 1, L, L)
         rab = self.rel_bias(batch)  # shared by all layers, as in the reference
         for layer in self.layers:
             x = layer(x, mask, rab)
-        return self.with_input_skip(self.ln_f(x), items)
+        return self.ln_f(x)

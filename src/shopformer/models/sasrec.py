@@ -23,5 +23,4 @@ class SASRec(SequenceModel):
         self.encoder = TransformerEncoder(cfg, spec, causal=True)
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        items = self.item_emb(batch.items)  # (B, L, D)
-        return self.with_input_skip(self.encoder(batch, items), items)
+        return self.encoder(batch, self.item_emb(batch.items))
