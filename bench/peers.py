@@ -433,15 +433,15 @@ def main(argv: list[str] | None = None) -> None:
         (work / "recbole_stage.json").write_text(json.dumps(rb) + "\n")
     tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs)
     concurrent, sequential = work / f"shopformer_concurrent{tag}.json", work / f"shopformer{tag}.json"
-    if args.report_only and not concurrent.exists():
-        if not sequential.exists():
-            raise SystemExit(f"--report-only: neither {concurrent} nor {sequential} exists; run the stage first")
-        sf = json.loads(sequential.read_text())
-    elif args.report_only:
+    if args.report_only and concurrent.exists():
         sf = json.loads(concurrent.read_text())
         sf["command"] = sf.get("command") or "see shopformer_concurrent_command"
         order = ("concurrently: the shopformer stage was started by hand (its command in commands.shopformer) "
                  "while RecBole ran, 1 thread each, at the same moment on the same machine (load recorded)")
+    elif args.report_only:
+        if not sequential.exists():
+            raise SystemExit(f"--report-only: neither {concurrent} nor {sequential} exists; run the stage first")
+        sf = json.loads(sequential.read_text())
     else:
         budget = min(rb["fit_wall_s"], args.shopformer_budget_s or float("inf"))
         sf = run_shopformer_stage(args, path, fmt, work, budget_s=budget)

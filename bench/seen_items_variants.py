@@ -31,7 +31,6 @@ VARIANTS = ("small_init", "proj", "delta", "lam_scalar", "lam_vec")
 
 def patch(variant: str) -> None:
     init0, normal0 = base.SequenceModel.__init__, nn.init.normal_
-    extra: dict[str, object] = {}
 
     if variant == "small_init":  # for the whole process: the model's input tables are built after the base's
         nn.init.normal_ = lambda t, mean=0.0, std=1.0, generator=None: normal0(t, mean, 0.02)  # type: ignore[assignment]
@@ -50,12 +49,10 @@ def patch(variant: str) -> None:
     base.SequenceModel.__init__ = init  # type: ignore[method-assign]
     table = base.SequenceModel.output_embeddings
     if variant == "proj":
-        extra["out"] = lambda self: self.out_proj(table(self))
+        base.SequenceModel.output_embeddings = lambda self: self.out_proj(table(self))  # type: ignore[method-assign]
     elif variant == "delta":
-        extra["out"] = lambda self: table(self) + self.out_delta
-    if "out" in extra:
-        base.SequenceModel.output_embeddings = extra["out"]  # type: ignore[method-assign]
-    if variant.startswith("lam"):
+        base.SequenceModel.output_embeddings = lambda self: table(self) + self.out_delta  # type: ignore[method-assign]
+    elif variant.startswith("lam"):
         encode0 = sasrec.SASRec.encode
         sasrec.SASRec.encode = lambda self, batch: encode0(self, batch) - self.lam * self.item_emb(batch.items)  # type: ignore[method-assign]
 

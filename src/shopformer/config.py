@@ -29,9 +29,9 @@ class ModelConfig(_Section):
     max_len: int = Field(50, ge=2)
     ffn_mult: int = Field(4, ge=1)
     # Where the Transformer blocks normalise. "pre" (GPT-2 style, x + f(LN(x)), final LN) trains
-    # stably when deep; "post" (the original Transformer and SASRec/RecBole, LN(x + f(x))) keeps
-    # the input item's own vector from riding the residual straight to the tied output layer,
-    # where it would make the newest item its own top prediction (bench/seen_items.py).
+    # stably when deep; "post" (the original Transformer and SASRec/RecBole, LN(x + f(x))) is the
+    # layout RecBole's SASRec uses, for side-by-side runs. It does not stop a tied model ranking the
+    # newest event first (bench/seen_items.py: 87% either way); ``tie_output`` does.
     norm: Literal["pre", "post"] = "pre"
     # Score items with the input item table (tied, Kang & McAuley) or a table of their own. Tied
     # vectors share what is learnt about an item between reading and predicting it, which is best

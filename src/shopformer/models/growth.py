@@ -143,13 +143,11 @@ def grow_model(model: SequenceModel, spec: DataSpec, task: TaskConfig | None = N
     if d_items:
         # new_items holds output-space vectors (new_item_vectors reads output_embeddings): they go to the
         # scoring table; an untied input table gives its new rows the mean old row
-        for key in (_ITEM_TABLE, _OUT_TABLE):
-            if key not in state:
-                continue
+        scoring = _OUT_TABLE if _OUT_TABLE in state else _ITEM_TABLE
+        for key in (k for k in (_ITEM_TABLE, _OUT_TABLE) if k in state):
             table = state[key]
-            scoring = key == _OUT_TABLE or _OUT_TABLE not in state
             table[old.n_items + 1 : spec.n_items + 1] = (
-                new_items.vectors.to(table.dtype) if new_items is not None and scoring
+                new_items.vectors.to(table.dtype) if new_items is not None and key == scoring
                 else table[1 : old.n_items + 1].mean(0)
             )
     grown.load_state_dict(state)
