@@ -30,6 +30,10 @@ def test_early_stopping_rule() -> None:
     assert early_stopping([0.1, 0.2, 0.205], 1, min_delta=0.01) == (True, 1)
     assert early_stopping([0.1, 0.2, 0.215], 1, min_delta=0.01) == (False, 2)
     assert early_stopping([0.1, 0.2, 0.205, 0.215], 1, min_delta=0.01) == (False, 3)  # vs the best, not the last
+    # scores taken during the learning-rate warm-up do not count towards patience
+    assert early_stopping([0.3, 0.1, 0.1, 0.1], 2, warm=3) == (False, 0)
+    assert early_stopping([0.3, 0.1, 0.1, 0.1, 0.1], 2, warm=3) == (True, 0)
+    assert early_stopping([0.1, 0.2, 0.1, 0.1], 2, warm=1) == (True, 1)  # a best after the warm-up counts as usual
 
 
 def test_lr_schedule() -> None:
@@ -181,6 +185,11 @@ def test_fit_trains_any_module_on_any_loader_and_keeps_the_start_when_nothing_be
     res = run(stuck, y + 1e6, min_delta=1e9)
     assert res.best_epoch == 0 and res.stopped_by == "early_stopping" and res.epochs == cfg.train.patience
     assert all(torch.equal(start[k], v) for k, v in stuck.state_dict().items())
+    # a warm-up of 10 steps spans 2.5 epochs of 4 batches: the evaluations inside it (the start and
+    # epochs 1-2) do not count, so patience 3 stops at epoch 5, not 3
+    cfg = cfg.override(train={"warmup_steps": 10})
+    res = run(torch.nn.Linear(4, 1), y + 1e6, min_delta=1e9)
+    assert res.stopped_by == "early_stopping" and res.epochs == 2 + cfg.train.patience
 
 
 def test_evaluation_holds_a_bounded_score_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,12 +39,15 @@ from shopformer.training.hardware import autocast, compiled_encoder, step_precis
 from shopformer.training.objectives import make_sampler
 
 
-def early_stopping(scores: list[float], patience: int, min_delta: float = 0.0) -> tuple[bool, int]:
+def early_stopping(scores: list[float], patience: int, min_delta: float = 0.0,
+                   warm: int = 0) -> tuple[bool, int]:
     """Pure rule on a history of validation scores (higher is better).
 
     A score is a new best only when it beats the best so far by more than ``min_delta`` (ties
     keep the earlier model). Returns (stop, best_index): stop once ``patience`` evaluations
-    passed without a new best.
+    passed without a new best. The first ``warm`` scores were taken during the learning-rate
+    warm-up and do not count towards patience: on a small log an epoch is a few steps, and a
+    patience counted in epochs would otherwise run out before the learning rate is even up.
     """
     if not scores:
         return False, -1
@@ -52,7 +55,7 @@ def early_stopping(scores: list[float], patience: int, min_delta: float = 0.0) -
     for i in range(1, len(scores)):
         if scores[i] > scores[best] + min_delta:
             best = i
-    return len(scores) - 1 - best >= patience, best
+    return len(scores) - 1 - max(best, warm - 1) >= patience, best
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -186,10 +189,13 @@ def fit(
     start = time.perf_counter()
     train_time = 0.0
     tokens = 0
+    warm_scores = 0  # validation scores taken before the warm-up ended (early_stopping's ``warm``)
+    step = 0
     if score_start and validate is not None:
         model.eval()
         score, metrics = validate()
         scores.append(score)
+        warm_scores += tc.warmup_steps > 0
         best_state = copy.deepcopy(model.state_dict())
         result.best_epoch, result.best_score, result.best_metrics = 0, score, metrics
         result.start_score = score
@@ -219,6 +225,7 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
+                step += 1
                 loss_acc += out.total.detach()
                 n_batches += 1
                 targets = getattr(batch, "targets", None)
@@ -233,7 +240,8 @@ def fit(
                 score, metrics = validate()
                 row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
                 scores.append(score)
-                stop, best = early_stopping(scores, tc.patience, min_delta)
+                warm_scores += step < tc.warmup_steps
+                stop, best = early_stopping(scores, tc.patience, min_delta, warm_scores)
                 if best == len(scores) - 1:
                     best_state = copy.deepcopy(model.state_dict())
                     result.best_epoch, result.best_score, result.best_metrics = epoch, score, metrics
