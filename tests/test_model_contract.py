@@ -35,12 +35,12 @@ def make_batch(seed: int = 0, pad: tuple[int, ...] = (0, 3, 6, 1)) -> Batch:
 def model_cfg(name: str) -> ModelConfig:
     """``name`` is a registered model, or ``model:variant`` for an architecture option that must pass too."""
     name, _, variant = name.partition(":")
-    extra = {"post-ln": {"norm": "post"}, "untied": {"tie_output": False}, "": {}}[variant]
+    extra = {"post-ln": {"norm": "post"}, "ligr": {"norm": "ligr"}, "untied": {"tie_output": False}, "": {}}[variant]
     return ModelConfig(name=name, dim=16, layers=2, heads=2, max_len=L, dropout=0.1, emb_dropout=0.1,
                        use_category=True, **extra)
 
 
-@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:untied", "bert4rec:untied"])
+@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:ligr", "sasrec:untied", "bert4rec:untied"])
 def model(request: pytest.FixtureRequest):
     torch.manual_seed(0)
     return build_model(model_cfg(request.param), SPEC)

@@ -31,8 +31,10 @@ class ModelConfig(_Section):
     # Where the Transformer blocks normalise. "pre" (GPT-2 style, x + f(LN(x)), final LN) trains
     # stably when deep; "post" (the original Transformer and SASRec/RecBole, LN(x + f(x))) is the
     # layout RecBole's SASRec uses, for side-by-side runs. It does not stop a tied model ranking the
-    # newest event first (bench/seen_items.py: 87% either way); ``tie_output`` does.
-    norm: Literal["pre", "post"] = "pre"
+    # newest event first (bench/seen_items.py: 87% either way); ``tie_output`` does. "ligr" (LinkedIn's
+    # LiGR layer, used by eSASRec, Tikhonovich et al. 2025) is pre-LN with each sub-layer's output
+    # scaled by a learned sigmoid gate of the residual stream and a SwiGLU feed-forward.
+    norm: Literal["pre", "post", "ligr"] = "pre"
     # Score items with the input item table (tied, Kang & McAuley) or a table of their own. Tied
     # vectors share what is learnt about an item between reading and predicting it, which is best
     # when seen items are removed from the ranking; but an item is then its own nearest vector, so

@@ -95,38 +95,63 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, length, d))
 
 
+class SwiGLU(nn.Module):
+    """silu(x W_a) * (x W_b), dropout, then W_out; no biases (the LiGR feed-forward)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.inp = nn.Linear(dim, 2 * hidden, bias=False)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.inp(x).chunk(2, dim=-1)
+        return self.out(self.drop(F.silu(a) * b))
+
+
 class Block(nn.Module):
+    """One Transformer block; ``cfg.norm`` picks the layout (see ``ModelConfig.norm``)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim),
-            nn.GELU(),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim),
-        )
+        self.layout = cfg.norm
+        if cfg.norm == "ligr":
+            self.ffn: nn.Module = SwiGLU(cfg.dim, cfg.ffn_mult * cfg.dim, cfg.dropout)
+            # gates read the un-normalised residual stream: how much of each sub-layer to let in
+            self.gate1 = nn.Linear(cfg.dim, cfg.dim)
+            self.gate2 = nn.Linear(cfg.dim, cfg.dim)
+        else:
+            self.ffn = nn.Sequential(
+                nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim),
+                nn.GELU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim),
+            )
         self.drop = nn.Dropout(cfg.dropout)
-        self.post = cfg.norm == "post"
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.post:  # LN(x + f(x)): every block re-normalises the sum it passes on
+        if self.layout == "post":  # LN(x + f(x)): every block re-normalises the sum it passes on
             x = self.ln1(x + self.drop(self.attn(x, mask)))
             return self.ln2(x + self.drop(self.ffn(x)))
+        if self.layout == "ligr":  # x + sigmoid(W x) * f(LN(x))
+            x = x + torch.sigmoid(self.gate1(x)) * self.drop(self.attn(self.ln1(x), mask))
+            return x + torch.sigmoid(self.gate2(x)) * self.drop(self.ffn(self.ln2(x)))
         x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
 class TransformerEncoder(nn.Module):
-    """Input embeddings + a stack of blocks (+ a final LayerNorm when pre-LN); causal or bidirectional."""
+    """Input embeddings + a stack of blocks (+ a final LayerNorm unless post-LN); causal or bidirectional."""
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec, causal: bool) -> None:
         super().__init__()
         self.inputs = InputEmbedding(cfg, spec)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         # post-LN blocks already end normalised
-        self.ln_f: nn.Module = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
+        self.ln_f: nn.Module = nn.LayerNorm(cfg.dim) if cfg.norm != "post" else nn.Identity()
         self.causal = causal
 
     def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
