@@ -163,3 +163,33 @@ def test_sampled_loss_config_needs_negatives_and_in_batch_needs_counts() -> None
     with pytest.raises(ValueError, match="needs the training item counts"):
         make_sampler(cfg, 5, None)
     assert make_sampler(cfg, 5, np.ones(6)) is not None
+
+
+def test_per_row_negatives_equal_shared_ones_when_every_row_draws_the_same() -> None:
+    """(M, N) negatives give each row its own softmax: with identical rows it is the shared loss,
+    accidental hits are masked per row, and the sampler draws n ids for every target."""
+    torch.manual_seed(0)
+    emb = torch.randn(8, 4)
+    h = torch.randn(3, 4)
+    t = torch.tensor([1, 2, 3])
+    shared = torch.tensor([2, 5, 7])  # item 2 is row 1's own target: masked in that row only
+    log_q = torch.log(torch.full((8,), 0.125))
+    per_row = shared.expand(3, -1)
+    assert sampled_softmax(h, t, emb, per_row, log_q).item() == pytest.approx(
+        sampled_softmax(h, t, emb, shared, log_q).item(), rel=1e-6)
+    # different negatives per row: row i's loss uses only its own row of ids
+    rows = torch.tensor([[4, 5], [6, 7], [1, 2]])
+    each = [sampled_softmax(h[i : i + 1], t[i : i + 1], emb, rows[i]).item() for i in range(3)]
+    assert sampled_softmax(h, t, emb, rows).item() == pytest.approx(sum(each) / 3, rel=1e-6)
+    s = NegativeSampler(np.ones(8), "uniform", seed=0)
+    neg, lq = s.draw_per_row(t, 5)
+    assert neg.shape == (3, 5) and (neg != 0).all() and torch.allclose(lq, s.log_expected(5, 0))
+
+
+def test_per_position_negatives_take_no_in_batch_ones_and_train_next_item_only() -> None:
+    from shopformer.config import Config, LossConfig
+
+    with pytest.raises(ValueError, match="set loss.in_batch = 0"):
+        LossConfig(kind="sampled", per_position=True, in_batch=16)
+    with pytest.raises(ValueError, match="loss.per_position is supported for task.kind='next-item' only"):
+        Config().override(loss={"kind": "sampled", "per_position": True}, task={"kind": "multi"})

@@ -57,7 +57,7 @@ def test_shapes(model) -> None:
     assert torch.isfinite(s[:, 1:]).all()
 
 
-@pytest.mark.parametrize("kind", ["ce", "sampled", "in-batch"])
+@pytest.mark.parametrize("kind", ["ce", "sampled", "in-batch", "per-position"])
 def test_finite_loss_and_gradients(model, kind: str) -> None:
     import numpy as np
 
@@ -65,7 +65,8 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
 
     model.train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)
-    loss_cfg = LossConfig(kind="sampled", negatives=4, in_batch=8) if kind == "in-batch" else LossConfig(
+    loss_cfg = {"in-batch": LossConfig(kind="sampled", negatives=4, in_batch=8),
+                "per-position": LossConfig(kind="sampled", negatives=8, per_position=True)}.get(kind) or LossConfig(
         kind=kind, negatives=8)
     out = model.loss(make_batch(), loss_cfg, sampler)
     assert torch.isfinite(out.total)

@@ -67,6 +67,10 @@ class LossConfig(_Section):
     negatives: int = Field(256, ge=0)
     sampler: Literal["uniform", "popularity"] = "uniform"
     in_batch: int = Field(0, ge=0)
+    # Draw ``negatives`` for every target position instead of once for the batch (RecTools, eSASRec):
+    # every item is then pushed down a little on most steps rather than a few items a lot. Costs
+    # (real targets x negatives x dim) floats per step, and takes no in-batch negatives.
+    per_position: bool = False
     logq_correction: bool = True
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -74,6 +78,8 @@ class LossConfig(_Section):
     def _some_negatives(self) -> LossConfig:
         if self.kind == "sampled" and self.negatives + self.in_batch == 0:
             raise ValueError("loss.kind='sampled' needs loss.negatives > 0 or loss.in_batch > 0")
+        if self.per_position and (self.in_batch or not self.negatives):
+            raise ValueError("loss.per_position draws loss.negatives (> 0) for each position; set loss.in_batch = 0")
         return self
 
 
@@ -199,7 +205,8 @@ class Config(_Section):
     def _next_item_only_options(self) -> Config:
         # Multi-task runs also fit the heads' calibration on validation, which a refit on
         # validation events would leak into.
-        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles")):
+        for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
+                        (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position")):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         if self.train.blend and self.train.refit:

@@ -143,7 +143,10 @@ class SequenceModel(nn.Module):
         if loss_cfg.kind == "sampled":
             if sampler is None:
                 raise ValueError("loss.kind='sampled' needs a NegativeSampler")
-            neg, log_q = sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
+            if loss_cfg.per_position:
+                neg, log_q = sampler.draw_per_row(t, loss_cfg.negatives)
+            else:
+                neg, log_q = sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
             return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold)
         return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)
 

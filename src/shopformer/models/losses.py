@@ -95,6 +95,11 @@ class NegativeSampler:
             raise ValueError("sampled softmax without negatives: set loss.negatives or loss.in_batch > 0")
         return torch.cat(parts), self.log_expected(n, k)
 
+    def draw_per_row(self, targets: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, n) negative ids, n for each of the M targets, and the (V,) logQ correction of a row."""
+        draws = torch.multinomial(self.probs, len(targets) * n, replacement=True, generator=self.generator)
+        return draws.view(len(targets), n).to(targets.device), self.log_expected(n, 0)
+
     def log_expected(self, n: int, k: int) -> torch.Tensor:
         """(V,) log(n q_sampler + k p_freq): the logQ correction of a draw of n + k negatives."""
         key = (n, k)
@@ -113,9 +118,10 @@ def sampled_softmax(
     log_q: torch.Tensor | None = None,
     excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax over the target and N shared negatives, with optional logQ correction.
+    """Softmax over the target and N negatives, with optional logQ correction.
 
-    hidden: (M, D); targets: (M,); negatives: (N,) item ids; log_q: (V,) log expected count of
+    hidden: (M, D); targets: (M,); negatives: (N,) item ids shared by every row, or (M, N) drawn for
+    each row (``NegativeSampler.draw_per_row``); log_q: (V,) log expected count of
     each item among the negatives (``NegativeSampler.draw``), or None; excluded: optional (V,)
     bool, items never used as negatives. A negative equal to the row's own target is masked (an
     "accidental hit"). Only the negatives are corrected: the target enters once with weight 1, so
@@ -125,12 +131,16 @@ def sampled_softmax(
     the gradient; tests/test_losses.py measures both.)
     """
     pos = (hidden * item_emb[targets]).sum(-1, keepdim=True)  # (M, 1)
-    neg = hidden @ item_emb[negatives].T  # (M, N)
+    if negatives.dim() == 1:
+        negatives = negatives.unsqueeze(0)  # (1, N): broadcast over the rows
+        neg = hidden @ item_emb[negatives[0]].T  # (M, N)
+    else:
+        neg = torch.bmm(item_emb[negatives], hidden.unsqueeze(-1)).squeeze(-1)  # (M, N, D) @ (M, D, 1)
     if log_q is not None:
-        neg = neg - log_q.to(hidden.device)[negatives].unsqueeze(0)
-    hit = negatives.unsqueeze(0) == targets.unsqueeze(-1)  # (M, N)
+        neg = neg - log_q.to(hidden.device)[negatives]
+    hit = negatives == targets.unsqueeze(-1)  # (M, N)
     if excluded is not None:
-        hit = hit | excluded.to(hidden.device)[negatives].unsqueeze(0)
+        hit = hit | excluded.to(hidden.device)[negatives]
     neg = neg.masked_fill(hit, float("-inf"))
     logits = torch.cat([pos, neg], dim=-1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
