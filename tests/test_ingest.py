@@ -330,3 +330,23 @@ def test_behaviour_column_has_one_name_and_event_type_is_an_alias(tmp_path: Path
     # a mapping file may use the old key too
     mf = write(tmp_path, "map.json", json.dumps({"event_type": "kind"}))
     assert load_mapping_file(mf) == {"behaviour": "kind"}
+
+
+def test_public_log_headers_map_to_canonical_columns_without_a_mapping(tmp_path: Path) -> None:
+    """Tianchi's `behavior_type,item_category,time` and REES46's `event_time,product_id,user_session`
+    are read as behaviour / category / timestamp / item / session; an exact canonical name wins over an
+    alias, and a --map over both."""
+    tianchi = write(tmp_path, "t.csv", "user_id,item_id,behavior_type,user_geohash,item_category,time\n"
+                    "u,i,1,,c7,2014-12-06 02\nu,j,4,,c8,2014-12-06 03\n")
+    r = ingest([tianchi], IngestOptions())
+    assert r.has_time and r.events[S.BEHAVIOUR].to_list() == ["1", "4"]
+    assert r.events[S.CATEGORY].to_list() == ["c7", "c8"] and r.events[S.TIME][1] - r.events[S.TIME][0] == 3600
+    rees = write(tmp_path, "r.csv", "event_time,event_type,product_id,user_id,user_session\n"
+                 "2019-10-01 00:00:00 UTC,view,p1,u1,s1\n")
+    ev = ingest([rees], IngestOptions()).events
+    assert ev[S.ITEM].to_list() == ["p1"] and ev[S.SESSION].to_list() == ["s1"] and ev[S.BEHAVIOUR][0] == "view"
+    both = write(tmp_path, "b.csv", "user_id,item_id,item,time,timestamp\nu,i,x,1600000005,1600000007\n")
+    ev = ingest([both], IngestOptions()).events
+    assert ev[S.ITEM].to_list() == ["i"] and ev[S.TIME].to_list() == [1600000007]
+    ev = ingest([both], IngestOptions(mapping=parse_mapping(["item_id=item"]))).events
+    assert ev[S.ITEM].to_list() == ["x"]

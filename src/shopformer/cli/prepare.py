@@ -61,6 +61,15 @@ def _summary(stats: dict[str, object], out: Path) -> Table:
     )  # fmt: skip
     for key in keys:
         table.add_row(key, str(stats.get(key)))
+    # which source column became which canonical one, and which were left out: a header the
+    # aliases (data/schema.py) do not know is dropped, and --map is how to keep it
+    for src in stats.get("sources", []):  # type: ignore[attr-defined]
+        if not src.get("columns"):  # sequence files: no named columns
+            continue
+        used = {v: k for k, v in src.get("mapping", {}).items()}
+        table.add_row(f"columns of {src['name']}", ", ".join(
+            f"{c} -> {used[c]}" if c in used and used[c] != c else c if c in used else f"{c} (not used; --map)"
+            for c in src["columns"]))
     return table
 
 

@@ -23,8 +23,19 @@ PRICE = "price"
 REQUIRED = (USER, ITEM)
 OPTIONAL = (TIME, BEHAVIOUR, SESSION, CATEGORY, PRICE)
 CANONICAL = REQUIRED + OPTIONAL
-# Other names a source column (or a mapping key) may use for a canonical column.
-ALIASES = {"event_type": BEHAVIOUR}
+# Other names a source column (or a mapping key) may use for a canonical column: the headers of
+# public shop logs (REES46 event_type / event_time / product_id / user_session, Tianchi behavior_type /
+# time / item_category, RetailRocket visitorid / itemid / event, Tmall action_type). A column named
+# exactly as the canonical one wins, then the first alias present in this order; --map wins over both.
+ALIASES = {
+    "event_type": BEHAVIOUR, "behavior_type": BEHAVIOUR, "behaviour_type": BEHAVIOUR, "behavior": BEHAVIOUR,
+    "action_type": BEHAVIOUR, "action": BEHAVIOUR, "event": BEHAVIOUR,
+    "event_time": TIME, "time": TIME, "ts": TIME, "datetime": TIME,
+    "user": USER, "userid": USER, "visitorid": USER, "visitor_id": USER, "customer_id": USER,
+    "item": ITEM, "itemid": ITEM, "product_id": ITEM, "productid": ITEM,
+    "user_session": SESSION, "session": SESSION, "sessionid": SESSION,
+    "item_category": CATEGORY, "category": CATEGORY, "categoryid": CATEGORY, "cat_id": CATEGORY,
+}
 
 # Dense columns written by `prepare` next to the raw ones.
 USER_IDX = "user_idx"
