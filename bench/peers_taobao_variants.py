@@ -1,0 +1,71 @@
+"""Why does shopformer trail RecBole on the Taobao `pv` 300-user slice? The peers stage's config, one change at a time.
+
+    .venv/bin/python bench/peers_taobao_variants.py VARIANT     # base | stride | b16 | b16-nogap | b16-untied
+
+``base``: bench/peers.py's shopformer stage at batch 256 (its 20-step warm-up, patience 10); ``b16``: batch 16;
+``stride``: training windows every max_len / 5 events instead of every max_len, so most targets train with a long
+context as RecBole's every-prefix samples do; ``nogap``: no time-gap embedding (RecBole has none); ``untied``: its
+own output table. Prints one JSON line (append it to bench/results/peers_taobao_variants.jsonl).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import peers
+import torch
+from common import load_or_prepare
+
+import shopformer.data.batches as B
+from shopformer.config import Config
+from shopformer.data.batches import EventArrays
+from shopformer.data.corpus import make_split
+from shopformer.data.options import IngestOptions
+from shopformer.evaluation.ranking import evaluate, model_scorer
+from shopformer.pipelines.next_item import train_next_item
+
+
+def strided_windows(seq, train_end: np.ndarray, max_len: int, sliding: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ending every max_len // 5 events: most targets then train with a long context."""
+    starts = seq.offsets[:-1]
+    n = np.maximum(train_end - starts, 0)
+    stride = max(1, max_len // 5)
+    k = np.where(n >= 2, np.maximum(1, np.ceil((n - 1 - max_len) / stride).astype(np.int64) + 1), 0)
+    user = np.repeat(np.arange(seq.n_users), k)
+    step = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
+    return (train_end[user] - step * stride).astype(np.int64), starts[user].astype(np.int64)
+
+
+def main() -> None:
+    variant = sys.argv[1]
+    torch.set_num_threads(1)
+    work = Path(__file__).resolve().parents[1] / "out" / "taobao_gap"
+    work.mkdir(parents=True, exist_ok=True)
+    path, _, _ = peers.input_file("taobao-pv", work, 300)
+    ds = load_or_prepare(Path(path), IngestOptions(format="csv"))
+    m = peers.MODEL
+    model = {"name": "sasrec", "dim": m["dim"], "layers": m["layers"], "heads": m["heads"], "dropout": m["dropout"],
+             "emb_dropout": m["dropout"], "max_len": m["max_len"], "tie_output": "untied" not in variant,
+             "use_time_gap": "nogap" not in variant}
+    train = {"epochs": 60, "batch_size": 16 if "b16" in variant else 256, "learning_rate": 0.002,
+             "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": 42, "threads": 1}
+    if "stride" in variant:
+        B.training_windows = strided_windows  # make_train_loader looks it up at call time
+    cfg = Config().override(model=model, train=train, eval={"exclude_seen": False, "bootstrap": 200})
+    split = make_split(ds, cfg)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    t0 = time.perf_counter()
+    tr = train_next_item(ds, cfg, split, arrays, progress=False)
+    test = evaluate(model_scorer(tr.model), ds.seq, arrays, split.test, ds.spec.n_items, cfg.model.max_len,
+                    cfg.eval).metrics
+    print(json.dumps({"command": " ".join([".venv/bin/python", "bench/peers_taobao_variants.py", variant]),
+                      "variant": variant, "valid": round(tr.valid["ndcg@10"], 5),
+                      "test": round(float(test["ndcg@10"]), 5),
+                      "test_hr10": round(float(test["hr@10"]), 5), "best_epoch": tr.fit.best_epoch,
+                      "epochs": tr.fit.epochs, "stopped_by": tr.fit.stopped_by,
+                      "s": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
