@@ -33,7 +33,9 @@ from serving_support import synthetic_run  # noqa: E402
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (pip install '.[onnx]') is not installed")
 
-TINY = ModelConfig(dim=16, layers=1, heads=2, max_len=12, dropout=0.0, emb_dropout=0.0)
+# LiGR blocks: what `shopformer train` builds by default (configs/default.toml); pre-LN is exported in the
+# parity test below
+TINY = ModelConfig(dim=16, layers=1, heads=2, max_len=12, dropout=0.0, emb_dropout=0.0, norm="ligr")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,17 @@ def test_onnx_vectors_match_pytorch_on_new_shapes(exported: Path) -> None:
             ref = rec.model.last_hidden(batch)
         got = enc(batch)
         assert got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4
+
+
+def test_pre_ln_blocks_export_within_tolerance(shop_log: Path, tmp_path: Path) -> None:
+    """The other block layout a run may hold (``model.norm = "pre"``) exports with the same parity."""
+    ds = load_dataset(shop_log)
+    run = synthetic_run(tmp_path / "pre", list(ds.vocabs.items.tokens[1:]), TINY.model_copy(update={"norm": "pre"}),
+                        behaviours=tuple(ds.vocabs.behaviours.tokens[1:]), seed=4)
+    res = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--dataset", str(shop_log),
+                                   "--histories", "20"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / CHECK_FILE).read_text())["check"]["max_abs_diff"] <= 1e-4
 
 
 def test_both_backends_rank_the_same(exported: Path) -> None:
