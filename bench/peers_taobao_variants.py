@@ -59,7 +59,8 @@ def main() -> None:
     tr = train_next_item(ds, cfg, split, arrays, progress=False)
     test = evaluate(model_scorer(tr.model), ds.seq, arrays, split.test, ds.spec.n_items, cfg.model.max_len,
                     cfg.eval).metrics
-    print(json.dumps({"command": " ".join([".venv/bin/python", "bench/peers_taobao_variants.py", variant]),
+    command = f".venv/bin/python bench/peers_taobao_variants.py {variant}"
+    print(json.dumps({"bench": "peers_taobao_variants", "command": command,
                       "variant": variant, "valid": round(tr.valid["ndcg@10"], 5),
                       "test": round(float(test["ndcg@10"]), 5),
                       "test_hr10": round(float(test["hr@10"]), 5), "best_epoch": tr.fit.best_epoch,
