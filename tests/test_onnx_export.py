@@ -41,11 +41,16 @@ TINY = ModelConfig(dim=16, layers=1, heads=2, max_len=12, dropout=0.0, emb_dropo
 @pytest.fixture(scope="module")
 def exported(shop_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run over the shop log's vocabulary, exported by the CLI (checked on the log's histories)."""
+    return export_run(tmp_path_factory.mktemp("onnx") / "run", shop_log, TINY, seed=3, histories=40)
+
+
+def export_run(path: Path, shop_log: Path, model: ModelConfig, seed: int, histories: int) -> Path:
+    """A run of ``model`` over the shop log's vocabulary at ``path``, exported by the CLI."""
     ds = load_dataset(shop_log)
-    run = synthetic_run(tmp_path_factory.mktemp("onnx") / "run", list(ds.vocabs.items.tokens[1:]), TINY,
-                        behaviours=tuple(ds.vocabs.behaviours.tokens[1:]), seed=3)
+    run = synthetic_run(path, list(ds.vocabs.items.tokens[1:]), model,
+                        behaviours=tuple(ds.vocabs.behaviours.tokens[1:]), seed=seed)
     res = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--dataset", str(shop_log),
-                                   "--histories", "40"])
+                                   "--histories", str(histories)])
     assert res.exit_code == 0, res.output
     assert "max abs diff vs PyTorch" in " ".join(res.output.split())
     return run
@@ -89,12 +94,7 @@ def test_onnx_vectors_match_pytorch_on_new_shapes(exported: Path) -> None:
 
 def test_pre_ln_blocks_export_within_tolerance(shop_log: Path, tmp_path: Path) -> None:
     """The other block layout a run may hold (``model.norm = "pre"``) exports with the same parity."""
-    ds = load_dataset(shop_log)
-    run = synthetic_run(tmp_path / "pre", list(ds.vocabs.items.tokens[1:]), TINY.model_copy(update={"norm": "pre"}),
-                        behaviours=tuple(ds.vocabs.behaviours.tokens[1:]), seed=4)
-    res = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--dataset", str(shop_log),
-                                   "--histories", "20"])
-    assert res.exit_code == 0, res.output
+    run = export_run(tmp_path / "pre", shop_log, TINY.model_copy(update={"norm": "pre"}), seed=4, histories=20)
     assert json.loads((run / CHECK_FILE).read_text())["check"]["max_abs_diff"] <= 1e-4
 
 

@@ -67,10 +67,15 @@ def _summary(stats: dict[str, object], out: Path) -> Table:
         if not src.get("columns"):  # sequence files: no named columns
             continue
         used = {v: k for k, v in src.get("mapping", {}).items()}
-        table.add_row(f"columns of {src['name']}", ", ".join(
-            f"{c} -> {used[c]}" if c in used and used[c] != c else c if c in used else f"{c} (not used; --map)"
-            for c in src["columns"]))
+        table.add_row(f"columns of {src['name']}", ", ".join(_column(c, used.get(c)) for c in src["columns"]))
     return table
+
+
+def _column(name: str, canonical: str | None) -> str:
+    """How a source column was read: as is, renamed to its canonical name, or not at all."""
+    if canonical is None:
+        return f"{name} (not used; --map)"
+    return name if canonical == name else f"{name} -> {canonical}"
 
 
 def _input_bytes(inputs: list[Path]) -> int:

@@ -131,9 +131,9 @@ def sampled_softmax(
     the gradient; tests/test_losses.py measures both.)
     """
     pos = (hidden * item_emb[targets]).sum(-1, keepdim=True)  # (M, 1)
-    if negatives.dim() == 1:
-        negatives = negatives.unsqueeze(0)  # (1, N): broadcast over the rows
-        neg = hidden @ item_emb[negatives[0]].T  # (M, N)
+    if negatives.dim() == 1:  # shared by every row
+        neg = hidden @ item_emb[negatives].T  # (M, N)
+        negatives = negatives.unsqueeze(0)  # (1, N): the masks below broadcast over the rows
     else:
         neg = torch.bmm(item_emb[negatives], hidden.unsqueeze(-1)).squeeze(-1)  # (M, N, D) @ (M, D, 1)
     if log_q is not None:

@@ -190,12 +190,11 @@ def fit(
     train_time = 0.0
     tokens = 0
     warm_scores = 0  # validation scores taken before the warm-up ended (early_stopping's ``warm``)
-    step = 0
     if score_start and validate is not None:
         model.eval()
         score, metrics = validate()
         scores.append(score)
-        warm_scores += tc.warmup_steps > 0
+        warm_scores += sched.last_epoch < tc.warmup_steps  # last_epoch: optimiser steps taken so far
         best_state = copy.deepcopy(model.state_dict())
         result.best_epoch, result.best_score, result.best_metrics = 0, score, metrics
         result.start_score = score
@@ -225,7 +224,6 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
-                step += 1
                 loss_acc += out.total.detach()
                 n_batches += 1
                 targets = getattr(batch, "targets", None)
@@ -240,7 +238,7 @@ def fit(
                 score, metrics = validate()
                 row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
                 scores.append(score)
-                warm_scores += step < tc.warmup_steps
+                warm_scores += sched.last_epoch < tc.warmup_steps
                 stop, best = early_stopping(scores, tc.patience, min_delta, warm_scores)
                 if best == len(scores) - 1:
                     best_state = copy.deepcopy(model.state_dict())
