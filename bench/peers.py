@@ -1,9 +1,12 @@
-"""Side by side with RecBole: SASRec of both systems on the same file, in the same run, one after the other.
+"""Side by side with RecBole: SASRec of both systems on the same file, in the same run (one after the other, or
+at the same moment with ``--concurrent``).
 
     .venv/bin/python bench/peers.py                         # Amazon Beauty (../shared/data/amazon_beauty)
     .venv/bin/python bench/peers.py --data taobao-pv        # Taobao UserBehavior head, `pv` events only (CSV path)
     .venv/bin/python bench/peers.py --recbole-budget-s 2700 --recbole-max-epochs 15 --threads 1
     .venv/bin/python bench/peers.py --reuse-recbole --shopformer-batch-size 32 --shopformer-untied
+    .venv/bin/python bench/peers.py --concurrent --recbole-max-epochs 30 --recbole-budget-s 3000 \
+        --shopformer-batch-size 32 --shopformer-untied     # both at the same moment, one process each
 
 Builds the RecBole 1.2.1 environment of ``../shared/peers/README.md`` in a cache folder when it is missing
 (``--venv``, default ``~/.cache/shopformer-peers/recbole-venv``; outside git), then runs, each in its own
@@ -17,6 +20,8 @@ process so that peak RSS is each system's own:
    RecBole's training took (``train.max_minutes``), so the two test rows are at equal (or less) wall time;
    ``--shopformer-untied`` gives it its own output item table (``model.tie_output = false``): with seen items
    kept, a tied model ranks the user's newest event first in most rankings (``bench/seen_items.py``);
+   ``--shopformer-norm`` picks its blocks (default ``ligr``, as configs/default.toml; runs before stop 24 used
+   pre-LN, the files without a ``_ligr`` tag);
 3. the report: validation NDCG@10 against wall and CPU time for both (``bench/figures/peers_<data>.png``),
    the time each needs to reach RecBole's best validation NDCG@10, test metrics, peak RSS, and the load
    average before / after each stage and sampled during it (``bench/results/peers_<data>.json``).
@@ -192,25 +197,34 @@ def follow_recbole(proc: subprocess.Popen, log_path: Path) -> dict:
     return marks
 
 
-def suffix(batch_size: int, untied: bool, epochs: int) -> str:
-    """File-name tag of a shopformer batch size other than RecBole's, of untied output vectors and of a schedule
-    length other than 60 epochs (stage files and the result file)."""
+def suffix(batch_size: int, untied: bool, epochs: int, norm: str = "pre") -> str:
+    """File-name tag of a shopformer batch size other than RecBole's, of untied output vectors, of a schedule
+    length other than 60 epochs and of blocks other than pre-LN (stage files and the result file)."""
     return (("" if batch_size == MODEL["batch_size"] else f"_batch{batch_size}") + ("_untied" if untied else "")
-            + ("" if epochs == 60 else f"_epochs{epochs}"))
+            + ("" if epochs == 60 else f"_epochs{epochs}") + ("" if norm == "pre" else f"_{norm}"))
 
 
-def run_shopformer_stage(args: argparse.Namespace, path: Path, fmt: str, work: Path, budget_s: float) -> dict:
-    tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs)
-    out = work / f"shopformer{tag}.json"
+def start_shopformer_stage(args: argparse.Namespace, path: Path, fmt: str, out: Path,
+                           budget_s: float) -> subprocess.Popen:
+    """The shopformer stage in its own process (so its peak RSS is its own), writing ``out``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", "shopformer", "--data", args.data,
            "--input", str(path), "--input-format", fmt, "--threads", str(args.threads), "--seed", str(args.seed),
            "--budget-s", f"{budget_s:.1f}", "--epochs", str(args.shopformer_epochs), "--out-json", str(out),
-           "--batch-size", str(args.shopformer_batch_size)] + (["--untied"] if args.shopformer_untied else [])
-    with LoadSampler() as load, (work / f"shopformer{tag}.log").open("w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+           "--batch-size", str(args.shopformer_batch_size), "--norm", args.shopformer_norm]
+    cmd += ["--untied"] if args.shopformer_untied else []
+    log = out.with_suffix(".log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc.args = cmd  # what the report records as the stage's command
+    return proc
+
+
+def finish_shopformer_stage(proc: subprocess.Popen, out: Path, load: LoadSampler | None = None) -> dict:
+    if proc.wait() != 0:
+        raise SystemExit(f"the shopformer stage failed (exit {proc.returncode}); see {out.with_suffix('.log')}")
     res = json.loads(out.read_text())
-    res["command"] = " ".join(cmd)
-    res.setdefault("load", load.summary())
+    res["command"] = " ".join(map(str, proc.args))
+    if load is not None:
+        res.setdefault("load", load.summary())
     out.write_text(json.dumps(res) + "\n")  # complete, for --report-only
     return res
 
@@ -229,7 +243,7 @@ def shopformer_stage(args: argparse.Namespace) -> None:
     from shopformer.evaluation.ranking import evaluate, model_scorer
     from shopformer.pipelines.next_item import train_next_item
 
-    tag = suffix(args.batch_size, args.untied, args.epochs)
+    tag = suffix(args.batch_size, args.untied, args.epochs, args.norm)
     done = Path(args.out_json).parent / f"shopformer_concurrent{tag}.json"
     if done.exists() and Path(args.out_json) != done:  # already run beside RecBole (--concurrent): reuse it
         Path(args.out_json).write_text(done.read_text())
@@ -242,7 +256,7 @@ def shopformer_stage(args: argparse.Namespace) -> None:
     cfg = Config().override(
         model={"name": "sasrec", "dim": MODEL["dim"], "layers": MODEL["layers"], "heads": MODEL["heads"],
                "dropout": MODEL["dropout"], "emb_dropout": MODEL["dropout"], "max_len": MODEL["max_len"],
-               "tie_output": not args.untied},
+               "tie_output": not args.untied, "norm": args.norm},
         train={"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": 0.002,
                "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": args.seed,
                "threads": args.threads, "max_minutes": args.budget_s / 60},
@@ -396,6 +410,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shopformer-untied", action="store_true",
                     help="model.tie_output = false: with seen items kept, a tied model ranks the newest event "
                          "first (bench/seen_items.py)")
+    ap.add_argument("--shopformer-norm", choices=["pre", "post", "ligr"], default="ligr",
+                    help="shopformer's blocks: ligr (gated, configs/default.toml's) or pre-LN (RecBole's "
+                         "is post-LN; results before stop 24 used pre)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="run the shopformer stage at the same time as RecBole (one process each, --threads "
+                         "each), its budget --shopformer-budget-s or else --recbole-budget-s")
     ap.add_argument("--shopformer-budget-s", type=float, default=None,
                     help="cap shopformer's wall budget below RecBole's training wall time (a shared machine)")
     ap.add_argument("--max-users", type=int, default=None, help="taobao-pv: first N users only")
@@ -412,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=MODEL["batch_size"], help=argparse.SUPPRESS)
     ap.add_argument("--untied", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--norm", default="pre", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage == "shopformer":
         shopformer_stage(args)
@@ -426,28 +447,38 @@ def main(argv: list[str] | None = None) -> None:
     path, fmt, note = input_file(args.data, work, args.max_users)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     order = "RecBole first, then shopformer (sequential, same machine)"
+    tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs, args.shopformer_norm)
+    concurrent, sequential = work / f"shopformer_concurrent{tag}.json", work / f"shopformer{tag}.json"
+    together = ("concurrently: the shopformer stage ran while RecBole ran, 1 process each with --threads threads, "
+                "at the same moment on the same machine (load recorded)")
+    proc = None
+    if args.concurrent and not (args.reuse_recbole or args.report_only):
+        budget = args.shopformer_budget_s or args.recbole_budget_s
+        proc, order = start_shopformer_stage(args, path, fmt, concurrent, budget_s=budget), together
     if args.reuse_recbole or args.report_only:
         rb = json.loads((work / "recbole_stage.json").read_text())
     else:
         rb = run_recbole(args, args.venv, path, fmt, work)
         (work / "recbole_stage.json").write_text(json.dumps(rb) + "\n")
-    tag = suffix(args.shopformer_batch_size, args.shopformer_untied, args.shopformer_epochs)
-    concurrent, sequential = work / f"shopformer_concurrent{tag}.json", work / f"shopformer{tag}.json"
-    if args.report_only and concurrent.exists():
+    if proc is not None:
+        sf = finish_shopformer_stage(proc, concurrent)
+    elif args.report_only and concurrent.exists():
         sf = json.loads(concurrent.read_text())
         sf["command"] = sf.get("command") or "see shopformer_concurrent_command"
-        order = ("concurrently: the shopformer stage was started by hand (its command in commands.shopformer) "
-                 "while RecBole ran, 1 thread each, at the same moment on the same machine (load recorded)")
+        order = together
     elif args.report_only:
         if not sequential.exists():
             raise SystemExit(f"--report-only: neither {concurrent} nor {sequential} exists; run the stage first")
         sf = json.loads(sequential.read_text())
     else:
         budget = min(rb["fit_wall_s"], args.shopformer_budget_s or float("inf"))
-        sf = run_shopformer_stage(args, path, fmt, work, budget_s=budget)
+        with LoadSampler() as load:
+            proc = start_shopformer_stage(args, path, fmt, sequential, budget_s=budget)
+            proc.wait()
+        sf = finish_shopformer_stage(proc, sequential, load)
     meta = {"bench": "peers", "command": command, "data": note, "file": str(path), "started_utc": started,
             "model": {**MODEL, "shopformer_batch_size": args.shopformer_batch_size,
-                      "shopformer_tie_output": not args.shopformer_untied,
+                      "shopformer_tie_output": not args.shopformer_untied, "shopformer_norm": args.shopformer_norm,
                       "loss": "full CE (RecBole: last position of each prefix; shopformer: every position)"},
             "recbole_env": env, "order": order}
     # the figure beside, not under, bench/results (tests/test_bench_scripts.py: figures there are the

@@ -7,12 +7,12 @@
 context as RecBole's every-prefix samples do; ``nogap``: no time-gap embedding (RecBole has none); ``untied``: its
 own output table. Prints one JSON line (append it to bench/results/peers_taobao_variants.jsonl).
 """
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import peers
 import torch
 from common import load_or_prepare
@@ -24,17 +24,6 @@ from shopformer.data.corpus import make_split
 from shopformer.data.options import IngestOptions
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.pipelines.next_item import train_next_item
-
-
-def strided_windows(seq, train_end: np.ndarray, max_len: int, sliding: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ending every max_len // 5 events: most targets then train with a long context."""
-    starts = seq.offsets[:-1]
-    n = np.maximum(train_end - starts, 0)
-    stride = max(1, max_len // 5)
-    k = np.where(n >= 2, np.maximum(1, np.ceil((n - 1 - max_len) / stride).astype(np.int64) + 1), 0)
-    user = np.repeat(np.arange(seq.n_users), k)
-    step = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
-    return (train_end[user] - step * stride).astype(np.int64), starts[user].astype(np.int64)
 
 
 def main() -> None:
@@ -51,7 +40,9 @@ def main() -> None:
     train = {"epochs": 60, "batch_size": 16 if "b16" in variant else 256, "learning_rate": 0.002,
              "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": 42, "threads": 1}
     if "stride" in variant:
-        B.training_windows = strided_windows  # make_train_loader looks it up at call time
+        # windows ending every max_len // 5 events, so most targets train with a long context;
+        # make_train_loader looks training_windows up at call time
+        B.training_windows = functools.partial(B.training_windows, stride=max(1, model["max_len"] // 5))
     cfg = Config().override(model=model, train=train, eval={"exclude_seen": False, "bootstrap": 200})
     split = make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)

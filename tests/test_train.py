@@ -58,6 +58,12 @@ def test_training_windows_cover_long_histories() -> None:
     assert ends.tolist() == [25, 15, 5] and starts.tolist() == [0, 0, 0]
     ends, _ = training_windows(long_seq, np.array([25]), max_len=10, sliding=False)
     assert ends.tolist() == [25]
+    assert training_windows(long_seq, np.array([25]), max_len=10, stride=10)[0].tolist() == [25, 15, 5]
+    # overlapping windows: end every 5 events, and every target (events 1..24) is still in one
+    ends, _ = training_windows(long_seq, np.array([25]), max_len=10, stride=5)
+    assert ends.tolist() == [25, 20, 15, 10]
+    covered = set().union(*(range(max(1, e - 10), e) for e in ends.tolist()))
+    assert covered == set(range(1, 25))
 
 
 def test_loader_targets_are_next_items_and_zero_at_padding() -> None:

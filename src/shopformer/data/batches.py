@@ -84,23 +84,27 @@ class EventArrays:
 
 
 def training_windows(
-    seq: Sequences, train_end: np.ndarray, max_len: int, sliding: bool = True
+    seq: Sequences, train_end: np.ndarray, max_len: int, sliding: bool = True, stride: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window (end, start) flat indices covering each user's training prefix.
 
     A window holds ``max_len + 1`` events: inputs are the first ``max_len``, targets the last
-    ``max_len``. With ``sliding`` long histories are cut into consecutive windows ending at
-    ``train_end, train_end - max_len, ...``; otherwise only the most recent window is used.
+    ``max_len``. With ``sliding`` long histories are cut into windows ending at ``train_end,
+    train_end - stride, ...`` until the oldest target is covered; ``stride`` defaults to ``max_len``
+    (consecutive windows, each target once). A smaller stride overlaps them, so more targets are
+    trained with a long context, at the cost of counting some targets more than once. Without
+    ``sliding`` only the most recent window is used.
     """
+    stride = stride or max_len
     starts = seq.offsets[:-1]
     n = np.maximum(train_end - starts, 0)
-    usable = n >= 2
-    k = np.where(usable, np.ceil((n - 1) / max_len).astype(np.int64), 0)
+    # n - 1 targets; the newest window covers max_len of them, each further window `stride` more
+    k = np.where(n >= 2, 1 + np.maximum(np.ceil((n - 1 - max_len) / stride), 0).astype(np.int64), 0)
     if not sliding:
         k = np.minimum(k, 1)
     user = np.repeat(np.arange(seq.n_users), k)
     step = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)  # 0..k-1 within user
-    ends = train_end[user] - step * max_len
+    ends = train_end[user] - step * stride
     return ends.astype(np.int64), starts[user].astype(np.int64)
 
 
