@@ -197,7 +197,7 @@ def follow_recbole(proc: subprocess.Popen, log_path: Path) -> dict:
     return marks
 
 
-def suffix(batch_size: int, untied: bool, epochs: int, norm: str = "pre") -> str:
+def suffix(batch_size: int, untied: bool, epochs: int, norm: str) -> str:
     """File-name tag of a shopformer batch size other than RecBole's, of untied output vectors, of a schedule
     length other than 60 epochs and of blocks other than pre-LN (stage files and the result file)."""
     return (("" if batch_size == MODEL["batch_size"] else f"_batch{batch_size}") + ("_untied" if untied else "")
@@ -212,10 +212,8 @@ def start_shopformer_stage(args: argparse.Namespace, path: Path, fmt: str, out: 
            "--budget-s", f"{budget_s:.1f}", "--epochs", str(args.shopformer_epochs), "--out-json", str(out),
            "--batch-size", str(args.shopformer_batch_size), "--norm", args.shopformer_norm]
     cmd += ["--untied"] if args.shopformer_untied else []
-    log = out.with_suffix(".log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    proc.args = cmd  # what the report records as the stage's command
-    return proc
+    with out.with_suffix(".log").open("w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_shopformer_stage(proc: subprocess.Popen, out: Path, load: LoadSampler | None = None) -> dict:

@@ -40,11 +40,16 @@ def loss_overrides(overrides: list[str]) -> list[str]:
     return [*out, "refit"] if "train.refit=true" in overrides else out
 
 
+def set_overrides(row: dict) -> list[str]:
+    """The ``--set section.key=value`` words of the row's command."""
+    words = row.get("command", "").split()
+    return [w for w, prev in zip(words[1:], words, strict=False) if prev == "--set"]
+
+
 def label(row: dict) -> str:
     """Configuration name, plus its non-default augmentation settings and loss overrides."""
-    words = row.get("command", "").split()
-    sets = [w for w, prev in zip(words[1:], words, strict=False) if prev == "--set"]
-    extra = ", ".join([*(f"{k}={v}" for k, v in (row.get("augment") or {}).items()), *loss_overrides(sets)])
+    extra = ", ".join([*(f"{k}={v}" for k, v in (row.get("augment") or {}).items()),
+                       *loss_overrides(set_overrides(row))])
     return f"{row['config']} ({extra})" if extra else row["config"]
 
 
@@ -143,8 +148,7 @@ def long_section(rows: list[dict]) -> list[str]:
         return [*out, "Not run yet: `bench/zoo.py --only bert4rec --max-minutes 60 --set train.epochs=250 ...`.", ""]
     body = []
     for r in rows:
-        words = r.get("command", "").split()
-        sets = [w for w, prev in zip(words[1:], words, strict=False) if prev == "--set" and w.startswith("model.")]
+        sets = [w for w in set_overrides(r) if w.startswith("model.")]
         name = f"{r['config']} ({', '.join(s.removeprefix('model.') for s in sets)})" if sets else r["config"]
         body.append([name, *(fmt(r["test"][c]) for c in COLS), fmt(r["valid"]["ndcg@10"]),
                      f"{r['best_epoch']}/{r['epochs']} ep, {r['train_minutes']} min ({r['stopped_by']})"])
