@@ -8,7 +8,10 @@ processes on one Redis store under overload, with load shedding.
    backend with less CPU per answer serves step 2).
 2. Scale-out: ``serve --workers 2`` on Redis, ``--clients`` closed-loop clients, per-worker bound
    ``--max-in-flight``: accepted-request latency (p50/p99), requests shed (503 + Retry-After, clients
-   wait Retry-After as told), other errors; then the same without a bound (``scale_out_unbounded``).
+   wait Retry-After as told), other errors, for each bound given (``scale_out`` for the first,
+   ``scale_out_bound_N`` for the others); then the same without a bound (``scale_out_unbounded``).
+   ``--client lean`` (default) generates the load with ``bench/lean_http.py`` on uvloop: about a sixth
+   of httpx's CPU per request, which on 2 shared cores is run-queue wait in every measured latency.
 
 Traffic is ``bench/serve_load.py``'s mix (80% user recommendations, 10% event posts of 20 events, 5%
 ad-hoc, 5% similar items), replayed from the run's own data set (Amazon Beauty: each user's events
@@ -37,6 +40,7 @@ import httpx
 import numpy as np
 import torch
 from common import provenance
+from lean_http import LeanClient, LeanHTTPError
 from serve_load import KEY, MIX, Load, one_request, percentiles, proc_cpu_seconds
 
 from shopformer.data.corpus import load_dataset
@@ -132,27 +136,40 @@ def worker_pids(pid: int) -> list[int]:
     return kids or [pid]
 
 
-async def shed_level(url: str, load: Load, clients: int, duration: float, server_pid: int) -> dict:
+def run_clients(coro_fn, client: str, *args):  # noqa: ANN001, ANN201 - a coroutine function and its result
+    """Run the load generator; the lean client on uvloop (the least client CPU), httpx on asyncio."""
+    if client == "lean":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro_fn(*args, client=client))
+    return asyncio.run(coro_fn(*args, client=client))
+
+
+async def shed_level(url: str, load: Load, clients: int, duration: float, server_pid: int,
+                     client: str = "httpx") -> dict:
     """Closed-loop clients; a 503 with Retry-After is a shed request (the client waits as told).
     Also the service's CPU time per answered request (all its worker processes): on a shared box the
-    one figure that does not depend on how long the service waited for a core."""
+    one figure that does not depend on how long the service waited for a core. The load generator's
+    own CPU is recorded too: on the service's cores it is what turns into run-queue wait."""
     lat: dict[str, list[float]] = {name: [] for name, _ in MIX}
     shed_lat: list[float] = []
     errors: Counter = Counter()
-    conns = [httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
-             for _ in range(clients)]
+    conns: list = ([LeanClient(url, timeout=30) for _ in range(clients)] if client == "lean" else
+                   [httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
+                    for _ in range(clients)])
     await asyncio.gather(*(c.get("/healthz") for c in conns))  # connections open before the clock starts
     pids = worker_pids(server_pid)
-    cpu0 = sum(proc_cpu_seconds(p) for p in pids)
+    cpu0, client_cpu0 = sum(proc_cpu_seconds(p) for p in pids), time.process_time()
     deadline = time.perf_counter() + duration
 
-    async def worker(c: httpx.AsyncClient) -> None:
+    async def worker(c: LeanClient | httpx.AsyncClient) -> None:
         while time.perf_counter() < deadline:
             op = load.pick()
             t0 = time.perf_counter()
             try:
                 r = await one_request(c, load, op)
-            except httpx.HTTPError as err:
+            except (httpx.HTTPError, LeanHTTPError) as err:
                 errors[f"{op}:{type(err).__name__}"] += 1
                 continue
             dt = time.perf_counter() - t0
@@ -169,16 +186,20 @@ async def shed_level(url: str, load: Load, clients: int, duration: float, server
         await asyncio.gather(*(worker(c) for c in conns))
         elapsed = time.perf_counter() - t_start
         cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu0
+        client_cpu = time.process_time() - client_cpu0
     finally:
         await asyncio.gather(*(c.aclose() for c in conns))
     accepted = [x for v in lat.values() for x in v]
+    n_requests = len(accepted) + len(shed_lat) + sum(errors.values())
     return {
         "clients": clients, "duration_s": round(elapsed, 2), "accepted": len(accepted),
         "accepted_rps": round(len(accepted) / elapsed, 1), "accepted_latency": percentiles(accepted),
         "shed_503": len(shed_lat), "shed_answer_latency": percentiles(shed_lat),
         "other_errors": sum(errors.values()), "error_kinds": dict(errors), "server_processes": len(pids),
         "server_cpu_ms_per_answer": round(cpu * 1e3 / max(len(accepted) + len(shed_lat), 1), 3),
-        "server_cores_used": round(cpu / elapsed, 2),
+        "server_cores_used": round(cpu / elapsed, 2), "client": client,
+        "client_cpu_ms_per_request": round(client_cpu * 1e3 / max(n_requests, 1), 3),
+        "client_cores_used": round(client_cpu / elapsed, 2),
         "endpoints": {op: {"count": len(v), **percentiles(v)} for op, v in lat.items()},
     }
 
@@ -193,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients-backend", type=int, default=8, help="clients of the backend comparison")
     ap.add_argument("--clients", type=int, default=32, help="clients of the 2-worker overload level")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--max-in-flight", type=int, default=4, help="per worker")
+    ap.add_argument("--max-in-flight", default="1,2,4,8",
+                    help="per-worker bounds, comma-separated: each is one overload level (the first is 'scale_out')")
+    ap.add_argument("--client", choices=("lean", "httpx"), default="lean",
+                    help="load generator: lean (bench/lean_http.py on uvloop, least CPU) or httpx (stop 24's)")
     ap.add_argument("--export", action="store_true", help="export again even if encoder.onnx exists")
     ap.add_argument("--out", type=Path, default=Path("bench/results/scale_serving.json"))
     args = ap.parse_args(argv)
@@ -234,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                 assert server.proc is not None
                 load = Load(rows, vocab)
                 asyncio.run(preload(server.url, load, args.preload))
-                res = asyncio.run(shed_level(server.url, load, args.clients_backend, args.duration, server.proc.pid))
+                res = run_clients(shed_level, args.client, server.url, load, args.clients_backend, args.duration,
+                                  server.proc.pid)
                 res["loadavg_after"] = loadavg()
                 result["backends"][backend] = res
                 print(json.dumps({"backend": backend, **{k: res[k] for k in ("accepted_rps", "accepted_latency",
@@ -244,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
         fastest = min(result["backends"], key=lambda b: result["backends"][b]["server_cpu_ms_per_answer"])
         result["faster_backend"] = fastest
         # the same overload with the bound and without it (0): what shedding buys the accepted requests
-        for key, bound in (("scale_out", args.max_in_flight), ("scale_out_unbounded", 0)):
+        bounds = [int(b) for b in args.max_in_flight.split(",")]
+        levels = [("scale_out", bounds[0])] + [(f"scale_out_bound_{b}", b) for b in bounds[1:]]
+        for key, bound in (*levels, ("scale_out_unbounded", 0)):
             redis_flush(redis)
             server = ServerProcess(run, redis.url, api_key=KEY, log_path=args.workdir / f"server-workers-{bound}.log",
                                    extra_args=("--workers", str(args.workers), "--max-in-flight", str(bound),
@@ -254,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                 load = Load(rows, vocab, seed=1)
                 asyncio.run(preload(server.url, load, args.preload))
                 assert server.proc is not None
-                res = asyncio.run(shed_level(server.url, load, args.clients, args.duration, server.proc.pid))
+                res = run_clients(shed_level, args.client, server.url, load, args.clients, args.duration,
+                                  server.proc.pid)
                 res.update(workers=args.workers, max_in_flight_per_worker=bound, backend=fastest, store="redis",
                            loadavg_after=loadavg(), target={"accepted_p99_ms": 20.0, "other_errors": 0})
                 result[key] = res

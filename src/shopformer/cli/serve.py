@@ -57,7 +57,7 @@ def serve_command(
              "docs/scale-serving.md).")] = None,
     max_in_flight: Annotated[int | None, typer.Option(
         help="Per worker: /v1 requests in flight beyond this are answered 503 + Retry-After at once (0: no bound; "
-             "default 32).")] = None,
+             "default 4).")] = None,
     backend: Annotated[str | None, typer.Option(
         help="User vectors by 'torch' or by the run's exported 'onnx' encoder (`shopformer export RUN --format "
              "onnx`; env SHOPFORMER_BACKEND).")] = None,

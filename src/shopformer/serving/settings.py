@@ -77,8 +77,10 @@ class ServeSettings(BaseSettings):
 
     # Scale-out (docs/scale-serving.md): worker processes on one port (share a Redis store), and load shedding:
     # past max_in_flight requests in a worker, /v1 requests are answered 503 + Retry-After at once (0: no bound).
+    # An accepted request waits about max_in_flight x its CPU cost (~3 ms for Beauty): 4 bounds that wait to tens
+    # of ms (bench/results/scale_serving_lean.json measures 1, 2, 4, 8 and no bound).
     workers: int = Field(1, ge=1)
-    max_in_flight: int = Field(32, ge=0)
+    max_in_flight: int = Field(4, ge=0)
     # ?explain=true: occlude the last N events only (0: the model's whole window); 10 keeps the 12k-item Beauty
     # model's explain p99 under 30 ms of CPU (bench/results/explain_latency.json), same deletion gap there
     explain_recent: int = Field(10, ge=0)
