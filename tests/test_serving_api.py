@@ -271,7 +271,9 @@ def test_reload_swaps_and_bad_runs_keep_the_old_model(service: Service) -> None:
             while not done.is_set():
                 answers.append(reader.get("/v1/users/frank/recommendations"))
 
-    with ThreadPoolExecutor(4) as pool:  # reads keep flowing while the new model loads and swaps in
+    # reads keep flowing while the new model loads and swaps in; 4 readers = the default max_in_flight, and
+    # the reload itself is an admin request, never shed, so every answer must be a 200
+    with ThreadPoolExecutor(4) as pool:
         readers = [pool.submit(read_until_done) for _ in range(4)]
         while len(answers) < 8:
             time.sleep(0.01)

@@ -1,5 +1,5 @@
 """Load shedding (serving/middleware.py ``Shed``): past ``max_in_flight`` requests in a worker,
-/v1 requests are answered 503 + Retry-After at once; ops endpoints are never shed."""
+/v1 requests are answered 503 + Retry-After at once; ops and admin endpoints are never shed."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_shed_answers_503_at_once_and_lets_ops_through() -> None:
     shed: list[int] = []
 
     async def slow_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        if scope["path"].startswith("/v1/"):
+        if scope["path"].startswith("/v1/") and not scope["path"].startswith("/v1/admin/"):
             await gate.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -43,6 +43,9 @@ def test_shed_answers_503_at_once_and_lets_ops_through() -> None:
             assert r.headers["x-model-version"] == "v-test" and "connection" not in r.headers  # keep-alive
             for path in ("/healthz", "/readyz", "/metrics"):  # never shed
                 assert (await asyncio.wait_for(c.get(path), 5)).status_code == 200
+            # a rollback must reach an overloaded worker; it is not counted either
+            assert (await asyncio.wait_for(c.post("/v1/admin/rollback"), 5)).status_code == 200
+            assert mw.in_flight == 2
             gate.set()
             assert [x.status_code for x in await asyncio.gather(*held)] == [200, 200]
             assert mw.in_flight == 0 and len(shed) == 1

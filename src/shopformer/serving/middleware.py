@@ -11,7 +11,8 @@
   are accepted never wait behind an unbounded queue (their tail latency stays bounded under
   overload). Outermost: a shed request costs no routing, no metrics histogram, and its connection
   stays open (it is an answer, not a failure: the client retries after Retry-After).
-  Health, readiness and metrics are never shed.
+  Health, readiness, metrics and ``/v1/admin/`` are never shed: an operator must be able to
+  roll back or reload a model on a worker that is overloaded (possibly by that model).
 """
 
 from __future__ import annotations
@@ -123,10 +124,11 @@ class Shed:
                  on_shed: Callable[[], None] | None = None) -> None:
         self.app, self.limit, self.version, self.on_shed = app, limit, version, on_shed
         self.retry_after = str(retry_after_s).encode()
-        self.in_flight = 0  # /v1 requests between arrival and their last response byte (one event loop)
+        self.in_flight = 0  # /v1 requests (not admin) between arrival and their last response byte (one event loop)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.limit <= 0 or not scope.get("path", "").startswith("/v1/"):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or self.limit <= 0 or not path.startswith("/v1/") or path.startswith("/v1/admin/"):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
