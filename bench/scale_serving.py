@@ -34,11 +34,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import torch
+import uvloop
 from common import provenance
 from lean_http import LeanClient, LeanHTTPError
 from serve_load import KEY, MIX, Load, one_request, percentiles, proc_cpu_seconds
@@ -136,18 +139,15 @@ def worker_pids(pid: int) -> list[int]:
     return kids or [pid]
 
 
-def run_clients(coro_fn, client: str, *args):  # noqa: ANN001, ANN201 - a coroutine function and its result
-    """Run the load generator; the lean client on uvloop (the least client CPU), httpx on asyncio."""
+def run_load(level: Coroutine[Any, Any, dict], client: str) -> dict:
+    """Run one load level: the lean client on uvloop (the least client CPU), httpx on asyncio's loop."""
     if client == "lean":
-        import uvloop
-
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro_fn(*args, client=client))
-    return asyncio.run(coro_fn(*args, client=client))
+            return runner.run(level)
+    return asyncio.run(level)
 
 
-async def shed_level(url: str, load: Load, clients: int, duration: float, server_pid: int,
-                     client: str = "httpx") -> dict:
+async def shed_level(url: str, load: Load, clients: int, duration: float, server_pid: int, *, client: str) -> dict:
     """Closed-loop clients; a 503 with Retry-After is a shed request (the client waits as told).
     Also the service's CPU time per answered request (all its worker processes): on a shared box the
     one figure that does not depend on how long the service waited for a core. The load generator's
@@ -258,8 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                 assert server.proc is not None
                 load = Load(rows, vocab)
                 asyncio.run(preload(server.url, load, args.preload))
-                res = run_clients(shed_level, args.client, server.url, load, args.clients_backend, args.duration,
-                                  server.proc.pid)
+                level = shed_level(server.url, load, args.clients_backend, args.duration, server.proc.pid,
+                                   client=args.client)
+                res = run_load(level, args.client)
                 res["loadavg_after"] = loadavg()
                 result["backends"][backend] = res
                 print(json.dumps({"backend": backend, **{k: res[k] for k in ("accepted_rps", "accepted_latency",
@@ -281,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                 load = Load(rows, vocab, seed=1)
                 asyncio.run(preload(server.url, load, args.preload))
                 assert server.proc is not None
-                res = run_clients(shed_level, args.client, server.url, load, args.clients, args.duration,
-                                  server.proc.pid)
+                level = shed_level(server.url, load, args.clients, args.duration, server.proc.pid, client=args.client)
+                res = run_load(level, args.client)
                 res.update(workers=args.workers, max_in_flight_per_worker=bound, backend=fastest, store="redis",
                            loadavg_after=loadavg(), target={"accepted_p99_ms": 20.0, "other_errors": 0})
                 result[key] = res
