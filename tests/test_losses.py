@@ -60,6 +60,14 @@ def test_sampled_softmax_with_all_items_as_negatives_equals_full_ce() -> None:
     sampled = sampled_softmax(h, t, emb, torch.arange(1, 6))
     # sampled masks the target among negatives but adds it back as the positive: identical
     assert sampled.item() == pytest.approx(full.item(), rel=1e-5)
+    # label smoothing too: spread over the same classes (the masked duplicate of the target gets
+    # no mass, so the loss stays finite), not silently dropped as it was before
+    smooth_full = full_cross_entropy(h, t, emb, label_smoothing=0.2)
+    smooth_sampled = sampled_softmax(h, t, emb, torch.arange(1, 6), label_smoothing=0.2)
+    assert smooth_sampled.item() == pytest.approx(smooth_full.item(), rel=1e-5)
+    assert smooth_sampled.item() != pytest.approx(sampled.item(), rel=1e-3)
+    per_row = sampled_softmax(h, t, emb, torch.arange(1, 6).expand(4, -1), label_smoothing=0.2)
+    assert per_row.item() == pytest.approx(smooth_full.item(), rel=1e-5)
 
 
 def test_popularity_sampler_never_draws_padding_and_follows_counts() -> None:

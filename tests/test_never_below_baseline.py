@@ -79,3 +79,29 @@ def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repe
     # the test table shows the repeat / explore split for every system
     assert {"repeat", "explore"} <= set(metrics["test"]["markov"])
     assert "NDCG@10 repeat" in (run / "report.md").read_text()
+
+
+def test_a_baseline_that_wins_only_on_repeat_or_explore_targets_is_said_too() -> None:
+    from shopformer.evaluation.report import baseline_warnings
+
+    def row(overall: float, repeat: float, explore: float, n_repeat: int = 420, n_explore: int = 580) -> dict:
+        return {"ndcg@10": overall, "repeat": {"n": n_repeat, "share": 0.42, "ndcg@10": repeat},
+                "explore": {"n": n_explore, "share": 0.58, "ndcg@10": explore}}
+
+    # the YOOCHOOSE case: the model wins overall, recent items win the repeats, co-occurrence the discoveries
+    results = {"sasrec": row(0.41, 0.73, 0.17), "recent": row(0.34, 0.80, 0.00), "cooc": row(0.22, 0.28, 0.21),
+               "popularity": row(0.05, 0.06, 0.04)}
+    warnings = baseline_warnings(results, "sasrec", "ndcg@10", "validation")
+    assert len(warnings) == 2, warnings
+    repeat, explore = warnings
+    assert repeat.startswith("baseline 'recent' beats sasrec on validation ndcg@10 on repeat targets (42% of them)")
+    assert "0.8000 vs 0.7300" in repeat and "heuristic ranks better" in repeat
+    assert explore.startswith("baseline 'cooc' beats sasrec on validation ndcg@10 on explore targets (58% of them)")
+    # an overall loss is still said in its own words, once, beside the subset lines
+    results["recent"]["ndcg@10"] = 0.5
+    assert sum("better choice on this data" in w for w in baseline_warnings(results, "sasrec", "ndcg@10", "v")) == 1
+    # a handful of repeat targets is noise, not a finding: below min_part the subset is not judged
+    few = {"sasrec": row(0.41, 0.73, 0.17, n_repeat=20), "recent": row(0.34, 0.80, 0.00, n_repeat=20)}
+    assert baseline_warnings(few, "sasrec", "ndcg@10", "validation") == []
+    # rows without the split (e.g. the next-action table) are judged on the overall metric only
+    assert baseline_warnings({"m": {"f1": 0.5}, "b": {"f1": 0.4}}, "m", "f1", "test") == []

@@ -264,3 +264,49 @@ def test_evaluation_batches_by_history_length_only_as_wide_as_needed() -> None:
         for k, i in enumerate(idx):
             trimmed = by_row[int(i)]
             assert torch.equal(b.items[k, -len(trimmed) :], trimmed) and not b.items[k, : -len(trimmed)].any()
+
+
+def test_ema_trains_the_same_path_and_returns_and_validates_the_moving_average() -> None:
+    """train.ema: the optimiser's path is unchanged; what is validated, kept and returned is the
+    exponential moving average of that path (with its warm start), not the last step's weights."""
+    torch.manual_seed(0)
+    x = torch.randn(128, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
+    start = torch.nn.Linear(4, 1).state_dict()
+
+    def run(ema: float, validated: bool) -> tuple[torch.nn.Module, list[torch.Tensor], object]:
+        module = torch.nn.Linear(4, 1)
+        module.load_state_dict(start)
+        seen: list[torch.Tensor] = []  # the weights each step starts from
+
+        def objective(batch):
+            seen.append(torch.cat([module.weight.detach().flatten(), module.bias.detach()]).clone())
+            loss = torch.nn.functional.mse_loss(module(batch[0]).squeeze(-1), batch[1])
+            return LossOutput(loss, {"mse": float(loss.detach())})
+
+        def validate():
+            with torch.no_grad():
+                mse = float(torch.nn.functional.mse_loss(module(x).squeeze(-1), y))
+            return -mse, {"mse": mse}
+
+        cfg = Config().override(train={"epochs": 5, "learning_rate": 0.05, "monitor": "mse", "ema": ema,
+                                       "patience": 50})
+        res = fit(module, cfg, loader=batches, objective=objective, validate=validate if validated else None,
+                  progress=False)
+        return module, seen, res
+
+    plain, path, _ = run(0.0, validated=False)
+    path.append(torch.cat([plain.weight.detach().flatten(), plain.bias.detach()]))  # w_0 .. w_T
+    averaged, seen, _ = run(0.9, validated=False)
+    assert all(torch.equal(a, b) for a, b in zip(seen, path[:-1], strict=True)), "the optimiser path changed"
+    expected = path[0].clone()
+    for t, w in enumerate(path[1:], start=1):
+        expected += (1 - min(0.9, (1 + t) / (10 + t))) * (w - expected)
+    got = torch.cat([averaged.weight.detach().flatten(), averaged.bias.detach()])
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, path[-1], atol=1e-3)
+    # with validation: the best epoch is chosen on, and restored as, the averaged weights
+    module, _, res = run(0.9, validated=True)
+    with torch.no_grad():
+        mse = float(torch.nn.functional.mse_loss(module(x).squeeze(-1), y))
+    assert mse == pytest.approx(res.best_metrics["mse"]) and res.history[res.best_epoch - 1]["valid_mse"] == mse

@@ -168,6 +168,10 @@ class TrainConfig(_Section):
     # with AMX / AVX512-BF16), else fp32.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the model's encoder (dynamic shapes; first steps compile)
+    # Polyak averaging: validation, early stopping and the returned model use an exponential moving
+    # average of the trained weights (this decay per optimiser step; 0.999 averages ~1,000 steps).
+    # It anneals without a schedule that must know in advance where early stopping will land. 0 = off.
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
     dp: DPConfig | None = None  # [train.dp]: differentially private training (DP-SGD), off by default
 
 

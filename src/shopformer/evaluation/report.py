@@ -185,10 +185,30 @@ def plot_training_curve(history: list[dict], path: Path, monitor: str) -> None:
     plt.close(fig)
 
 
-def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: str) -> list[str]:
+def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: str,
+                      min_part: int = 100) -> list[str]:
     """One plain-words line for every baseline that scores above ``model`` on ``metric`` (all
-    systems measured on the same examples): a model must never be silently below a heuristic."""
+    systems measured on the same examples): a model must never be silently below a heuristic.
+
+    The same check then runs on the repeat targets (already in the user's history) and on the
+    explore targets (new to the user) when both systems measured them on at least ``min_part``
+    targets: a model that wins overall can still lose one kind of target to a heuristic (recent
+    items on repeats, co-occurrence on discovery), and that must be said too.
+    """
+    out = _beaten(results, model, metric, where, "")
+    for part in ("repeat", "explore"):
+        own = results[model].get(part)
+        if not isinstance(own, dict) or own.get("n", 0) < min_part:
+            continue
+        parts = {name: m[part] for name, m in results.items() if isinstance(m.get(part), dict) and m[part].get("n")}
+        out += _beaten(parts, model, metric, where, f" on {part} targets ({own.get('share', 0.0):.0%} of them)")
+    return out
+
+
+def _beaten(results: dict[str, dict], model: str, metric: str, where: str, subset: str) -> list[str]:
     own = results[model]
+    if metric not in own:
+        return []
     score = float(own[metric])
     ci = own.get("ci95", {}).get(metric)
     out = []
@@ -197,8 +217,11 @@ def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: 
             continue
         verdict = ("no CI computed" if not ci else "significantly: above the model's 95% CI"
                    if float(m[metric]) > ci[1] else "inside the model's 95% CI")
-        out.append(f"baseline '{name}' beats {model} on {where} {metric}: {float(m[metric]):.4f} vs {score:.4f} "
-                   f"({verdict}): the heuristic is the better choice on this data until the model beats it")
+        advice = ("on these targets the heuristic ranks better than the model (one ranking serves both kinds; "
+                  "the table's repeat / explore columns show the trade)" if subset else
+                  "the heuristic is the better choice on this data until the model beats it")
+        out.append(f"baseline '{name}' beats {model} on {where} {metric}{subset}: {float(m[metric]):.4f} vs "
+                   f"{score:.4f} ({verdict}): {advice}")
     return out
 
 

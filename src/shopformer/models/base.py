@@ -147,7 +147,8 @@ class SequenceModel(nn.Module):
                 neg, log_q = sampler.draw_per_row(t, loss_cfg.negatives)
             else:
                 neg, log_q = sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
-            return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold)
+            return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold,
+                                   loss_cfg.label_smoothing)
         return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)
 
     def cold_items(self) -> torch.Tensor | None:

@@ -117,8 +117,9 @@ def sampled_softmax(
     negatives: torch.Tensor,
     log_q: torch.Tensor | None = None,
     excluded: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Softmax over the target and N negatives, with optional logQ correction.
+    """Softmax over the target and N negatives, with optional logQ correction and label smoothing.
 
     hidden: (M, D); targets: (M,); negatives: (N,) item ids shared by every row, or (M, N) drawn for
     each row (``NegativeSampler.draw_per_row``); log_q: (V,) log expected count of
@@ -142,5 +143,13 @@ def sampled_softmax(
     if excluded is not None:
         hit = hit | excluded.to(hidden.device)[negatives]
     neg = neg.masked_fill(hit, float("-inf"))
-    logits = torch.cat([pos, neg], dim=-1)
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
+    logits = torch.cat([pos, neg], dim=-1)  # (M, 1 + N), the target in column 0
+    if not label_smoothing:
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
+    # smoothing spreads its mass over the classes actually in each row (the target and the
+    # unmasked negatives), as F.cross_entropy does over all classes: a masked (-inf) one would
+    # make the loss infinite
+    logp = logits.log_softmax(-1)
+    present = torch.cat([torch.ones_like(hit[:, :1]), ~hit], dim=-1)  # (M, 1 + N)
+    spread = -logp.masked_fill(~present, 0.0).sum(-1) / present.sum(-1)
+    return ((1.0 - label_smoothing) * -logp[:, 0] + label_smoothing * spread).mean()

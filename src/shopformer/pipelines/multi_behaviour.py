@@ -195,7 +195,8 @@ def run_warnings(ds: Dataset, cfg: Config, model: SequenceModel, result: FitResu
     for key, what in ((name, f"next-'{name}'-item"), ("any", "next-item")):
         rows = {s: m for s, m in (items.get(key) or {}).items() if not s.startswith(f"{cfg.model.name} (")}
         if cfg.model.name in rows:
-            out += baseline_warnings(rows, cfg.model.name, cfg.train.monitor, f"validation {what}")
+            out += baseline_warnings(rows, cfg.model.name, cfg.train.monitor, f"validation {what}",
+                                     cfg.split.min_targets)
     return out
 
 

@@ -116,7 +116,8 @@ def validation_warnings(trained: Trained, ds: Dataset, split: Split, cfg: Config
     valid = {name: evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, window, ecfg).metrics
              for name, fn in baselines.items()}
     results = {cfg.model.name: trained.valid, **valid}
-    return valid, baseline_warnings(results, cfg.model.name, cfg.train.monitor, "validation")
+    return valid, baseline_warnings(results, cfg.model.name, cfg.train.monitor, "validation",
+                                    cfg.split.min_targets)
 
 
 # prepare_model(model, ctx) -> (model, extra): changes a freshly built model before training

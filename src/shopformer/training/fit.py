@@ -19,6 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,6 +93,40 @@ Hook = Callable[[int, dict], None]
 Objective = Callable[[Any], LossOutput]
 # A validation: () -> (score, higher is better; metrics logged as ``valid_<name>``).
 Validate = Callable[[], tuple[float, dict]]
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable parameters (``train.ema``), swapped into the
+    model to validate it and to return it."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.avg = [p.detach().clone() for p in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        # warm start (TensorFlow's num_updates rule): early on, average over the few steps taken so
+        # far, so the first validations are not dominated by the random initial weights
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, p in zip(self.avg, self.params, strict=True):
+            avg.lerp_(p.detach(), 1.0 - decay)
+
+    def swap(self) -> None:
+        """Exchange the model's weights with the averaged ones (twice restores them); the
+        optimiser's state is keyed by the parameter objects, which stay the same."""
+        for i, p in enumerate(self.params):
+            p.data, self.avg[i] = self.avg[i], p.data
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
 
 
 class Loader(Protocol):
@@ -178,6 +213,7 @@ def fit(
         objective = private = make_private(objective, params, loader, tc.dp, tc.batch_size, tc.seed)
     # --- end of differential privacy ---
     opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    average = WeightAverage(params, tc.ema) if tc.ema else None
     total_steps = tc.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, tc.warmup_steps, total_steps, tc.schedule)
@@ -224,6 +260,8 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 sched.step()
+                if average is not None:
+                    average.update()
                 loss_acc += out.total.detach()
                 n_batches += 1
                 targets = getattr(batch, "targets", None)
@@ -235,14 +273,16 @@ def fit(
                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
             if validate is not None and (epoch % tc.eval_every == 0 or epoch in (1, tc.epochs)):
                 model.eval()
-                score, metrics = validate()
+                in_use: AbstractContextManager[None] = average.swapped_in() if average is not None else nullcontext()
+                with in_use:  # validate (and keep) the averaged weights when train.ema is on
+                    score, metrics = validate()
+                    scores.append(score)
+                    warm_scores += sched.last_epoch < tc.warmup_steps
+                    stop, best = early_stopping(scores, tc.patience, min_delta, warm_scores)
+                    if best == len(scores) - 1:
+                        best_state = copy.deepcopy(model.state_dict())
+                        result.best_epoch, result.best_score, result.best_metrics = epoch, score, metrics
                 row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
-                scores.append(score)
-                warm_scores += sched.last_epoch < tc.warmup_steps
-                stop, best = early_stopping(scores, tc.patience, min_delta, warm_scores)
-                if best == len(scores) - 1:
-                    best_state = copy.deepcopy(model.state_dict())
-                    result.best_epoch, result.best_score, result.best_metrics = epoch, score, metrics
             else:
                 stop = False
             result.history.append(row)
@@ -267,8 +307,11 @@ def fit(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    elif validate is None:
-        result.best_epoch = result.epochs
+    else:
+        if average is not None:  # no validation (a refit): return the averaged weights
+            average.swap()
+        if validate is None:
+            result.best_epoch = result.epochs
     result.train_seconds = train_time
     result.tokens_per_second = distributed.sum_over_ranks(tokens) / max(train_time, 1e-9)
     result.privacy = private.report() if private is not None else None  # issue 12: (epsilon, delta) spent
