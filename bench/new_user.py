@@ -18,11 +18,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import RESULTS, ROOT, SHARED, provenance, skip_if_missing
+from common import RESULTS, ROOT, provenance, skip_if_missing
+from defaults import SOURCES
 
-DATA = SHARED / "yoochoose_rsc15_100k"
-FILES = [DATA / "yoochoose-clicks-100k_train_full.txt", DATA / "yoochoose-clicks-100k_test.txt"]
-MAPPING = ["user_id=SessionId", "session_id=SessionId", "item_id=ItemId", "timestamp=Time"]
+FILES, OPTIONS = SOURCES["yoochoose"]  # the files and column mapping bench/defaults.py uses
 CLI = ROOT / ".venv" / "bin" / "shopformer"
 
 
@@ -43,7 +42,7 @@ def main() -> None:
     skip_if_missing(FILES[0], "new_user")
     shutil.rmtree(args.work, ignore_errors=True)
     ds, run = args.work / "ds", args.work / "run"
-    maps = [a for m in MAPPING for a in ("--map", m)]
+    maps = [a for canonical, source in (OPTIONS.mapping or {}).items() for a in ("--map", f"{canonical}={source}")]
     subprocess.run([str(CLI), "prepare", *map(str, FILES), "-o", str(ds), *maps], check=True)
     subprocess.run([str(CLI), "train", str(ds), "-o", str(run), "--set", f"train.threads={args.threads}"], check=True)
     m = json.loads((run / "metrics.json").read_text())

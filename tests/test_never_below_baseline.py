@@ -103,5 +103,9 @@ def test_a_baseline_that_wins_only_on_repeat_or_explore_targets_is_said_too() ->
     # a handful of repeat targets is noise, not a finding: below min_part the subset is not judged
     few = {"sasrec": row(0.41, 0.73, 0.17, n_repeat=20), "recent": row(0.34, 0.80, 0.00, n_repeat=20)}
     assert baseline_warnings(few, "sasrec", "ndcg@10", "validation") == []
+    # a monitor that is not per example (catalogue coverage) is judged overall only: subsets lack it
+    results["cooc"]["coverage@10"], results["sasrec"]["coverage@10"] = 0.9, 0.5
+    (cov,) = baseline_warnings(results, "sasrec", "coverage@10", "validation")
+    assert "'cooc' beats sasrec on validation coverage@10: 0.9000" in cov
     # rows without the split (e.g. the next-action table) are judged on the overall metric only
     assert baseline_warnings({"m": {"f1": 0.5}, "b": {"f1": 0.4}}, "m", "f1", "test") == []

@@ -198,7 +198,8 @@ def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: 
     out = _beaten(results, model, metric, where, "")
     for part in ("repeat", "explore"):
         own = results[model].get(part)
-        if not isinstance(own, dict) or own.get("n", 0) < min_part:
+        # a metric that is not per example (catalogue coverage) has no subset value to compare
+        if not isinstance(own, dict) or own.get("n", 0) < min_part or metric not in own:
             continue
         parts = {name: m[part] for name, m in results.items() if isinstance(m.get(part), dict) and m[part].get("n")}
         out += _beaten(parts, model, metric, where, f" on {part} targets ({own.get('share', 0.0):.0%} of them)")
@@ -207,8 +208,6 @@ def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: 
 
 def _beaten(results: dict[str, dict], model: str, metric: str, where: str, subset: str) -> list[str]:
     own = results[model]
-    if metric not in own:
-        return []
     score = float(own[metric])
     ci = own.get("ci95", {}).get(metric)
     out = []
