@@ -35,12 +35,14 @@ def make_batch(seed: int = 0, pad: tuple[int, ...] = (0, 3, 6, 1)) -> Batch:
 def model_cfg(name: str) -> ModelConfig:
     """``name`` is a registered model, or ``model:variant`` for an architecture option that must pass too."""
     name, _, variant = name.partition(":")
-    extra = {"post-ln": {"norm": "post"}, "ligr": {"norm": "ligr"}, "untied": {"tie_output": False}, "": {}}[variant]
+    extra = {"post-ln": {"norm": "post"}, "ligr": {"norm": "ligr"}, "untied": {"tie_output": False},
+             "positions-end": {"positions": "end"}, "members": {"members": 2}, "": {}}[variant]
     return ModelConfig(name=name, dim=16, layers=2, heads=2, max_len=L, dropout=0.1, emb_dropout=0.1,
                        use_category=True, **extra)
 
 
-@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:ligr", "sasrec:untied", "bert4rec:untied"])
+@pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:ligr", "sasrec:untied", "bert4rec:untied",
+                        "sasrec:positions-end", "sasrec:members"])
 def model(request: pytest.FixtureRequest):
     torch.manual_seed(0)
     return build_model(model_cfg(request.param), SPEC)
@@ -159,6 +161,22 @@ def test_left_padding_invariance(model) -> None:
     assert torch.allclose(s_long[:, 1:], s_short[:, 1:], atol=1e-4)
 
 
+@pytest.mark.parametrize("positions", ["start", "end"])
+def test_position_zero_is_the_first_or_the_newest_event(positions: str) -> None:
+    """model.positions = "end" gives the newest event the same position vector whatever the history length
+    (SASRec's left-padded windows); "start" gives it to the first event."""
+    from shopformer.models.layers import InputEmbedding
+
+    cfg = ModelConfig(dim=16, max_len=L, dropout=0.0, emb_dropout=0.0, positions=positions)
+    emb = InputEmbedding(cfg, DataSpec(n_items=30, n_behaviours=1)).eval()
+    batch = make_batch(pad=(0, 5))  # two histories: 8 events and 3 events
+    x = emb(batch, torch.zeros(2, L, 16))  # no item signal: what is left is the position vector
+    anchor = {"start": (0, 5), "end": (L - 1, L - 1)}[positions]  # the slot that must get position 0
+    assert torch.allclose(x[0, anchor[0]], x[1, anchor[1]], atol=1e-6)
+    other = {"start": (L - 1, L - 1), "end": (0, 5)}[positions]
+    assert not torch.allclose(x[0, other[0]], x[1, other[1]], atol=1e-3)
+
+
 def test_save_load_round_trip(model, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -243,3 +261,28 @@ def test_heads_save_load_round_trip(headed_model, tmp_path) -> None:
     fresh.eval()
     assert torch.allclose(headed_model.score_all(batch), fresh.score_all(batch))
     assert torch.allclose(headed_model.intent_logit(batch), fresh.intent_logit(batch))
+
+
+def test_an_ensemble_scores_as_the_sum_of_its_members_and_trains_each_on_its_own_loss() -> None:
+    """model.members = 2 is two one-member SASRecs side by side: the same weights in each half give
+    the sum of their scores, and the loss is the mean of their losses (each member learns alone)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, layers=1, heads=2, max_len=L, dropout=0.0, emb_dropout=0.0, members=2)
+    ensemble = build_model(cfg, SPEC).eval()
+    singles = [build_model(cfg.model_copy(update={"dim": 8, "members": 1}), SPEC).eval() for _ in range(2)]
+    with torch.no_grad():
+        for k, (single, encoder) in enumerate(zip(singles, [ensemble.encoder, *ensemble.others], strict=True)):
+            single.item_emb.weight.copy_(ensemble.item_emb.weight[:, 8 * k: 8 * (k + 1)])
+            single.encoder.load_state_dict(encoder.state_dict())
+    batch = make_batch()
+    assert torch.allclose(ensemble.score_all(batch)[:, 1:],
+                          sum(s.score_all(batch)[:, 1:] for s in singles), atol=1e-5)
+    loss = ensemble.loss(batch, LossConfig(kind="ce")).total
+    assert torch.allclose(loss, sum(s.loss(batch, LossConfig(kind="ce")).total for s in singles) / 2, atol=1e-5)
+    loss.backward()  # each member learns from its own loss alone: its gradient is half a single model's
+    singles[1].loss(batch, LossConfig(kind="ce")).total.backward()
+    for mine, alone in zip(ensemble.others[0].parameters(), singles[1].encoder.parameters(), strict=True):
+        assert alone.grad is not None and mine.grad is not None
+        assert torch.allclose(2 * mine.grad, alone.grad, atol=1e-5)
+    with pytest.raises(ValueError, match="members"):
+        build_model(ModelConfig(name="gru4rec", dim=16, members=2, heads=1), SPEC)

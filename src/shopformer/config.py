@@ -42,6 +42,10 @@ class ModelConfig(_Section):
     # (bench/seen_items.py). Untied output has no such pull: use it when seen items stay rankable
     # on a log with few repeats.
     tie_output: bool = True
+    # Where position 0 is. "start": the first event of the window. "end": the newest event, as in
+    # SASRec's left-padded windows and RecTools' inverse positions, so "the last thing viewed" always
+    # has the same position vector and recency need not be inferred from the window length.
+    positions: Literal["start", "end"] = "start"
     # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
     use_behaviour: bool = True
     use_time_gap: bool = True
@@ -51,12 +55,25 @@ class ModelConfig(_Section):
     mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
     # LoRA adapters (pre-train -> fine-tune), 0 disables.
     lora_rank: int = Field(0, ge=0)
+    # SASRec only: an ensemble of this many independent encoders trained side by side in the one loop,
+    # each on its own dim / members columns of the item table with its own loss. A state and an item
+    # vector are the members' concatenated, so a score is the sum of the members' scores (a product of
+    # experts) and everything downstream (serving, FAISS, explanations) sees one model of width dim.
+    members: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:
-        if self.dim % self.heads:
-            raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        if self.dim % self.members:
+            raise ValueError(f"model.dim={self.dim} must be divisible by model.members={self.members}")
+        if (self.dim // self.members) % self.heads:
+            raise ValueError(f"model.dim / model.members = {self.dim // self.members} must be divisible by "
+                             f"model.heads={self.heads}")
         return self
+
+    @property
+    def member_dim(self) -> int:
+        """Width of one ensemble member (= dim without an ensemble)."""
+        return self.dim // self.members
 
 
 class LossConfig(_Section):
@@ -210,7 +227,8 @@ class Config(_Section):
         # Multi-task runs also fit the heads' calibration on validation, which a refit on
         # validation events would leak into.
         for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
-                        (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position")):
+                        (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position"),
+                        (self.model.members > 1, "model.members")):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         if self.train.blend and self.train.refit:

@@ -34,6 +34,9 @@ def build_model(
     if cfg.lora_rank and not cls.has_attention:
         raise ValueError(f"model.lora_rank={cfg.lora_rank}: LoRA adapts attention projections and {cfg.name!r} has "
                          f"no attention layers; use model.lora_rank=0 or one of: {attention_models()}")
+    if cfg.members > 1 and not cls.supports_members:
+        raise ValueError(f"model.members={cfg.members}: ensembles are built for "
+                         f"{', '.join(sorted(n for n, c in REGISTRY.items() if c.supports_members))}, not {cfg.name!r}")
     model = cls(cfg, spec)
     if task is not None and task.kind != "next-item":
         model.heads = MultiTaskHeads(task, cfg, spec)

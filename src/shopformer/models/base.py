@@ -41,6 +41,7 @@ class SequenceModel(nn.Module):
 
     name: ClassVar[str]
     causal: ClassVar[bool] = True  # False for bidirectional (masked) models
+    supports_members: ClassVar[bool] = False  # model.members > 1 (an ensemble of encoders)
     has_attention: ClassVar[bool] = True
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
@@ -52,7 +53,7 @@ class SequenceModel(nn.Module):
         self.out_emb = None if cfg.tie_output else nn.Embedding(spec.n_items + 2, cfg.dim, padding_idx=PAD)
         for table in (self.item_emb, self.out_emb):
             if table is not None:
-                nn.init.normal_(table.weight, std=cfg.dim**-0.5)
+                nn.init.normal_(table.weight, std=cfg.member_dim**-0.5)
                 with torch.no_grad():
                     table.weight[PAD].zero_()
         self.heads: MultiTaskHeads | None = None  # MultiTaskHeads, attached by build_model(task=...)
@@ -140,13 +141,30 @@ class SequenceModel(nn.Module):
         real = targets != PAD
         h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
         emb, cold = self.output_embeddings(), self.cold_items()
-        if loss_cfg.kind == "sampled":
-            if sampler is None:
-                raise ValueError("loss.kind='sampled' needs a NegativeSampler")
-            if loss_cfg.per_position:
-                neg, log_q = sampler.draw_per_row(t, loss_cfg.negatives)
-            else:
-                neg, log_q = sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
+        neg_q = self._negatives(t, loss_cfg, sampler) if loss_cfg.kind == "sampled" else None
+        members = self.cfg.members
+        if members == 1:
+            return self._item_loss(h, t, emb, cold, loss_cfg, neg_q)
+        # an ensemble: each member scores with its own columns and learns from its own loss (the
+        # mean, so the figure reads like one model's); the same negatives serve every member
+        parts = [self._item_loss(hk, t, ek, cold, loss_cfg, neg_q)
+                 for hk, ek in zip(h.chunk(members, -1), emb.chunk(members, -1), strict=True)]
+        return torch.stack(parts).mean()
+
+    @staticmethod
+    def _negatives(t: torch.Tensor, loss_cfg: LossConfig,
+                   sampler: NegativeSampler | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if sampler is None:
+            raise ValueError("loss.kind='sampled' needs a NegativeSampler")
+        if loss_cfg.per_position:
+            return sampler.draw_per_row(t, loss_cfg.negatives)
+        return sampler.draw(t, loss_cfg.negatives, loss_cfg.in_batch)
+
+    @staticmethod
+    def _item_loss(h: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, cold: torch.Tensor | None,
+                   loss_cfg: LossConfig, neg_q: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        if neg_q is not None:
+            neg, log_q = neg_q
             return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold,
                                    loss_cfg.label_smoothing)
         return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)

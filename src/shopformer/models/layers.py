@@ -21,6 +21,9 @@ class InputEmbedding(nn.Module):
 
     Positions count from the first real event of the window, so extra left padding never
     changes a representation, and nothing about later events leaks into earlier positions.
+    ``model.positions = "end"`` counts back from the newest event instead (SASRec's left-padded
+    windows): then a training position also knows how many events follow it in the window,
+    never which. Measured below "start" on Beauty (README, stop 27).
     """
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:
@@ -38,6 +41,7 @@ class InputEmbedding(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.dropout = nn.Dropout(cfg.emb_dropout)
         self.max_len = cfg.max_len
+        self.from_end = cfg.positions == "end"
         # Same scale as the item table: with N(0, 1) defaults the side embeddings would be ~8x
         # larger than the item vectors and drown the item signal after the LayerNorm.
         for m in self.modules():
@@ -50,7 +54,8 @@ class InputEmbedding(nn.Module):
     def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
         """item_vectors: (B, L, D) looked up by the model from its (tied) item table."""
         real = batch.items != PAD  # (B, L)
-        pos = (real.long().cumsum(-1) - 1).clamp(0, self.max_len - 1)  # 0 at the first real event
+        count = real.long().flip(-1).cumsum(-1).flip(-1) if self.from_end else real.long().cumsum(-1)
+        pos = (count - 1).clamp(0, self.max_len - 1)  # 0 at the newest (or first) real event
         x = item_vectors + self.pos_emb(pos)  # (B, L, D)
         if self.use_behaviour:
             x = x + self.beh_emb(batch.behaviours)
