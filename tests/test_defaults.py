@@ -19,7 +19,6 @@ from shopformer.pipelines.defaults import (
     data_stats,
     derive,
     dropout_for,
-    ensemble_size,
     epochs_for,
     explicit_keys,
     max_len_for,
@@ -79,30 +78,6 @@ def test_repeats_keep_seen_items_and_huge_catalogues_sample() -> None:
     assert out["eval"]["exclude_seen"] is False and out["loss"]["kind"] == "ce"
     big = derive(replace(stats, items=2_000_000), Config(), seq, train_end)
     assert big["loss"] == {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
-
-
-def test_small_runs_get_an_ensemble_of_three_and_large_ones_a_single_model() -> None:
-    seq, train_end = seqs([[1, 2, 3, 4, 5, 6] for _ in range(20)])
-    beauty = replace(data_stats(seq, train_end, 12_101), users=22_363, train_events=153_776)
-    out = derive(beauty, Config(), seq, train_end)  # 200 epochs here x 131k next-events x 12k items
-    assert out["train"]["epochs"] == 200 and out["model"]["members"] == 1  # 3.2e11 > 1.5e11
-    assert ensemble_size(beauty, 68, 12_102, Config()) == 3  # Beauty's own 68 epochs: 1.1e11
-    assert derive(replace(beauty, users=20, train_events=80), Config(), seq, train_end)["model"] == {
-        **out["model"], "members": 3, "dim": 3 * Config().model.dim}
-    # multi-task heads read one encoder; a model without members keeps its configuration
-    assert ensemble_size(beauty, 1, 10, Config().override(task={"kind": "multi"})) == 1
-    assert ensemble_size(beauty, 1, 10, Config().override(model={"name": "gru4rec"})) == 1
-
-
-def test_setting_dim_or_members_yourself_keeps_both() -> None:
-    seq, train_end = seqs([[i % 9 + 1, (i + 3) % 9 + 1, (i + 5) % 9 + 1, 4, 6] for i in range(30)])
-    cfg, _, applied = adapt_config(Config(), seq, train_end, 9)
-    assert (cfg.model.members, cfg.model.dim) == (3, 192) and applied["model.members"] == 3
-    for key, value in (("model.dim", 96), ("model.members", 2)):
-        base = Config().override(model={key.split(".")[1]: value})
-        cfg, _, applied = adapt_config(base, seq, train_end, 9, keep={key})
-        assert "model.dim" not in applied and "model.members" not in applied
-        assert (cfg.model.members, cfg.model.dim) == (base.model.members, base.model.dim)
 
 
 def test_explicit_keys_reads_overrides_and_options() -> None:

@@ -45,6 +45,7 @@ class ModelConfig(_Section):
     # Where position 0 is. "start": the first event of the window. "end": the newest event, as in
     # SASRec's left-padded windows and RecTools' inverse positions, so "the last thing viewed" always
     # has the same position vector and recency need not be inferred from the window length.
+    # Measured below "start" on Beauty (valid 0.0579 vs 0.0606-0.0618; README, stop 27).
     positions: Literal["start", "end"] = "start"
     # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
     use_behaviour: bool = True
@@ -59,6 +60,7 @@ class ModelConfig(_Section):
     # each on its own dim / members columns of the item table with its own loss. A state and an item
     # vector are the members' concatenated, so a score is the sum of the members' scores (a product of
     # experts) and everything downstream (serving, FAISS, explanations) sees one model of width dim.
+    # 3 x 64 on Beauty: test NDCG@10 +2.4% (validation +4.1%) at 3x the training time (README, stop 27).
     members: int = Field(1, ge=1)
 
     @model_validator(mode="after")

@@ -20,9 +20,6 @@ eval.exclude_seen  false when >= 5% of training next-events repeat an item alrea
                    (shop and session logs, where repeats are the signal), else true (Amazon-style review logs)
 train.blend        true unless ``train.refit``: the served answer mixes the model with its best blendable
                    baseline when that scores higher on validation (evaluation/blend.py; alpha 0 = the model)
-model.members,     an ensemble of 3 SASRecs of the configured width (``dim`` = 3 x 64) when the run's output
-model.dim          work, epochs x training next-events x scored items, is at most 1.5e11 (Beauty: 1.1e11),
-                   else 1; next-item SASRec only. Setting either key yourself keeps both
 =================  ==========================================================================================
 
 Keys given explicitly (``--set``, ``--model`` ...) are never changed.
@@ -42,7 +39,6 @@ from shopformer.config import Config, parse_override
 from shopformer.data.batches import training_windows
 from shopformer.data.corpus import Dataset, make_split
 from shopformer.data.sequences import Sequences
-from shopformer.models import model_class
 
 # the repository's configs/default.toml (src/shopformer/pipelines/ -> the repository root)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.toml"
@@ -50,10 +46,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.toml
 TARGET_STEPS = 12_000
 LOGITS_BYTES = 1 << 30
 REPEAT_SHARE = 0.05
-ENSEMBLE_MEMBERS = 3
-ENSEMBLE_WORK = 1.5e11  # epochs x training next-events x scored items, one member
-# keys that only make sense together: one set by the user keeps the other as configured too
-TOGETHER = (frozenset({"model.dim", "model.members"}),)
 
 
 @dataclass(frozen=True)
@@ -109,18 +101,6 @@ def epochs_for(steps_per_epoch: int) -> tuple[int, int]:
     return epochs, int(min(20, max(5, math.ceil(epochs / 6))))
 
 
-def ensemble_size(stats: DataStats, epochs: int, scored_items: int, cfg: Config) -> int:
-    """3 independent members where the run is small enough to afford them three times, else 1.
-
-    The work is the output layer's, which dominates a step: every training next-event scores
-    ``scored_items`` items in each epoch. Independent members average away the seed-to-seed noise
-    of sparse item vectors (Beauty: +6% validation NDCG@10 over 3 seeds), at 3x the training time."""
-    if cfg.task.kind != "next-item" or not model_class(cfg.model.name).supports_members:
-        return cfg.model.members
-    work = epochs * max(stats.train_events - stats.users, 0) * scored_items
-    return ENSEMBLE_MEMBERS if work <= ENSEMBLE_WORK else 1
-
-
 def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray) -> dict[str, dict[str, Any]]:
     """The rule's values, by config section (``cfg`` gives the batch size and sliding-window choice)."""
     dropout = dropout_for(stats.sparsity)
@@ -132,10 +112,8 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
     loss: dict[str, Any] = (
         {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
         if sampled else {"kind": "ce"})
-    members = ensemble_size(stats, epochs, 1025 if sampled else stats.items + 1, cfg)
     return {
-        "model": {"dropout": dropout, "emb_dropout": dropout, "max_len": max_len,
-                  "members": members, "dim": members * cfg.model.member_dim},
+        "model": {"dropout": dropout, "emb_dropout": dropout, "max_len": max_len},
         # blend: chosen on validation, so the served answer is never below the model or the best blendable
         # baseline there; off with refit, whose training events include the validation targets
         "train": {"epochs": epochs, "patience": patience, "blend": not cfg.train.refit},
@@ -150,7 +128,6 @@ def adapt_config(cfg: Config, seq: Sequences, train_end: np.ndarray, n_items: in
 
     Returns the config, the statistics and the values applied (dotted key -> value)."""
     stats = data_stats(seq, train_end, n_items)
-    keep = set(keep).union(*(group for group in TOGETHER if group & set(keep)))
     applied: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
     for section, values in derive(stats, cfg, seq, train_end).items():
