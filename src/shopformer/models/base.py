@@ -142,14 +142,13 @@ class SequenceModel(nn.Module):
         h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
         emb, cold = self.output_embeddings(), self.cold_items()
         neg_q = self._negatives(t, loss_cfg, sampler) if loss_cfg.kind == "sampled" else None
+        # one loss per ensemble member (model.members; one member = the whole width): each scores with
+        # its own columns and learns from its own loss, the mean so the figure reads like one model's;
+        # the same negatives serve every member
         members = self.cfg.members
-        if members == 1:
-            return self._item_loss(h, t, emb, cold, loss_cfg, neg_q)
-        # an ensemble: each member scores with its own columns and learns from its own loss (the
-        # mean, so the figure reads like one model's); the same negatives serve every member
         parts = [self._item_loss(hk, t, ek, cold, loss_cfg, neg_q)
                  for hk, ek in zip(h.chunk(members, -1), emb.chunk(members, -1), strict=True)]
-        return torch.stack(parts).mean()
+        return parts[0] if members == 1 else torch.stack(parts).mean()
 
     @staticmethod
     def _negatives(t: torch.Tensor, loss_cfg: LossConfig,
