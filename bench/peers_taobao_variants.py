@@ -1,11 +1,12 @@
 """Why does shopformer trail RecBole on the Taobao `pv` 300-user slice? The peers stage's config, one change at a time.
 
-    .venv/bin/python bench/peers_taobao_variants.py VARIANT     # base | stride | b16 | b16-nogap | b16-untied
+    .venv/bin/python bench/peers_taobao_variants.py VARIANT  # base | stride | b16 | b16-nogap | b16-untied | b16-init02
 
 ``base``: bench/peers.py's shopformer stage at batch 256 (its 20-step warm-up, patience 10); ``b16``: batch 16;
 ``stride``: training windows every max_len / 5 events instead of every max_len, so most targets train with a long
 context as RecBole's every-prefix samples do; ``nogap``: no time-gap embedding (RecBole has none); ``untied``: its
-own output table. Prints one JSON line (append it to bench/results/peers_taobao_variants.jsonl).
+own output table; ``init02``: every embedding table initialised with std 0.02 (RecBole's ``initializer_range``)
+instead of 1 / sqrt(dim). Prints one JSON line (append it to bench/results/peers_taobao_variants.jsonl).
 """
 import functools
 import json
@@ -36,7 +37,7 @@ def main() -> None:
     m = peers.MODEL
     model = {"name": "sasrec", "dim": m["dim"], "layers": m["layers"], "heads": m["heads"], "dropout": m["dropout"],
              "emb_dropout": m["dropout"], "max_len": m["max_len"], "tie_output": "untied" not in variant,
-             "use_time_gap": "nogap" not in variant}
+             "use_time_gap": "nogap" not in variant, "init_std": 0.02 if "init02" in variant else None}
     train = {"epochs": 60, "batch_size": 16 if "b16" in variant else 256, "learning_rate": 0.002,
              "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": 42, "threads": 1}
     if "stride" in variant:

@@ -89,6 +89,7 @@ def test_default_toml_is_the_documented_fixed_part() -> None:
     cfg = load_config(DEFAULT_CONFIG)
     assert (cfg.model.name, cfg.model.dim, cfg.model.layers, cfg.train.batch_size) == ("sasrec", 64, 2, 128)
     assert cfg.train.schedule == "cosine" and not cfg.train.refit
+    assert (cfg.model.norm, cfg.model.init_std) == ("ligr", 0.02)
 
 
 TINY = ["--set", "model.dim=16", "--set", "model.layers=1", "--set", "train.epochs=1", "--set", "eval.bootstrap=0"]

@@ -177,6 +177,22 @@ def test_position_zero_is_the_first_or_the_newest_event(positions: str) -> None:
     assert not torch.allclose(x[0, other[0]], x[1, other[1]], atol=1e-3)
 
 
+@pytest.mark.parametrize("init_std", [0.02, None])
+def test_embedding_tables_start_at_init_std(init_std: float | None) -> None:
+    """model.init_std sets every embedding table's initial spread (None: 1 / sqrt(dim)); padding rows start at 0."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=64, max_len=50, use_category=True, init_std=init_std)
+    net = build_model(cfg, DataSpec(n_items=2000, n_behaviours=3, n_categories=40, has_time=True))
+    expected = init_std or 64**-0.5
+    tables = [m for m in net.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(tables) == 5  # items, positions, behaviours, time gaps, categories
+    for table in tables:
+        real = table.weight if table.padding_idx is None else table.weight[table.padding_idx + 1:]
+        assert real.std().item() == pytest.approx(expected, rel=0.1)
+        if table.padding_idx is not None:
+            assert not table.weight[table.padding_idx].any()
+
+
 def test_save_load_round_trip(model, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 

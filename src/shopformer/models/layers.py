@@ -46,7 +46,7 @@ class InputEmbedding(nn.Module):
         # larger than the item vectors and drown the item signal after the LayerNorm.
         for m in self.modules():
             if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=cfg.dim**-0.5)
+                nn.init.normal_(m.weight, std=cfg.init_std or cfg.dim**-0.5)
                 if m.padding_idx is not None:
                     with torch.no_grad():
                         m.weight[m.padding_idx].zero_()
