@@ -83,6 +83,11 @@ class ModelConfig(_Section):
         """Width of one ensemble member (= dim without an ensemble)."""
         return self.dim // self.members
 
+    @property
+    def embedding_std(self) -> float:
+        """Initial spread of every embedding table: ``init_std``, else 1 / sqrt(member width)."""
+        return self.init_std or self.member_dim**-0.5
+
 
 class LossConfig(_Section):
     kind: Literal["ce", "sampled"] = "ce"

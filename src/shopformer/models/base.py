@@ -53,7 +53,7 @@ class SequenceModel(nn.Module):
         self.out_emb = None if cfg.tie_output else nn.Embedding(spec.n_items + 2, cfg.dim, padding_idx=PAD)
         for table in (self.item_emb, self.out_emb):
             if table is not None:
-                nn.init.normal_(table.weight, std=cfg.init_std or cfg.member_dim**-0.5)
+                nn.init.normal_(table.weight, std=cfg.embedding_std)
                 with torch.no_grad():
                     table.weight[PAD].zero_()
         self.heads: MultiTaskHeads | None = None  # MultiTaskHeads, attached by build_model(task=...)
@@ -148,7 +148,7 @@ class SequenceModel(nn.Module):
         members = self.cfg.members
         parts = [self._item_loss(hk, t, ek, cold, loss_cfg, neg_q)
                  for hk, ek in zip(h.chunk(members, -1), emb.chunk(members, -1), strict=True)]
-        return parts[0] if members == 1 else torch.stack(parts).mean()
+        return torch.stack(parts).mean()
 
     @staticmethod
     def _negatives(t: torch.Tensor, loss_cfg: LossConfig,

@@ -42,11 +42,11 @@ class InputEmbedding(nn.Module):
         self.dropout = nn.Dropout(cfg.emb_dropout)
         self.max_len = cfg.max_len
         self.from_end = cfg.positions == "end"
-        # Same scale as the item table: with N(0, 1) defaults the side embeddings would be ~8x
-        # larger than the item vectors and drown the item signal after the LayerNorm.
+        # Same scale as the item table (cfg.embedding_std): with N(0, 1) defaults the side embeddings
+        # would be ~8x larger than the item vectors and drown the item signal after the LayerNorm.
         for m in self.modules():
             if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=cfg.init_std or cfg.dim**-0.5)
+                nn.init.normal_(m.weight, std=cfg.embedding_std)
                 if m.padding_idx is not None:
                     with torch.no_grad():
                         m.weight[m.padding_idx].zero_()
