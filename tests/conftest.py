@@ -12,7 +12,9 @@ import torch
 from serving_support import RedisServer
 
 from shopformer.data.batches import Batch
+from shopformer.data.corpus import Dataset
 from shopformer.data.sequences import Sequences
+from shopformer.data.vocab import Vocab, Vocabs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -43,6 +45,15 @@ def cyclic_sequences(n_users: int = 300, n_items: int = 60, step: int = 7, seed:
         behs.append([1 + (i % 2) for i in range(length)])
         times.append([1_600_000_000 + 60 * i for i in range(length)])
     return Sequences.from_lists(items, behs, times)
+
+
+def cyclic_dataset(n_users: int = 60, n_items: int = 30) -> Dataset:
+    """:func:`cyclic_sequences` as an in-memory Dataset (two behaviours, no categories, no files)."""
+    pad = ("<pad>",)
+    vocabs = Vocabs(Vocab(pad + tuple(f"u{i}" for i in range(n_users))),
+                    Vocab(pad + tuple(f"i{i}" for i in range(n_items))), Vocab(pad + ("a", "b")), Vocab(pad))
+    return Dataset(path=Path("."), seq=cyclic_sequences(n_users=n_users, n_items=n_items), vocabs=vocabs,
+                   stats={"has_time": True}, fingerprint="")
 
 
 @pytest.fixture(scope="session")

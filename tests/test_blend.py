@@ -148,3 +148,40 @@ def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> N
     assert rec.recommend_many([History(["1", "2"], ["view", "view"])], k=3, behaviour="buy")[0].items
     again, _ = evaluate_run(res.run_dir, max_item_examples=5000)
     assert again["next_item"]["buy"][row]["ndcg@10"] == pytest.approx(res.metrics["next_item"]["buy"][row]["ndcg@10"])
+
+
+@pytest.mark.parametrize("counts", ["validation", "training"])
+def test_the_served_blend_refits_its_counts_through_validation_and_never_the_model(counts: str) -> None:
+    """train.blend_counts: the mixture is chosen on counts of training events (the model's data); the served
+    baseline then counts training + validation events, the model's weights stay as selected."""
+    from conftest import cyclic_dataset
+
+    from shopformer.config import Config, apply_overrides
+    from shopformer.data.batches import EventArrays
+    from shopformer.data.corpus import DataSpec
+    from shopformer.data.split import leave_one_out
+    from shopformer.models import build_model
+    from shopformer.pipelines.next_item import Trained, _baselines, blend_baseline_row, tune_blend
+    from shopformer.training.fit import FitResult
+
+    ds = cyclic_dataset(n_users=60, n_items=30)  # every next item follows from the last: Markov wins
+    seq = ds.seq
+    cfg = apply_overrides(Config(), ["model.dim=16", "model.max_len=4", "eval.bootstrap=0", "eval.exclude_seen=false",
+                                     "train.blend=true", f"train.blend_counts={counts}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, DataSpec(n_items=30, n_behaviours=2, has_time=True))  # untrained: loses
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    split = leave_one_out(seq)
+    arrays = EventArrays.from_sequences(seq, cfg.model.time_buckets)
+    blend, report = tune_blend(Trained(model, FitResult(), np.zeros(31), {}), ds, split, cfg, arrays,
+                               _baselines(ds, split.train_end))
+    assert blend is not None and blend.baseline_name == "markov" and report["chosen"]["counts"] == f"{counts} events"
+    end = split.refit_end if counts == "validation" else split.train_end
+    assert not np.array_equal(split.refit_end, split.train_end)  # the validation events are new counts
+    items = torch.tensor([[0, 3, 10], [1, 8, 15]])
+    batch = Batch(items, torch.ones_like(items), torch.zeros_like(items), torch.zeros_like(items))
+    assert torch.equal(blend.baseline(batch), Markov(seq, end, 30)(batch))  # the counts it serves
+    assert not torch.equal(Markov(seq, split.refit_end, 30)(batch), Markov(seq, split.train_end, 30)(batch))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is not refit
+    row = blend_baseline_row(cfg, blend)  # the test row to read the served blend against
+    assert list(row) == (["markov (through validation)"] if counts == "validation" else [])

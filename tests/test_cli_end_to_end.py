@@ -33,6 +33,7 @@ def test_train_writes_a_complete_run(trained) -> None:
     chosen = metrics["blend"]["chosen"]  # the default rule blends (docs/defaults.md): a row when a blend won
     if chosen is not None:
         systems.add(f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})")
+        systems.add(f"{chosen['baseline']} (through validation)")  # the served counts (train.blend_counts)
     assert set(metrics["test"]) == systems
     assert "full ranking" in metrics["protocol"]
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import cyclic_sequences
+from conftest import cyclic_dataset, cyclic_sequences
 
 from shopformer.config import Config, apply_overrides
 from shopformer.data.batches import EventArrays
@@ -45,20 +43,13 @@ def test_evaluate_never_feeds_a_model_more_than_its_window() -> None:
 
 
 def test_evaluate_systems_uses_the_models_window() -> None:
-    from shopformer.data.corpus import Dataset
-    from shopformer.data.vocab import Vocab, Vocabs
     from shopformer.pipelines.next_item import evaluate_systems
 
-    seq = cyclic_sequences(n_users=60, n_items=30)
+    ds = cyclic_dataset(n_users=60, n_items=30)
+    seq = ds.seq
     cfg = apply_overrides(Config(), ["model.dim=16", "model.max_len=4", "eval.bootstrap=0", "eval.exclude_seen=false"])
     torch.manual_seed(0)
-    spec = DataSpec(n_items=30, n_behaviours=2, has_time=True)
-    model = build_model(cfg.model, spec)
-    pad = ("<pad>",)
-    vocabs = Vocabs(Vocab(pad + tuple(f"u{i}" for i in range(60))), Vocab(pad + tuple(f"i{i}" for i in range(30))),
-                    Vocab(pad + ("a", "b")), Vocab(pad))
-    ds = Dataset(path=Path("."), seq=seq, vocabs=vocabs, stats={"has_time": True},
-                 fingerprint="")
+    model = build_model(cfg.model, DataSpec(n_items=30, n_behaviours=2, has_time=True))
     split = leave_one_out(seq)
     own = evaluate_systems(model, ds, split, cfg)
     wide = evaluate_systems(model, ds, split, cfg.override(model={"max_len": 50}))

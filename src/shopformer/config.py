@@ -193,6 +193,12 @@ class TrainConfig(_Section):
     # Opt-in: serve a mixture of the model with its best baseline, tuned on validation (evaluation/
     # blend.py), so the served answer is never worse than either on validation.
     blend: bool = False
+    # Once the blend is chosen (on counts of training events, the model's data), its baseline is
+    # refit on training + validation events: counts have no epochs to choose, and the histories it
+    # serves already end with those events. The model itself is not refit. "training" keeps the
+    # counts the mixture was chosen with (the served rows recorded before stop 29). Next-item runs;
+    # the multi-behaviour blend (task.kind != "next-item") keeps training counts.
+    blend_counts: Literal["training", "validation"] = "validation"
     # Training step precision (docs/scale-training.md): "bf16" autocasts the encoder to bfloat16
     # (the loss stays fp32); "auto" = bf16 only where the hardware has native bf16 (CUDA, or a CPU
     # with AMX / AVX512-BF16), else fp32.

@@ -8,7 +8,7 @@ Every scorer is vectorised over the batch; item-item data is kept sparse (never 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -411,19 +411,21 @@ def repeat_targets(seq: Sequences, examples: EvalExamples) -> np.ndarray:
 
 
 def shop_baselines(
-    seq: Sequences, train_end: np.ndarray, n_items: int, n_behaviours: int, behaviour: int | None = None
+    seq: Sequences, train_end: np.ndarray, n_items: int, n_behaviours: int, behaviour: int | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Callable[[Batch], torch.Tensor]]:
     """The heuristics a shop would try first, fitted on training events, reported beside every model:
     popularity, first-order Markov, the user's recent items weighted by behaviour and recency,
     item-to-item co-occurrence ("viewed together") and popularity within the recent categories.
-    ``behaviour`` (a dense id) aims them at the next event of that type (e.g. purchases)."""
-    out: dict[str, Callable[[Batch], torch.Tensor]] = {
-        "popularity": Popularity(item_counts(seq, train_end, n_items, behaviour=behaviour)),
-        "markov": Markov(seq, train_end, n_items),
-        "weighted recent items": WeightedRecentItems.fit(seq, train_end, n_items, n_behaviours,
-                                                         target_behaviour=behaviour),
-        "co-occurrence": CoOccurrence(seq, train_end, n_items),
+    ``behaviour`` (a dense id) aims them at the next event of that type (e.g. purchases); ``only``
+    fits just the named ones."""
+    fits: dict[str, Callable[[], Callable[[Batch], torch.Tensor]]] = {
+        "popularity": lambda: Popularity(item_counts(seq, train_end, n_items, behaviour=behaviour)),
+        "markov": lambda: Markov(seq, train_end, n_items),
+        "weighted recent items": lambda: WeightedRecentItems.fit(seq, train_end, n_items, n_behaviours,
+                                                                 target_behaviour=behaviour),
+        "co-occurrence": lambda: CoOccurrence(seq, train_end, n_items),
     }
     if int(seq.categories.max(initial=0)) > 0:  # only logs with categories
-        out["category popularity"] = CategoryPopularity.fit(seq, train_end, n_items, behaviour=behaviour)
-    return out
+        fits["category popularity"] = lambda: CategoryPopularity.fit(seq, train_end, n_items, behaviour=behaviour)
+    return {name: fit() for name, fit in fits.items() if only is None or name in only}

@@ -87,7 +87,10 @@ def blend_name(cfg: Config, blend: Blend) -> str:
 def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays,
                baselines: dict[str, ScoreFn]) -> tuple[Blend | None, dict]:
     """``train.blend``: the mixture of the selected model with a baseline (fitted on training events)
-    that scores best on the validation examples (None when the model alone is best), and the grid."""
+    that scores best on the validation examples (None when the model alone is best), and the grid.
+    With ``train.blend_counts = "validation"`` the chosen baseline is then refit on training +
+    validation events: counts have no epochs to choose, and the histories the blend scores at test
+    and serving time already end with those events. The model is not refit."""
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     model_fn = model_scorer(trained.model)
@@ -98,9 +101,23 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
         return float(res.metrics[cfg.train.monitor])
 
     blend, grid = choose_blend(baselines, validate)
-    chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None
+    if blend is not None and cfg.train.blend_counts == "validation":
+        name = blend.baseline_name
+        through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
+                                 only={name})
+        blend = Blend(name, through[name], blend.alpha)
+    chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha,
+              "counts": f"{cfg.train.blend_counts} events"} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
+
+
+def blend_baseline_row(cfg: Config, blend: Blend | None) -> dict[str, ScoreFn]:
+    """The served blend's own baseline, when its counts go through validation: the test row to read
+    the blend against (the other baselines keep the model's training events)."""
+    if blend is None or cfg.train.blend_counts != "validation":
+        return {}
+    return {f"{blend.baseline_name} (through validation)": blend.baseline}
 
 
 def _baselines(ds: Dataset, train_end: np.ndarray) -> dict[str, ScoreFn]:
@@ -217,14 +234,16 @@ def run_experiment(
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
     fitted = _baselines(ds, split.train_end)  # fitted once: validation, blend and (without refit) test
     blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
-    test = evaluate_systems(model, ds, split, cfg, arrays, blend, None if cfg.train.refit else fitted)
+    test = evaluate_systems(model, ds, split, cfg, arrays, blend,
+                            None if cfg.train.refit else fitted | blend_baseline_row(cfg, blend))
     if trained.selected is not None:  # the published protocol's row: the model selected on validation, no refit
         test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,
                                                 ds.spec.n_items, trained.selected.max_len, cfg.eval).metrics
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
     if blend is not None:
+        counts = ", its counts then refit through validation" if cfg.train.blend_counts == "validation" else ""
         warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
-                        "chosen on validation): the blend row of the table is what the run serves")
+                        f"chosen on validation{counts}): the blend row of the table is what the run serves")
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
     protocol = protocol_text(cfg, split, ds.spec.n_items)
     table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol, warnings)
