@@ -31,7 +31,6 @@ from shopformer.pipelines.defaults import DEFAULT_CONFIG, apply_data_defaults, e
 from shopformer.pipelines.next_item import (
     _baselines,
     _train_once,
-    blend_baseline_row,
     blend_name,
     evaluate_systems,
     train_next_item,
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = train_next_item(ds, cfg, split, arrays, progress=True)
     fitted = _baselines(ds, split.train_end)
     blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
-    test = evaluate_systems(trained.model, ds, split, cfg, arrays, blend, fitted | blend_baseline_row(cfg, blend))
+    test = evaluate_systems(trained.model, ds, split, cfg, arrays, blend, fitted)
     # what `shopformer train` serves: the validation-chosen blend when the rule turned it on and it won there
     served = blend_name(cfg, blend) if blend is not None else cfg.model.name
     rows = [{**base, "row": "no refit (selected on validation)", "valid_ndcg@10": round(trained.valid["ndcg@10"], 5),

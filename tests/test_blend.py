@@ -43,7 +43,11 @@ def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     model = torch.randn(2, 5)
     model[:, 0] = float("-inf")
     assert torch.equal(blend.combine(model, _batch()), again.combine(model, _batch()))
-    assert again.alpha == pytest.approx(0.4)
+    assert again.alpha == pytest.approx(0.4) and again.counts == "training" and again.row_name is None
+    through = Blend.from_state(name, blend.state(), counts="validation")  # what the run's manifest says
+    assert through.counts == "validation" and through.row_name == f"{name} (through validation)"
+    with pytest.raises(ValueError, match="unknown blend counts"):
+        Blend.from_state(name, blend.state(), counts="test")
 
 
 def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> None:
@@ -110,7 +114,16 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     assert rec.recommend_many([h], k=3)[0].items == rec.recommend_many([h], k=3)[0].items
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
     assert r.exit_code == 0 and "(blend," in r.output, r.output
-    assert blend_row in r.output
+    through = f"{chosen['baseline']} (through validation)"  # train.blend_counts = "validation", the default
+    assert blend_row in r.output and through in metrics["test"] and through in r.output
+    assert rec.run.blend.counts == "validation"
+    # a run saved before the counts were recorded (stop 29) served training counts: no such row, same blend row
+    manifest_path = tmp_path / "run" / "model" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["blend"]["counts"]
+    manifest_path.write_text(json.dumps(manifest))
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0 and blend_row in r.output and through not in r.output, r.output
 
 
 def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> None:
@@ -161,7 +174,7 @@ def test_the_served_blend_refits_its_counts_through_validation_and_never_the_mod
     from shopformer.data.corpus import DataSpec
     from shopformer.data.split import leave_one_out
     from shopformer.models import build_model
-    from shopformer.pipelines.next_item import Trained, _baselines, blend_baseline_row, tune_blend
+    from shopformer.pipelines.next_item import Trained, _baselines, tune_blend
     from shopformer.training.fit import FitResult
 
     ds = cyclic_dataset(n_users=60, n_items=30)  # every next item follows from the last: Markov wins
@@ -183,5 +196,5 @@ def test_the_served_blend_refits_its_counts_through_validation_and_never_the_mod
     assert torch.equal(blend.baseline(batch), Markov(seq, end, 30)(batch))  # the counts it serves
     assert not torch.equal(Markov(seq, split.refit_end, 30)(batch), Markov(seq, split.train_end, 30)(batch))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is not refit
-    row = blend_baseline_row(cfg, blend)  # the test row to read the served blend against
-    assert list(row) == (["markov (through validation)"] if counts == "validation" else [])
+    assert blend.counts == counts  # saved with the run: the test row to read the served blend against follows it
+    assert blend.row_name == ("markov (through validation)" if counts == "validation" else None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -48,6 +49,9 @@ class Blend:
     baseline_name: str
     baseline: ScoreFn
     alpha: float
+    # the events the baseline's counts come from: the model's training events, or training + validation
+    # events once the blend is chosen (train.blend_counts); saved with the run, so a reloaded run says which
+    counts: Literal["training", "validation"] = "training"
 
     def combine(self, model_scores: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.alpha == 0.0:
@@ -73,11 +77,20 @@ class Blend:
         return {"alpha": torch.tensor(self.alpha), **{f"baseline.{k}": v for k, v in own().items()}}
 
     @classmethod
-    def from_state(cls, name: str, tensors: dict[str, torch.Tensor]) -> Blend:
+    def from_state(cls, name: str, tensors: dict[str, torch.Tensor], counts: str = "training") -> Blend:
         if name not in BLENDABLE:
             raise ValueError(f"unknown blend baseline {name!r}; blendable: {', '.join(BLENDABLE)}")
+        if counts not in ("training", "validation"):
+            raise ValueError(f"unknown blend counts {counts!r}; expected 'training' or 'validation'")
         own = {k.removeprefix("baseline."): v for k, v in tensors.items() if k.startswith("baseline.")}
-        return cls(name, BLENDABLE[name].from_state(own), float(tensors["alpha"]))
+        return cls(name, BLENDABLE[name].from_state(own), float(tensors["alpha"]),
+                   "validation" if counts == "validation" else "training")
+
+    @property
+    def row_name(self) -> str | None:
+        """The test row of the blend's own baseline when its counts differ from the other baselines'
+        (which keep the model's training events): the served blend is read against it."""
+        return f"{self.baseline_name} (through validation)" if self.counts == "validation" else None
 
 
 def choose_blend(

@@ -62,7 +62,8 @@ def evaluate_systems(
 ) -> dict[str, dict]:
     """Test metrics of the model (and its served blend, if any) and the shop baselines on the same
     examples, each from the model's window. The baselines must be fitted on the events the model
-    trained on; by default they are fitted here."""
+    trained on; by default they are fitted here. A blend whose counts go through validation adds its
+    own baseline's row ("markov (through validation)"), to read the served row against."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
     if baselines is None:
         baselines = _baselines(ds, split.training_end(cfg.train.refit))  # the events the model saw
@@ -70,6 +71,8 @@ def evaluate_systems(
     if blend is not None:
         systems[blend_name(cfg, blend)] = blend.scorer(model_scorer(model))
     systems.update(baselines)
+    if blend is not None and blend.row_name is not None:
+        systems[blend.row_name] = blend.baseline
     return {
         name: evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
@@ -105,19 +108,11 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
         name = blend.baseline_name
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
                                  only={name})
-        blend = Blend(name, through[name], blend.alpha)
+        blend = Blend(name, through[name], blend.alpha, counts="validation")
     chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha,
-              "counts": f"{cfg.train.blend_counts} events"} if blend else None
+              "counts": f"{blend.counts} events"} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
-
-
-def blend_baseline_row(cfg: Config, blend: Blend | None) -> dict[str, ScoreFn]:
-    """The served blend's own baseline, when its counts go through validation: the test row to read
-    the blend against (the other baselines keep the model's training events)."""
-    if blend is None or cfg.train.blend_counts != "validation":
-        return {}
-    return {f"{blend.baseline_name} (through validation)": blend.baseline}
 
 
 def _baselines(ds: Dataset, train_end: np.ndarray) -> dict[str, ScoreFn]:
@@ -234,14 +229,13 @@ def run_experiment(
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
     fitted = _baselines(ds, split.train_end)  # fitted once: validation, blend and (without refit) test
     blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
-    test = evaluate_systems(model, ds, split, cfg, arrays, blend,
-                            None if cfg.train.refit else fitted | blend_baseline_row(cfg, blend))
+    test = evaluate_systems(model, ds, split, cfg, arrays, blend, None if cfg.train.refit else fitted)
     if trained.selected is not None:  # the published protocol's row: the model selected on validation, no refit
         test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,
                                                 ds.spec.n_items, trained.selected.max_len, cfg.eval).metrics
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
     if blend is not None:
-        counts = ", its counts then refit through validation" if cfg.train.blend_counts == "validation" else ""
+        counts = ", its counts then refit through validation" if blend.counts == "validation" else ""
         warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
                         f"chosen on validation{counts}): the blend row of the table is what the run serves")
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
