@@ -21,18 +21,66 @@ def _case(m: int, v: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     return h, e, t, excluded
 
 
+def _seen(t: torch.Tensor, v: int, per_row: int = 4) -> torch.Tensor:
+    """(M, per_row) items to leave out of each row's softmax: random kept classes, never the target,
+    with some PAD (0) entries."""
+    g = torch.Generator().manual_seed(1)
+    seen = torch.randint(4, v - 1, (len(t), per_row), generator=g)
+    seen[seen == t[:, None]] = 0
+    seen[::3, -1] = 0
+    return seen
+
+
 @pytest.mark.parametrize("budget", [1 << 22, 700, 5])  # one block; row blocks; row blocks split by columns
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
-def test_equals_the_plain_cross_entropy_in_value_and_gradients(budget: int, smoothing: float) -> None:
+@pytest.mark.parametrize("masked", [False, True])
+def test_equals_the_plain_cross_entropy_in_value_and_gradients(budget: int, smoothing: float, masked: bool) -> None:
     h, e, t, excluded = _case(m=37, v=50, d=8)
-    plain = full_cross_entropy(h, t, e, smoothing, excluded, budget=None)
+    seen = _seen(t, 50) if masked else None
+    plain = full_cross_entropy(h, t, e, smoothing, excluded, budget=None, seen=seen)
     gh, ge = torch.autograd.grad(plain, [h, e])
-    chunked = full_cross_entropy(h, t, e, smoothing, excluded, budget=budget)
+    chunked = full_cross_entropy(h, t, e, smoothing, excluded, budget=budget, seen=seen)
     ch, ce = torch.autograd.grad(chunked, [h, e])
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-5)
     torch.testing.assert_close(ch, gh, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(ce, ge, atol=1e-6, rtol=1e-4)
     assert ce[0].abs().sum() == 0 and ce[3].abs().sum() == 0  # padding and cold rows get no gradient
+
+
+def test_seen_items_leave_their_row_s_softmax_only() -> None:
+    """loss.mask_seen: each row's cross-entropy is the plain one over the catalogue minus that row's
+    own seen items (and the excluded ones); a seen item gets no push from that row."""
+    import torch.nn.functional as F
+
+    h, e, t, excluded = _case(m=6, v=20, d=4)
+    seen = _seen(t, 20)
+    loss = full_cross_entropy(h, t, e, 0.0, excluded, budget=5, seen=seen)
+    rows = []
+    for i in range(len(t)):
+        keep = ~excluded.clone()
+        keep[0] = False
+        keep[seen[i]] = False
+        keep[t[i]] = True
+        z = (h[i] @ e.T)[keep]
+        rows.append(F.cross_entropy(z[None], (keep.long().cumsum(0) - 1)[t[i]][None]))
+    assert loss.item() == pytest.approx(torch.stack(rows).mean().item(), rel=1e-5)
+    assert loss.item() < full_cross_entropy(h, t, e, 0.0, excluded).item()  # fewer classes, lower loss
+    grad_e, = torch.autograd.grad(full_cross_entropy(h[:1], t[:1], e, 0.0, excluded, seen=seen[:1]), [e])
+    assert all(grad_e[j].abs().sum() == 0 for j in seen[0].tolist())
+
+
+def test_seen_before_is_the_causal_history_without_the_target() -> None:
+    from shopformer.models.losses import seen_before
+
+    items = torch.tensor([[0, 5, 6, 5]])  # left padding, then 5, 6, 5
+    targets = torch.tensor([[5, 6, 5, 7]])  # the next item at each position (5 repeats)
+    seen = seen_before(items, targets)[0]
+    assert seen.tolist() == [[0, 0, 0, 0],  # before the first event: nothing seen
+                             [0, 5, 0, 0],  # predicting 6 from [5]
+                             [0, 0, 6, 0],  # predicting 5 again: 5 stays a class, 6 leaves
+                             [0, 5, 6, 5]]  # predicting 7 from [5, 6, 5]
+    both_sides = seen_before(items, targets, causal=False)[0]  # a masked model: the whole window
+    assert both_sides.tolist() == [[0, 0, 6, 0], [0, 5, 0, 5], [0, 0, 6, 0], [0, 5, 6, 5]]
 
 
 def test_block_shape_splits_wide_catalogues_by_columns() -> None:

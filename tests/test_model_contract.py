@@ -59,7 +59,7 @@ def test_shapes(model) -> None:
     assert torch.isfinite(s[:, 1:]).all()
 
 
-@pytest.mark.parametrize("kind", ["ce", "sampled", "in-batch", "per-position"])
+@pytest.mark.parametrize("kind", ["ce", "sampled", "in-batch", "per-position", "mask-seen"])
 def test_finite_loss_and_gradients(model, kind: str) -> None:
     import numpy as np
 
@@ -68,8 +68,8 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
     model.train()
     sampler = NegativeSampler(np.arange(SPEC.n_items + 1), "popularity", seed=0)
     loss_cfg = {"in-batch": LossConfig(kind="sampled", negatives=4, in_batch=8),
-                "per-position": LossConfig(kind="sampled", negatives=8, per_position=True)}.get(kind) or LossConfig(
-        kind=kind, negatives=8)
+                "per-position": LossConfig(kind="sampled", negatives=8, per_position=True),
+                "mask-seen": LossConfig(mask_seen=True)}.get(kind) or LossConfig(kind=kind, negatives=8)
     out = model.loss(make_batch(), loss_cfg, sampler)
     assert torch.isfinite(out.total)
     out.total.backward()
@@ -80,6 +80,11 @@ def test_finite_loss_and_gradients(model, kind: str) -> None:
     if model.out_emb is not None:  # untied: the scoring table learns too, and is not the input table
         assert model.out_emb.weight.grad is not None and model.out_emb.weight.grad.abs().sum() > 0
         assert model.output_embeddings().data_ptr() != model.item_emb.weight.data_ptr()
+    if kind == "mask-seen":  # the user's own items leave each softmax: fewer classes, lower loss
+        model.eval()
+        with torch.no_grad():
+            masked = [(torch.manual_seed(0), model.loss(make_batch(), c).total)[1] for c in (loss_cfg, LossConfig())]
+        assert masked[0] < masked[1]
 
 
 def test_no_future_leakage(model) -> None:

@@ -103,9 +103,15 @@ class LossConfig(_Section):
     per_position: bool = False
     logq_correction: bool = True
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Full cross-entropy: leave the user's own items (a causal model: the window up to each position;
+    # a masked one: the whole window), never the target itself, out of that position's softmax, as
+    # the ranking does with eval.exclude_seen. The model then need not learn to push them down.
+    mask_seen: bool = False
 
     @model_validator(mode="after")
     def _some_negatives(self) -> LossConfig:
+        if self.mask_seen and self.kind != "ce":
+            raise ValueError("loss.mask_seen leaves the history out of the full softmax: it needs loss.kind='ce'")
         if self.kind == "sampled" and self.negatives + self.in_batch == 0:
             raise ValueError("loss.kind='sampled' needs loss.negatives > 0 or loss.in_batch > 0")
         if self.per_position and (self.in_batch or not self.negatives):
@@ -247,7 +253,7 @@ class Config(_Section):
         # validation events would leak into.
         for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
                         (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position"),
-                        (self.model.members > 1, "model.members")):
+                        (self.model.members > 1, "model.members"), (self.loss.mask_seen, "loss.mask_seen")):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         if self.train.blend and self.train.refit:

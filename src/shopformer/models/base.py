@@ -24,7 +24,7 @@ from shopformer.config import LossConfig, ModelConfig
 from shopformer.data.batches import Batch
 from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
-from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax
+from shopformer.models.losses import NegativeSampler, full_cross_entropy, sampled_softmax, seen_before
 
 if TYPE_CHECKING:  # heads import this module; the annotation alone needs them
     from shopformer.models.heads import MultiTaskHeads
@@ -136,17 +136,20 @@ class SequenceModel(nn.Module):
         targets: torch.Tensor,
         loss_cfg: LossConfig,
         sampler: NegativeSampler | None = None,
+        seen: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none."""
+        """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none; ``seen``
+        (B, L, S): items left out of each position's softmax (``loss.mask_seen``, ``seen_before``)."""
         real = targets != PAD
         h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
         emb, cold = self.output_embeddings(), self.cold_items()
         neg_q = self._negatives(t, loss_cfg, sampler) if loss_cfg.kind == "sampled" else None
+        seen = seen[real] if seen is not None else None
         # one loss per ensemble member (model.members; one member = the whole width): each scores with
         # its own columns and learns from its own loss, the mean so the figure reads like one model's;
         # the same negatives serve every member
         members = self.cfg.members
-        parts = [self._item_loss(hk, t, ek, cold, loss_cfg, neg_q)
+        parts = [self._item_loss(hk, t, ek, cold, loss_cfg, neg_q, seen)
                  for hk, ek in zip(h.chunk(members, -1), emb.chunk(members, -1), strict=True)]
         return torch.stack(parts).mean()
 
@@ -161,12 +164,13 @@ class SequenceModel(nn.Module):
 
     @staticmethod
     def _item_loss(h: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, cold: torch.Tensor | None,
-                   loss_cfg: LossConfig, neg_q: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                   loss_cfg: LossConfig, neg_q: tuple[torch.Tensor, torch.Tensor] | None,
+                   seen: torch.Tensor | None) -> torch.Tensor:
         if neg_q is not None:
             neg, log_q = neg_q
             return sampled_softmax(h, t, emb, neg, log_q if loss_cfg.logq_correction else None, cold,
                                    loss_cfg.label_smoothing)
-        return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold)
+        return full_cross_entropy(h, t, emb, loss_cfg.label_smoothing, cold, seen=seen)
 
     def cold_items(self) -> torch.Tensor | None:
         """(n_items + 1,) bool: items without any training event, left out of the training
@@ -180,7 +184,8 @@ class SequenceModel(nn.Module):
             raise ValueError("a training batch needs targets")
         if self.heads is not None:  # weighted multi-task loss (models/heads.py)
             return self.heads.loss(self.encode(batch), batch, self.output_embeddings(), loss_cfg, sampler)
-        loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler)
+        seen = seen_before(batch.items, batch.targets) if loss_cfg.mask_seen else None
+        loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler, seen)
         return LossOutput(loss, {"item": float(loss.detach())})
 
 

@@ -38,7 +38,7 @@ from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.layers import TransformerEncoder
-from shopformer.models.losses import NegativeSampler
+from shopformer.models.losses import NegativeSampler, seen_before
 
 
 def _append(t: torch.Tensor, col: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -114,7 +114,10 @@ class BERT4Rec(SequenceModel):
 
     def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         inputs, targets = self.corrupt(batch)
-        loss = self.item_loss(self.encode(inputs), targets, loss_cfg, sampler)  # masked positions only
+        seen = None
+        if loss_cfg.mask_seen:  # the user's own events on both sides of each mask leave its softmax
+            seen = seen_before(torch.where(targets != PAD, targets, inputs.items), targets, causal=False)
+        loss = self.item_loss(self.encode(inputs), targets, loss_cfg, sampler, seen)  # masked positions only
         return LossOutput(loss, {"item": float(loss.detach())})
 
     # ---- inference ------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class _ChunkedCE(torch.autograd.Function):
         keep: torch.Tensor,
         smoothing: float,
         budget: int,
+        seen: torch.Tensor | None,
     ) -> torch.Tensor:
         m, v = hidden.shape[0], emb.shape[0]
         need_h, need_e = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])  # type: ignore[attr-defined]
@@ -74,13 +75,14 @@ class _ChunkedCE(torch.autograd.Function):
         mean_kept = (e * keep_f[:, None]).sum(0) / n_keep if smoothing else None  # (D,)
         for r0 in range(0, m, rows):
             hb, tb = h[r0 : r0 + rows], targets[r0 : r0 + rows]
+            sb = seen[r0 : r0 + rows] if seen is not None else None
             n = hb.shape[0]
             mx = torch.full((n,), float("-inf"), dtype=h.dtype, device=h.device)
             ssum = torch.zeros(n, dtype=h.dtype, device=h.device)
             zt = torch.empty(n, dtype=h.dtype, device=h.device)
             single = cols >= v
             for c0 in range(0, v, cols):
-                z = _logits(hb, e, c0, cols, dropped, buf)
+                z = _logits(hb, e, c0, cols, dropped, buf, sb)
                 _take_targets(z, tb, c0, zt)
                 new = torch.maximum(mx, z.amax(1))
                 safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
@@ -98,7 +100,7 @@ class _ChunkedCE(torch.autograd.Function):
                 if single:  # the block still holds exp(z - max): normalise in place, no recomputation
                     p = z.div_(ssum[:, None])
                 else:
-                    p = _logits(hb, e, c0, cols, dropped, buf).sub_(lse[:, None]).exp_()
+                    p = _logits(hb, e, c0, cols, dropped, buf, sb).sub_(lse[:, None]).exp_()
                 _softmax_grad(p, tb, c0, keep_f, smoothing, n_keep)
                 c1 = c0 + p.shape[1]
                 if grad_h is not None:
@@ -120,18 +122,26 @@ class _ChunkedCE(torch.autograd.Function):
         return (
             grad_h.mul_(scale) if grad_h is not None else None,
             grad_e.mul_(scale) if grad_e is not None else None,
-            None, None, None, None,
+            None, None, None, None, None,
         )
 
 
 def _logits(hb: torch.Tensor, e: torch.Tensor, c0: int, cols: int, dropped: torch.Tensor,
-            buf: torch.Tensor) -> torch.Tensor:
-    """Logits of the block's rows against classes [c0, c0 + cols), excluded classes at -inf."""
+            buf: torch.Tensor, sb: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of the block's rows against classes [c0, c0 + cols), excluded classes at -inf, and
+    each row's own ``sb`` (seen) items too."""
     ec = e[c0 : c0 + cols]
     z = torch.mm(hb, ec.T, out=buf[: hb.shape[0] * ec.shape[0]].view(hb.shape[0], ec.shape[0]))
     local = dropped[(dropped >= c0) & (dropped < c0 + ec.shape[0])] - c0
     if len(local):
         z.index_fill_(1, local, float("-inf"))
+    if sb is not None:
+        if c0 == 0 and z.shape[1] == e.shape[0]:  # the whole catalogue: PAD's column is -inf already
+            z.scatter_(1, sb, float("-inf"))
+        else:
+            hit = (sb >= c0) & (sb < c0 + z.shape[1]) & (sb != 0)
+            rows = hit.nonzero()[:, 0]
+            z[rows, sb[hit] - c0] = float("-inf")
     return z
 
 
@@ -162,12 +172,15 @@ def chunked_cross_entropy(
     keep: torch.Tensor,
     label_smoothing: float = 0.0,
     budget: int = BLOCK_ELEMENTS,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ item_emb.T`` over the classes where ``keep`` is True
     (with ``label_smoothing`` spread over those classes only), equal to ``F.cross_entropy`` on the
     kept columns; computed in fp32 (outside autocast) one block of at most ``budget`` logits at a
-    time. hidden (M, D), targets (M,) kept class ids, item_emb (V, D), keep (V,) bool."""
+    time. hidden (M, D), targets (M,) kept class ids, item_emb (V, D), keep (V,) bool; seen: optional
+    (M, S) class ids also left out of each row's softmax (0 = none)."""
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         out: torch.Tensor = _ChunkedCE.apply(hidden.float(), item_emb.float(), targets, keep.to(hidden.device),
-                                             float(label_smoothing), int(budget))
+                                             float(label_smoothing), int(budget),
+                                             None if seen is None else seen.to(hidden.device))
     return out

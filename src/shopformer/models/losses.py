@@ -10,6 +10,19 @@ from shopformer.data.schema import PAD
 from shopformer.models.chunked_ce import BLOCK_ELEMENTS, chunked_cross_entropy
 
 
+def seen_before(items: torch.Tensor, targets: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """(B, L) window items and targets -> (B, L, L): row (b, t) holds the items the prediction at t
+    is made from, with PAD wherever an item is that position's target (a repeat stays a class it
+    can predict). Causal models see the positions <= t (PAD after t); a masked model's row holds
+    the whole window, the user's own events on both sides of the mask."""
+    length = items.shape[1]
+    seen = items[:, None, :].expand(-1, length, -1)  # (B, t, s) = items[b, s]
+    keep = seen != targets[:, :, None]
+    if causal:
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=items.device).tril()  # s <= t
+    return torch.where(keep, seen, torch.zeros_like(seen))
+
+
 def full_cross_entropy(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -17,6 +30,7 @@ def full_cross_entropy(
     label_smoothing: float = 0.0,
     excluded: torch.Tensor | None = None,
     budget: int | None = BLOCK_ELEMENTS,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue.
 
@@ -26,6 +40,7 @@ def full_cross_entropy(
     events, so never a target: one that is raises).
     ``budget``: logits per block of the chunked, gradient-fused computation (models/chunked_ce.py,
     the default: never materialises (M, V) logits); None computes the plain (M, V) logits.
+    seen: optional (M, S) item ids left out of each row's softmax (``seen_before``; PAD = none).
     """
     keep = torch.ones(item_emb.shape[0], dtype=torch.bool, device=hidden.device)
     if excluded is not None:
@@ -35,15 +50,19 @@ def full_cross_entropy(
             raise ValueError(f"target items {bad} are excluded from the softmax")
     keep[PAD] = False
     if budget is not None and len(targets):
-        return chunked_cross_entropy(hidden, targets, item_emb, keep, label_smoothing, budget)
+        return chunked_cross_entropy(hidden, targets, item_emb, keep, label_smoothing, budget, seen)
     logits = hidden @ item_emb.T  # (M, V)
-    if not label_smoothing:
-        logits[:, ~keep] = float("-inf")  # in place, only the few dropped columns are written
-        return F.cross_entropy(logits, targets)
-    # Smoothing must not put mass on a class that cannot be predicted (log 0 = -inf): keep only
-    # the allowed columns.
-    column = keep.long().cumsum(0) - 1  # item id -> column of the kept logits
-    return F.cross_entropy(logits[:, keep], column[targets], label_smoothing=label_smoothing)
+    # Smoothing spreads its mass over the kept classes' raw logits, as the chunked path does:
+    # (1 - eps) * nll + eps * (lse - mean of the kept logits), F.cross_entropy's label smoothing
+    mean_kept = logits[:, keep].mean(1) if label_smoothing else None
+    logits[:, ~keep] = float("-inf")  # in place, only the few dropped columns are written
+    if seen is not None:
+        logits = logits.scatter(1, seen.to(hidden.device), float("-inf"))  # PAD's column is dropped anyway
+    lse = logits.logsumexp(1)
+    loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
+    if mean_kept is not None:
+        loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean_kept)
+    return loss.mean()
 
 
 class NegativeSampler:
