@@ -95,6 +95,22 @@ def test_target_objective_trains_only_purchase_positions() -> None:
     assert zero.item() == 0.0 and zero.requires_grad
 
 
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_target_objective_leaves_the_user_s_items_out_with_mask_seen(name: str) -> None:
+    """loss.mask_seen reaches the fine-tuning objective too: the same masks, a lower loss (fewer classes)."""
+    cfg = config().override(model={"name": name})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, SPEC).eval()
+    items = torch.tensor([[1, 2, 3, 1], [4, 5, 6, 7]])
+    batch = Batch(items, torch.ones_like(items), torch.ones_like(items), torch.zeros_like(items),
+                  torch.tensor([[2, 3, 1, 9], [5, 6, 7, 8]]), torch.full_like(items, BUY))
+    losses = []
+    for mask_seen in (True, False):
+        torch.manual_seed(1)  # BERT4Rec draws its masks: the same ones both times
+        losses.append(target_objective(model, cfg.override(loss={"mask_seen": mask_seen}), BUY)(batch).total)
+    assert torch.isfinite(losses[0]) and losses[0] < losses[1]
+
+
 def test_bidirectional_target_objective_masks_purchases_only() -> None:
     cfg = config().override(model={"name": "bert4rec"})
     model = build_model(cfg.model, SPEC)

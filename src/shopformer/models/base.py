@@ -136,15 +136,20 @@ class SequenceModel(nn.Module):
         targets: torch.Tensor,
         loss_cfg: LossConfig,
         sampler: NegativeSampler | None = None,
-        seen: torch.Tensor | None = None,
+        window: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none; ``seen``
-        (B, L, S): items left out of each position's softmax (``loss.mask_seen``, ``seen_before``)."""
+        """Next-item loss at real targets only: hidden (B, L, D), targets (B, L), 0 = none. ``window``
+        (B, L): the events the predictions are made from, aligned with ``targets`` (a causal model's
+        input items; a masked model's full window), whose items leave the softmax with ``loss.mask_seen``."""
         real = targets != PAD
         h, t = hidden[real], targets[real]  # (M, D), (M,) — padding never reaches the logits
         emb, cold = self.output_embeddings(), self.cold_items()
         neg_q = self._negatives(t, loss_cfg, sampler) if loss_cfg.kind == "sampled" else None
-        seen = seen[real] if seen is not None else None
+        seen = None
+        if loss_cfg.mask_seen:
+            if window is None:
+                raise ValueError("loss.mask_seen needs the window the predictions are made from")
+            seen = seen_before(window, targets, causal=self.causal)[real]  # (M, L)
         # one loss per ensemble member (model.members; one member = the whole width): each scores with
         # its own columns and learns from its own loss, the mean so the figure reads like one model's;
         # the same negatives serve every member
@@ -184,8 +189,7 @@ class SequenceModel(nn.Module):
             raise ValueError("a training batch needs targets")
         if self.heads is not None:  # weighted multi-task loss (models/heads.py)
             return self.heads.loss(self.encode(batch), batch, self.output_embeddings(), loss_cfg, sampler)
-        seen = seen_before(batch.items, batch.targets) if loss_cfg.mask_seen else None
-        loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler, seen)
+        loss = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler, batch.items)
         return LossOutput(loss, {"item": float(loss.detach())})
 
 

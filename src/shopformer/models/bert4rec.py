@@ -38,7 +38,7 @@ from shopformer.data.corpus import DataSpec
 from shopformer.data.schema import PAD
 from shopformer.models.base import LossOutput, SequenceModel
 from shopformer.models.layers import TransformerEncoder
-from shopformer.models.losses import NegativeSampler, seen_before
+from shopformer.models.losses import NegativeSampler
 
 
 def _append(t: torch.Tensor, col: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -114,10 +114,8 @@ class BERT4Rec(SequenceModel):
 
     def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         inputs, targets = self.corrupt(batch)
-        seen = None
-        if loss_cfg.mask_seen:  # the user's own events on both sides of each mask leave its softmax
-            seen = seen_before(torch.where(targets != PAD, targets, inputs.items), targets, causal=False)
-        loss = self.item_loss(self.encode(inputs), targets, loss_cfg, sampler, seen)  # masked positions only
+        loss = self.item_loss(self.encode(inputs), targets, loss_cfg, sampler,  # masked positions only
+                              window=full_window(inputs, targets))
         return LossOutput(loss, {"item": float(loss.detach())})
 
     # ---- inference ------------------------------------------------------------------------
@@ -136,3 +134,8 @@ class BERT4Rec(SequenceModel):
     def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) state at the [MASK] appended after the history."""
         return self.encode(self.with_mask_appended(batch))[:, -1]
+
+
+def full_window(inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
+    """(B, L') the events of a corrupted window: the masked ones' targets, the others' inputs."""
+    return torch.where(targets != PAD, targets, inputs.items)

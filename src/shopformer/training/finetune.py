@@ -44,6 +44,7 @@ from shopformer.data.split import EvalExamples
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import attention_models, model_class
 from shopformer.models.base import LossOutput, SequenceModel
+from shopformer.models.bert4rec import full_window
 from shopformer.models.lora import apply_lora, count_parameters, mark_only_lora_trainable, merge_lora
 from shopformer.models.losses import NegativeSampler
 from shopformer.training.fit import FitResult, fit
@@ -134,14 +135,14 @@ class WithHead(nn.Module):
         return scores
 
     def item_loss(self, hidden: torch.Tensor, targets: torch.Tensor, loss_cfg: LossConfig,
-                  sampler: NegativeSampler | None = None) -> torch.Tensor:
-        return self.base.item_loss(hidden, targets, loss_cfg, sampler)
+                  sampler: NegativeSampler | None = None, window: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base.item_loss(hidden, targets, loss_cfg, sampler, window)
 
     def loss(self, batch: Batch, loss_cfg: LossConfig, sampler: NegativeSampler | None = None) -> LossOutput:
         if not self.causal:
             raise ValueError("WithHead.loss supports causal models; use target_objective")
         assert batch.targets is not None  # a training batch
-        out = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler)
+        out = self.item_loss(self.encode(batch), batch.targets, loss_cfg, sampler, batch.items)
         return LossOutput(out, {"item": float(out.detach())})
 
 
@@ -156,15 +157,17 @@ def target_objective(model: SequenceModel | WithHead, cfg: Config, behaviour: in
         assert batch.targets is not None and batch.target_behaviours is not None
         if model.causal:
             targets = batch.targets * (batch.target_behaviours == behaviour)
+            window = batch.items
             hidden = model.encode(batch) if bool((targets != PAD).any()) else None
         else:  # bidirectional: mask the target-type events of the full window (the last one always)
             beh = torch.cat([batch.behaviours, batch.target_behaviours[:, -1:]], dim=1)
             base = model.base if isinstance(model, WithHead) else model
             inputs, targets = base.corrupt(batch, eligible=beh == behaviour)  # type: ignore[operator]
+            window = full_window(inputs, targets)
             hidden = model.encode(inputs) if bool((targets != PAD).any()) else None
         if hidden is None:
             return LossOutput(zero_loss(model), {"target": 0.0})
-        loss = model.item_loss(hidden, targets, cfg.loss, sampler)
+        loss = model.item_loss(hidden, targets, cfg.loss, sampler, window)
         return LossOutput(loss, {"target": float(loss.detach())})
 
     return objective
