@@ -57,6 +57,8 @@ def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
         config_from_dict({"text": {"titles": "t.tsv"}, "task": {"kind": "next-purchase"}})
     with pytest.raises(ConfigError, match="loss.mask_seen is supported for task.kind='next-item' only"):
         config_from_dict({"loss": {"mask_seen": True}, "task": {"kind": "multi"}})
+    with pytest.raises(ConfigError, match="needs eval.exclude_seen = true"):
+        config_from_dict({"loss": {"mask_seen": True}, "eval": {"exclude_seen": False}})
     with pytest.raises(ConfigError, match="needs loss.kind='ce'"):
         config_from_dict({"loss": {"mask_seen": True, "kind": "sampled"}})
     with pytest.raises(ConfigError, match="text.id_dropout"):

@@ -107,7 +107,8 @@ def test_target_objective_leaves_the_user_s_items_out_with_mask_seen(name: str) 
     losses = []
     for mask_seen in (True, False):
         torch.manual_seed(1)  # BERT4Rec draws its masks: the same ones both times
-        losses.append(target_objective(model, cfg.override(loss={"mask_seen": mask_seen}), BUY)(batch).total)
+        run_cfg = cfg.override(loss={"mask_seen": mask_seen}, eval={"exclude_seen": True})
+        losses.append(target_objective(model, run_cfg, BUY)(batch).total)
     assert torch.isfinite(losses[0]) and losses[0] < losses[1]
 
 
