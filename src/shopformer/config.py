@@ -106,6 +106,7 @@ class LossConfig(_Section):
     # Full cross-entropy: leave the user's own items (a causal model: the window up to each position;
     # a masked one: the whole window), never the target itself, out of that position's softmax, as
     # the ranking does with eval.exclude_seen. The model then need not learn to push them down.
+    # Opt-in: level with the default SASRec on Beauty over seeds 42 / 1 (README, stop 31).
     mask_seen: bool = False
 
     @model_validator(mode="after")
