@@ -59,6 +59,23 @@ def test_bad_launch_settings_are_one_clear_error(monkeypatch: pytest.MonkeyPatch
         distributed.launched_world()
 
 
+def test_joining_a_group_registers_its_teardown_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that exits with its gloo group open can abort (pytorch/pytorch#190489): setup registers
+    the teardown that closes it, and the teardown leaves the group."""
+    import torch.distributed as dist
+
+    registered = []
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the group itself is a one-process one
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    join = dist.init_process_group
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: join(
+        backend, store=dist.HashStore(), rank=0, world_size=1))
+    assert distributed.setup() == (0, 1) and registered == [distributed.teardown]
+    distributed.teardown()
+    assert not dist.is_initialized() and distributed.world() == (0, 1)
+    distributed.teardown()  # nothing open: a no-op
+
+
 def test_two_processes_end_with_identical_weights_and_rank_0_alone_writes(shop_log: Path, tmp_path: Path) -> None:
     out, weights = tmp_path / "run", tmp_path / "weights"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SHOPFORMER_DIST_BACKEND": "gloo"}

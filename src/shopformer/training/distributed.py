@@ -13,6 +13,7 @@ the same early-stopping decision; only rank 0 writes logs and artifacts (``is_ma
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -59,7 +60,19 @@ def setup(module: torch.nn.Module | None = None) -> tuple[int, int]:
         if chosen == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(chosen)
+        # Gloo's worker threads must stop while the interpreter is still alive: a process that exits
+        # with its group open can abort ("terminate called without an active exception",
+        # pytorch/pytorch#190489), and torchrun then reports the whole run as failed. Ranks > 0 leave
+        # run_experiment early (rank 0 alone tests and writes), so this matters on every run.
+        atexit.register(teardown)
     return world()
+
+
+def teardown() -> None:
+    """Leave the process group, if one is open. Local to this process (no collective), so it is safe
+    whatever the other ranks are doing."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
