@@ -258,8 +258,8 @@ class Config(_Section):
             if on and self.task.kind != "next-item":
                 raise ValueError(f"{key} is supported for task.kind='next-item' only, not {self.task.kind!r}")
         if self.loss.mask_seen and not self.eval.exclude_seen:
-            raise ValueError("loss.mask_seen leaves the user's own items out of training, so their scores are never "
-                             "learnt: it needs eval.exclude_seen = true (the ranking leaves them out too)")
+            raise ValueError("loss.mask_seen trains without the user's own items in the softmax: it needs "
+                             "eval.exclude_seen = true, so the ranking leaves them out too")
         if self.train.blend and self.train.refit:
             raise ValueError("train.blend tunes its mixture on validation events, which train.refit trains on: "
                              "use one of the two")
