@@ -8,18 +8,16 @@ import torch.nn.functional as F
 
 from shopformer.data.schema import PAD
 from shopformer.models.chunked_ce import BLOCK_ELEMENTS, chunked_cross_entropy
+from shopformer.models.layers import attention_mask
 
 
 def seen_before(items: torch.Tensor, targets: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """(B, L) window items and targets -> (B, L, L): row (b, t) holds the items the prediction at t
-    is made from, with PAD wherever an item is that position's target (a repeat stays a class it
-    can predict). Causal models see the positions <= t (PAD after t); a masked model's row holds
-    the whole window, the user's own events on both sides of the mask."""
-    length = items.shape[1]
-    seen = items[:, None, :].expand(-1, length, -1)  # (B, t, s) = items[b, s]
-    keep = seen != targets[:, :, None]
-    if causal:
-        keep = keep & torch.ones(length, length, dtype=torch.bool, device=items.device).tril()  # s <= t
+    is made from (the keys its attention may read: positions <= t for a causal model, the whole
+    window for a masked one), PAD elsewhere and wherever an item is that position's target (a
+    repeat stays a class it can predict)."""
+    seen = items[:, None, :].expand(-1, items.shape[1], -1)  # (B, t, s) = items[b, s]
+    keep = attention_mask(items != PAD, causal)[:, 0] & (seen != targets[:, :, None])
     return torch.where(keep, seen, torch.zeros_like(seen))
 
 
