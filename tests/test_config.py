@@ -55,6 +55,8 @@ def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
         config_from_dict({"train": {"refit": True}, "task": {"kind": "multi"}})
     with pytest.raises(ConfigError, match="text.titles is supported for task.kind='next-item' only"):
         config_from_dict({"text": {"titles": "t.tsv"}, "task": {"kind": "next-purchase"}})
+    with pytest.raises(ConfigError, match="text.attributes is supported for task.kind='next-item' only"):
+        config_from_dict({"text": {"attributes": "a.json"}, "task": {"kind": "multi"}})
     with pytest.raises(ConfigError, match="loss.mask_seen is supported for task.kind='next-item' only"):
         config_from_dict({"loss": {"mask_seen": True}, "task": {"kind": "multi"}})
     with pytest.raises(ConfigError, match="needs eval.exclude_seen = true"):
@@ -65,6 +67,8 @@ def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
         config_from_dict({"text": {"id_dropout": 1.0}})
     with pytest.raises(ConfigError, match="needs model.tie_output = true"):
         config_from_dict({"text": {"titles": "t.tsv"}, "model": {"tie_output": False}})
+    with pytest.raises(ConfigError, match="needs model.tie_output = true"):
+        config_from_dict({"text": {"attributes": "a.json"}, "model": {"tie_output": False}})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path) -> None:

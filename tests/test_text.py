@@ -1,4 +1,4 @@
-"""Item text: titles file, alignment with missing titles, fusion, folding, the encoder cache."""
+"""Item side information: titles and attributes files, alignment, fusion, folding, the encoder cache."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from shopformer.data.vocab import Vocab
 from shopformer.models import build_model
 from shopformer.models.text import (
     ItemText,
+    ItemVectors,
     TextFusion,
-    TitleVectors,
     add_text,
     align_text,
+    attribute_vectors,
     fill_cold_from_neighbours,
     fold_text,
+    item_vectors,
+    read_attributes,
     read_titles,
 )
 
@@ -43,14 +46,81 @@ def test_read_titles_keeps_quotes_and_empty_titles(tmp_path) -> None:
 
 def test_align_counts_missing_titles(caplog) -> None:
     vocab = Vocab(("<pad>", "12", "10", "11", "13", "14", "15"))  # dense 1 = "12", 2 = "10", ...
-    tv = TitleVectors(["10", "12", "99"], np.eye(3, E, dtype=np.float32), n_missing=1)
+    tv = ItemVectors(["10", "12", "99"], np.eye(3, E, dtype=np.float32))
     with caplog.at_level(logging.WARNING):
         text = align_text(tv, vocab)
     assert text.vectors.shape == (N_ITEMS + 2, E)
     assert text.has_text.tolist() == [False, True, True, False, False, False, False, False]
     assert np.array_equal(text.vectors[2], tv.vectors[0]) and np.array_equal(text.vectors[1], tv.vectors[1])
     assert text.n_missing == 4
-    assert "4 of 6 items have no title" in caplog.text
+    assert "4 of 6 items have no title or attributes" in caplog.text
+
+
+def test_read_attributes_from_json_and_from_a_catalogue_table(tmp_path) -> None:
+    js = tmp_path / "attrs.json"
+    js.write_text('{"10": [1, 2], "11": [], "12": [2]}')
+    assert read_attributes(js) == {"10": ["1", "2"], "11": [], "12": ["2"]}
+    tsv = tmp_path / "catalogue.tsv"  # each column's value is one token; '|' separates several; empty cells skip
+    tsv.write_text("item_id\tbrand\tcategory\n10\tOPI\tNails|Polish\n11\t\t\n12\tOPI\tLips\n")
+    assert read_attributes(tsv) == {"10": ["brand=OPI", "category=Nails", "category=Polish"], "11": [],
+                                    "12": ["brand=OPI", "category=Lips"]}
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("item_id,brand\n10,OPI\n")
+    assert read_attributes(csv) == {"10": ["brand=OPI"]}
+
+
+@pytest.mark.parametrize(("name", "body", "message"), [
+    ("a.json", '{"10": [1, 2],\n "11": [3', "a.json: line 2: not valid JSON"),
+    ("a.json", "[[1, 2]]", "expected an object"),
+    ("a.json", '{"10": 7}', "a.json: item '10': attributes must be a list, found int"),
+    ("a.tsv", "sku\tbrand\n10\tOPI\n", "needs an item_id column"),
+    ("a.tsv", "item_id\n10\n", "needs an item_id column and at least one attribute column"),
+    ("a.csv", "item_id,brand\n10,OPI,extra,cells\n", "a.csv: cannot read as ','-separated columns"),
+])
+def test_bad_attribute_files_are_one_line_errors(tmp_path, name, body, message) -> None:
+    (tmp_path / name).write_text(body)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")) as err:
+        read_attributes(tmp_path / name)
+    assert "\n" not in str(err.value)
+
+
+def test_attribute_rows_are_unit_multi_hot_over_shared_attributes(tmp_path, caplog) -> None:
+    js = tmp_path / "attrs.json"
+    js.write_text('{"10": [1, 2], "11": [], "12": [2, 2], "13": [1, 2, 3, 4], "14": [2], "15": [5]}')
+    with caplog.at_level(logging.WARNING):
+        av = attribute_vectors(js)
+    assert "2 of 5 attributes kept" in caplog.text, "3, 4 and 5 belong to one item each: they say nothing"
+    assert av.ids == ["10", "12", "13", "14"], "no attributes, or only unshared ones: no row (the id vector alone)"
+    assert av.vectors.shape == (4, 2)  # columns by how many items hold them: 2 (4 items), then 1 (2 items)
+    assert np.allclose(np.linalg.norm(av.vectors, axis=1), 1.0)
+    assert np.allclose(av.vectors[0], [2**-0.5, 2**-0.5]) and np.allclose(av.vectors[1], [1, 0])
+    assert np.allclose(attribute_vectors(js, max_attributes=1).vectors, [[1], [1], [1], [1]])
+
+
+def test_catalogue_rows_of_one_item_add_up(tmp_path) -> None:
+    long = tmp_path / "long.csv"  # one (item, attribute) pair per row
+    long.write_text("item_id,category\n10,Nails\n10,Polish\n12,Nails\n12,Polish\n")
+    assert read_attributes(long) == {"10": ["category=Nails", "category=Polish"],
+                                     "12": ["category=Nails", "category=Polish"]}
+    assert attribute_vectors(long).vectors.shape == (2, 2)
+
+
+def test_titles_and_attributes_sit_side_by_side(tmp_path, monkeypatch) -> None:
+    import shopformer.models.text as text_mod
+
+    monkeypatch.setattr(text_mod, "encode_texts", lambda texts: np.ones((len(texts), 3), np.float32))
+    js = tmp_path / "attrs.json"
+    js.write_text('{"10": [1], "11": [2], "55": [1, 2]}')
+    both = item_vectors(titles_file(tmp_path), js)
+    # titles of 10, 12, 99 ("11" has an empty title), then the attribute-only items 11 and 55
+    assert both.ids == ["10", "12", "99", "11", "55"] and both.vectors.shape == (5, 3 + 2)
+    assert both.vectors[0].tolist() == [1, 1, 1, 1, 0], "title block, then attribute block"
+    assert both.vectors[1].tolist() == [1, 1, 1, 0, 0], "no attributes: a zero attribute block"
+    assert both.vectors[3].tolist() == [0, 0, 0, 0, 1], "no title: a zero title block"
+    assert np.allclose(both.vectors[4], [0, 0, 0, 2**-0.5, 2**-0.5])
+    assert item_vectors(None, js).ids == ["10", "11", "55"]
+    with pytest.raises(ValueError, match="needs text.titles or text.attributes"):
+        item_vectors(None, None)
 
 
 def toy_text() -> ItemText:
@@ -158,7 +228,7 @@ def test_title_vectors_encode_and_cache(tmp_path, monkeypatch) -> None:
     path = titles_file(tmp_path)
     cache = tmp_path / "cache.safetensors"
     tv = text_mod.title_vectors(path, cache)
-    assert tv.ids == ["10", "12", "99"] and tv.n_missing == 1
+    assert tv.ids == ["10", "12", "99"]
     assert tv.vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(tv.vectors, axis=1), 1.0, atol=1e-4)
     assert cache.read_bytes()[8:9] == b"{", "the cache is a safetensors file (JSON header), not a pickle"
@@ -212,7 +282,7 @@ def test_cli_trains_with_titles_from_the_config_and_saves_a_plain_model(tmp_path
     r = runner.invoke(app, run)
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["text"] == {"missing_titles": 0, "id_dropout": 0.2} and metrics["refit"]["epochs"] >= 1
+    assert metrics["text"] == {"missing": 0, "id_dropout": 0.2} and metrics["refit"]["epochs"] >= 1
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["config"]["text"]["titles"] == str((tmp_path / "t" / "titles.tsv").resolve())
     rec = Recommender.load(tmp_path / "run" / "model")
@@ -223,3 +293,34 @@ def test_cli_trains_with_titles_from_the_config_and_saves_a_plain_model(tmp_path
     bad.write_text('[text]\ntitles = "nowhere.tsv"\n')
     r = runner.invoke(app, ["train", str(tmp_path / "ds"), "-o", str(tmp_path / "x"), "--config", str(bad), "--quiet"])
     assert r.exit_code != 0 and "text.titles: file not found" in r.output and "nowhere.tsv" in r.output
+
+
+def test_cli_trains_with_attributes_alone_and_refuses_a_bad_file_in_one_line(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from shopformer.cli import app
+    from shopformer.recommender import Recommender
+
+    seqs = tmp_path / "seqs.txt"
+    seqs.write_text("".join(f"{u} {' '.join(str((u * 3 + j) % 40 + 1) for j in range(6))}\n" for u in range(1, 121)))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "attrs.json").write_text(json.dumps({str(i): [i % 5, 10 + i % 3] for i in range(1, 41)}))
+    cfg = tmp_path / "t" / "run.toml"  # relative to the config file; attributes need no sentence encoder
+    cfg.write_text('[text]\nattributes = "attrs.json"\n[model]\ndim = 16\nlayers = 1\nmax_len = 8\n'
+                   "[train]\nepochs = 2\n[eval]\nbootstrap = 0\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["prepare", str(seqs), "--format", "sequences", "-o", str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    train = ["train", str(tmp_path / "ds"), "--config", str(cfg), "--quiet"]
+    r = runner.invoke(app, [*train, "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["text"] == {"missing": 0, "id_dropout": 0.0}
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["config"]["text"]["attributes"] == str((tmp_path / "t" / "attrs.json").resolve())
+    assert type(Recommender.load(tmp_path / "run" / "model").model.item_emb) is torch.nn.Embedding
+    (tmp_path / "t" / "attrs.json").write_text('{"1": [1],\n "2": 3}')
+    r = runner.invoke(app, [*train, "-o", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "attrs.json: item '2': attributes must be a list" in r.output, r.output
+    assert "Traceback" not in r.output

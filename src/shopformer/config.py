@@ -145,10 +145,18 @@ class TaskConfig(_Section):
 
 
 class TextConfig(_Section):
-    """Item titles fused with the item-id embeddings (models/text.py; needs ``shopformer[text]``)."""
+    """Item titles and attributes fused with the item-id embeddings (models/text.py; titles need
+    ``shopformer[text]``). Paths are relative to the config file."""
 
-    titles: str | None = None  # TSV with item_id and title columns; relative to the config file
-    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of warm items trained on their title alone
+    titles: str | None = None  # TSV with item_id and title columns
+    # brand, categories, ...: JSON {item_id: [attribute, ...]}, or a CSV/TSV with item_id and attribute columns
+    attributes: str | None = None
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of warm items trained on their side vector alone
+
+    @property
+    def fused(self) -> bool:
+        """Whether any side information is fused into the item table."""
+        return bool(self.titles or self.attributes)
 
 
 class AugmentConfig(_Section):
@@ -253,6 +261,7 @@ class Config(_Section):
         # Multi-task runs also fit the heads' calibration on validation, which a refit on
         # validation events would leak into.
         for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
+                        (self.text.attributes, "text.attributes"),
                         (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position"),
                         (self.model.members > 1, "model.members"), (self.loss.mask_seen, "loss.mask_seen")):
             if on and self.task.kind != "next-item":
@@ -263,8 +272,9 @@ class Config(_Section):
         if self.train.blend and self.train.refit:
             raise ValueError("train.blend tunes its mixture on validation events, which train.refit trains on: "
                              "use one of the two")
-        if self.text.titles and not self.model.tie_output:
-            raise ValueError("text.titles fuses titles into the tied item table: it needs model.tie_output = true")
+        if self.text.fused and not self.model.tie_output:
+            raise ValueError("text.titles and text.attributes are fused into the tied item table: "
+                             "that needs model.tie_output = true")
         return self
 
     def to_json(self) -> str:
@@ -321,9 +331,12 @@ def load_config(path: str | Path | None) -> Config:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{p}: cannot parse: {err}") from None
-    titles = data.get("text", {}).get("titles") if isinstance(data.get("text"), dict) else None
-    if isinstance(titles, str) and not Path(titles).is_absolute():  # relative to the config file
-        data["text"]["titles"] = str((p.parent / titles).resolve())
+    section = data.get("text")
+    paths = section if isinstance(section, dict) else {}
+    for key in ("titles", "attributes"):
+        path = paths.get(key)
+        if isinstance(path, str) and not Path(path).is_absolute():  # relative to the config file
+            paths[key] = str((p.parent / path).resolve())
     return config_from_dict(data, source=str(p))
 
 

@@ -11,7 +11,8 @@ features, so head outputs move slightly until the retrain).
 
 New item vectors, in order of preference (``new_item_vectors``; the count of each is recorded):
 
-* ``text`` — the item has a title: mean vector of the ``k`` old items with the most similar titles
+* ``text`` — the item has a title or attributes: mean vector of the ``k`` old items with the most
+  similar side vectors
   (the same rule as ``models.text.fill_cold_from_neighbours``);
 * ``cooccurrence`` — the item appears in the new events: mean vector of the old items within
   ``window`` events of it in the same users' sequences (weighted by how often);

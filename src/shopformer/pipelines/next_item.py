@@ -163,17 +163,17 @@ def train_next_item(
     """Build, prepare, fit with early stopping on validation (augmentation from cfg.augment).
 
     The one next-item model builder: ``shopformer train``, ``shopformer tune`` and the benchmarks
-    all come here, so they train the same model. ``prepare_model`` (default: fuse the titles of
+    all come here, so they train the same model. ``prepare_model`` (default: fuse the titles and attributes of
     ``cfg.text`` when set, caching their vectors in ``text_cache``) changes the freshly built model.
     With ``train.refit`` a fresh model (same seed, same schedule) then trains on training +
     validation events for the selected number of epochs; that is the model returned. The test
     split is never read here.
     """
     t0 = time.perf_counter()
-    if prepare_model is None and cfg.text.titles:
+    if prepare_model is None and cfg.text.fused:
         from shopformer.models.text import text_preparer
 
-        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout)
+        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes)
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
                                                prepare_model, log_dir, progress, on_epoch)
     valid = result.best_metrics  # fit evaluated these weights already when it kept them
@@ -223,7 +223,7 @@ def run_experiment(
     if not is_main():  # multi-process training (torchrun): rank 0 alone tests and writes the run
         return ExperimentResult(out / "model", trained.fit, {}, trained.valid, "", refit=trained.refit)
     model = trained.model
-    if cfg.text.titles:
+    if cfg.text.fused:
         from shopformer.models.text import fold_text
 
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
@@ -253,7 +253,7 @@ def run_experiment(
         metrics["refit"] = fit_summary(trained.refit)
     if blend_report is not None:
         metrics["blend"] = blend_report
-    metrics.update(trained.extra)  # e.g. {"text": {"missing_titles": ..., "id_dropout": ...}}
+    metrics.update(trained.extra)  # e.g. {"text": {"missing": ..., "id_dropout": ...}}
     run_dir = save_run(
         out / "model", model, cfg, ds.vocabs, trained.counts, ds.item_category(), metrics,
         data_fingerprint=ds.fingerprint, dataset_dir=str(ds.path.resolve()), blend=blend,
