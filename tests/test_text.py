@@ -65,8 +65,8 @@ def test_read_attributes_from_json_and_from_a_catalogue_table(tmp_path) -> None:
     assert read_attributes(tsv) == {"10": ["brand=OPI", "category=Nails", "category=Polish"], "11": [],
                                     "12": ["brand=OPI", "category=Lips"]}
     csv = tmp_path / "catalogue.csv"
-    csv.write_text("item_id,brand\n10,OPI\n")
-    assert read_attributes(csv) == {"10": ["brand=OPI"]}
+    csv.write_text('item_id,brand,category\n10,OPI,"Makeup, Face"\n')
+    assert read_attributes(csv) == {"10": ["brand=OPI", "category=Makeup, Face"]}
 
 
 @pytest.mark.parametrize(("name", "body", "message"), [

@@ -98,9 +98,10 @@ def read_attributes(path: str | Path) -> dict[str, list[str]]:
                 raise ValueError(f"{p}: item {item!r}: attributes must be a list, found {type(attrs).__name__}")
             out[str(item).strip()] = [str(a) for a in attrs]
         return out
-    sep = "\t" if p.suffix.lower() == ".tsv" else ","
-    try:
-        df = pl.read_csv(p, separator=sep, quote_char=None, infer_schema=False)
+    tsv = p.suffix.lower() == ".tsv"
+    sep = "\t" if tsv else ","
+    try:  # a CSV quotes cells that hold commas ("Makeup, Face"); a TSV cell is taken as it is
+        df = pl.read_csv(p, separator=sep, quote_char=None if tsv else '"', infer_schema=False)
     except pl.exceptions.PolarsError as e:
         raise ValueError(f"{p}: cannot read as {sep!r}-separated columns: {str(e).splitlines()[0]}") from None
     if "item_id" not in df.columns or len(df.columns) < 2:
