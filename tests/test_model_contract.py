@@ -36,13 +36,14 @@ def model_cfg(name: str) -> ModelConfig:
     """``name`` is a registered model, or ``model:variant`` for an architecture option that must pass too."""
     name, _, variant = name.partition(":")
     extra = {"post-ln": {"norm": "post"}, "ligr": {"norm": "ligr"}, "untied": {"tie_output": False},
-             "positions-end": {"positions": "end"}, "members": {"members": 2}, "": {}}[variant]
+             "positions-end": {"positions": "end"}, "members": {"members": 2},
+             "freq": {"freq_mix": 0.7, "freq_keep": 3}, "": {}}[variant]
     return ModelConfig(name=name, dim=16, layers=2, heads=2, max_len=L, dropout=0.1, emb_dropout=0.1,
                        use_category=True, **extra)
 
 
 @pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:ligr", "sasrec:untied", "bert4rec:untied",
-                        "sasrec:positions-end", "sasrec:members"])
+                        "sasrec:positions-end", "sasrec:members", "sasrec:freq", "bert4rec:freq"])
 def model(request: pytest.FixtureRequest):
     torch.manual_seed(0)
     return build_model(model_cfg(request.param), SPEC)

@@ -68,6 +68,13 @@ class ModelConfig(_Section):
     # experts) and everything downstream (serving, FAISS, explanations) sees one model of width dim.
     # 3 x 64 on Beauty: test NDCG@10 +2.4% (validation +4.1%) at 3x the training time (README, stop 27).
     members: int = Field(1, ge=1)
+    # SASRec / BERT4Rec: BSARec's "beyond self-attention" mixer (Shin et al., AAAI 2024). Each block's
+    # attention output becomes (1 - freq_mix) * attention + freq_mix * filter, where the filter keeps the
+    # ``freq_keep`` lowest Fourier bins of the window (a smooth summary of the history) plus a learned
+    # per-dimension share of the rest. Causal here: position t filters only the events up to t (see
+    # ``LowPassMixer``). BSARec's Beauty setting is freq_mix 0.7 with c = 5 (3 bins). 0 turns it off.
+    freq_mix: float = Field(0.0, ge=0.0, le=1.0)
+    freq_keep: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:

@@ -100,6 +100,39 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, length, d))
 
 
+class LowPassFilter(nn.Module):
+    """BSARec's frequency branch (Shin et al., 2024), made causal for training at every position.
+
+    BSARec low-passes the whole left-padded window with an FFT (keeping the ``freq_keep`` lowest
+    bins) and reads the result at the last position: a fixed weighted sum of the events k steps
+    back, h[k]. Applied at every position of a causal window that FFT would mix later events into
+    earlier ones, so here position t sums h[k] * x[t - k] over the events up to t only, which is
+    exactly BSARec's value for the history that ends at t (zero padding before it, as in BSARec).
+    The output is low + beta^2 * (x - low): the smooth part plus a learned per-dimension share of
+    the rest (BSARec's sqrt_beta, drawn from N(0, 1) as there).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        n = cfg.max_len
+        spectrum = torch.fft.rfft(torch.eye(n, dtype=torch.float64), dim=0, norm="ortho")
+        spectrum[cfg.freq_keep:] = 0
+        low = torch.fft.irfft(spectrum, n=n, dim=0, norm="ortho")  # (n, n): column j = low-pass of e_j
+        back = low[n - 1].flip(0)  # back[k]: weight at the last position of the event k steps before it
+        steps = torch.arange(n)[:, None] - torch.arange(n)[None, :]  # (n, n): t - j
+        kernel = torch.where(steps >= 0, back[steps.clamp(min=0)], 0.0).float()  # lower-triangular Toeplitz
+        self.kernel: torch.Tensor
+        self.register_buffer("kernel", kernel, persistent=False)  # rebuilt from the config, never saved
+        self.sqrt_beta = nn.Parameter(torch.randn(cfg.dim))
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), real (B, L) bool -> (B, L, D); padding is zeroed so it adds nothing."""
+        length = x.shape[1]
+        x = x * real.unsqueeze(-1)
+        low = self.kernel[:length, :length] @ x  # (L, L) @ (B, L, D): Toeplitz, so any window tail fits
+        return low + self.sqrt_beta.square() * (x - low)
+
+
 class SwiGLU(nn.Module):
     """silu(x W_a) * (x W_b), dropout, then W_out; no biases (the LiGR feed-forward)."""
 
@@ -121,6 +154,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = SelfAttention(cfg)
+        self.freq_mix = cfg.freq_mix
+        self.freq = LowPassFilter(cfg) if cfg.freq_mix > 0 else None
         self.ln2 = nn.LayerNorm(cfg.dim)
         self.layout = cfg.norm
         if cfg.norm == "ligr":
@@ -137,14 +172,21 @@ class Block(nn.Module):
             )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """The token mixer: attention, or BSARec's blend of attention and the low-pass filter."""
+        y = self.attn(x, mask)
+        if self.freq is None:
+            return y
+        return (1.0 - self.freq_mix) * y + self.freq_mix * self.freq(x, real)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         if self.layout == "post":  # LN(x + f(x)): every block re-normalises the sum it passes on
-            x = self.ln1(x + self.drop(self.attn(x, mask)))
+            x = self.ln1(x + self.drop(self.mix(x, mask, real)))
             return self.ln2(x + self.drop(self.ffn(x)))
         if self.layout == "ligr":  # x + sigmoid(W x) * f(LN(x))
-            x = x + torch.sigmoid(self.gate1(x)) * self.drop(self.attn(self.ln1(x), mask))
+            x = x + torch.sigmoid(self.gate1(x)) * self.drop(self.mix(self.ln1(x), mask, real))
             return x + torch.sigmoid(self.gate2(x)) * self.drop(self.ffn(self.ln2(x)))
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+        x = x + self.drop(self.mix(self.ln1(x), mask, real))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
@@ -161,9 +203,10 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, batch: Batch, item_vectors: torch.Tensor) -> torch.Tensor:
         x = self.inputs(batch, item_vectors)  # (B, L, D)
-        mask = attention_mask(batch.items != 0, self.causal)  # (B, 1, L, L)
+        real = batch.items != PAD  # (B, L)
+        mask = attention_mask(real, self.causal)  # (B, 1, L, L)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, real)
         return self.ln_f(x)
 
 
