@@ -72,7 +72,7 @@ class ModelConfig(_Section):
     # attention output becomes (1 - freq_mix) * attention + freq_mix * filter, where the filter keeps the
     # ``freq_keep`` lowest Fourier bins of the window (a smooth summary of the history) plus a learned
     # per-dimension share of the rest. Causal here: position t filters only the events up to t (see
-    # ``LowPassMixer``). BSARec's Beauty setting is freq_mix 0.7 with c = 5 (3 bins). 0 turns it off.
+    # ``models.layers.LowPassFilter``). BSARec's Beauty setting is freq_mix 0.7 with c = 5 (3 bins). 0 turns it off.
     freq_mix: float = Field(0.0, ge=0.0, le=1.0)
     freq_keep: int = Field(3, ge=1)
 
