@@ -40,8 +40,9 @@ from shopformer.data.batches import EventArrays, history_batches
 from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.schema import PAD
+from shopformer.data.sequences import training_mask
 from shopformer.data.split import make_windows, window_examples
-from shopformer.evaluation.baselines import behaviour_transitions, training_mask
+from shopformer.evaluation.baselines import behaviour_transitions
 from shopformer.evaluation.behaviour import decision_offsets
 from shopformer.evaluation.classification import pr_auc
 from shopformer.pipelines.multi_behaviour import run_multibehaviour

@@ -101,15 +101,3 @@ def test_multibehaviour_result_lines_replace_the_same_data_set(bench_modules, tm
     mb.write_record(path, {"dataset": "a", "x": 3})
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"dataset": "a", "x": 3},
                                                                       {"dataset": "b", "x": 2}]
-
-
-def test_neighbour_attributes_leave_out_each_users_validation_and_test_events() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import neighbour_attributes
-    finally:
-        sys.path.remove(str(BENCH))
-    nb = neighbour_attributes.neighbours(["u1 a b c d e", "u2 c a a f g"])
-    # u1 trains on a b c (d, e held out); u2 on c a a (f, g held out; a a is no pair)
-    assert nb == {"a": ["nb=b", "nb=c"], "b": ["nb=a", "nb=c"], "c": ["nb=a", "nb=b"]}
-    assert "d" not in nb and "f" not in nb

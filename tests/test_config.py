@@ -57,6 +57,10 @@ def test_refit_and_titles_are_rejected_for_multi_task_runs() -> None:
         config_from_dict({"text": {"titles": "t.tsv"}, "task": {"kind": "next-purchase"}})
     with pytest.raises(ConfigError, match="text.attributes is supported for task.kind='next-item' only"):
         config_from_dict({"text": {"attributes": "a.json"}, "task": {"kind": "multi"}})
+    with pytest.raises(ConfigError, match="text.neighbours is supported for task.kind='next-item' only"):
+        config_from_dict({"text": {"neighbours": 64}, "task": {"kind": "multi"}})
+    with pytest.raises(ConfigError, match="text.neighbours are fused into the tied item table"):
+        config_from_dict({"text": {"neighbours": 64}, "model": {"tie_output": False}})
     with pytest.raises(ConfigError, match="loss.mask_seen is supported for task.kind='next-item' only"):
         config_from_dict({"loss": {"mask_seen": True}, "task": {"kind": "multi"}})
     with pytest.raises(ConfigError, match="needs eval.exclude_seen = true"):

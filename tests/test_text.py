@@ -1,4 +1,5 @@
-"""Item side information: titles and attributes files, alignment, fusion, folding, the encoder cache."""
+"""Item side information: titles and attributes files, neighbour attributes, alignment, fusion, folding, the
+encoder cache."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from shopformer.config import LossConfig, ModelConfig
 from shopformer.data.batches import Batch
 from shopformer.data.corpus import DataSpec
+from shopformer.data.sequences import Sequences
 from shopformer.data.vocab import Vocab
 from shopformer.models import build_model
 from shopformer.models.text import (
@@ -24,6 +26,8 @@ from shopformer.models.text import (
     fill_cold_from_neighbours,
     fold_text,
     item_vectors,
+    join_text,
+    neighbour_text,
     read_attributes,
     read_titles,
 )
@@ -95,6 +99,31 @@ def test_attribute_rows_are_unit_multi_hot_over_shared_attributes(tmp_path, capl
     assert np.allclose(np.linalg.norm(av.vectors, axis=1), 1.0)
     assert np.allclose(av.vectors[0], [2**-0.5, 2**-0.5]) and np.allclose(av.vectors[1], [1, 0])
     assert np.allclose(attribute_vectors(js, max_attributes=1).vectors, [[1], [1], [1], [1]])
+
+
+def test_neighbour_rows_come_from_training_pairs_of_one_user_only() -> None:
+    # user 0 trains on 1 2 3 (all of it); user 1 on 4 1 1, with 6 7 held out (validation, test)
+    items = np.array([1, 2, 3, 4, 1, 1, 6, 7], np.int32)
+    n = len(items)
+    seq = Sequences(np.arange(2, dtype=np.int32), np.array([0, 3, n]), items, np.ones(n, np.int8),
+                    np.arange(n, dtype=np.int64), np.zeros(n, np.int32), False)
+    text = neighbour_text(seq, np.array([3, 6]), n_items=7)
+    # pairs (1, 2) (2, 3) (4, 1); not (3, 4) across users, (1, 1) nor the held-out (1, 6) (6, 7).
+    # Tokens "next to 1" (held by 2 and 4) and "next to 2" (held by 1 and 3) are shared; "next to 3"
+    # and "next to 4" are held by one item each and say nothing its id vector does not
+    assert text.vectors.shape == (7 + 2, 2)
+    assert text.vectors[1:5].tolist() == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    assert text.has_text.tolist() == [False, True, True, True, True, False, False, False, False]
+    one = neighbour_text(seq, np.array([3, 6]), n_items=7, columns=1)
+    assert one.vectors[:, 0].tolist() == [0, 0, 1, 0, 1, 0, 0, 0, 0], "one column: the first of the tied tokens"
+    joined = join_text(text, toy_text_of(9))
+    assert joined.vectors.shape == (9, 2 + 3) and joined.has_text.tolist() == [False] + [True] * 7 + [False]
+
+
+def toy_text_of(rows: int) -> ItemText:
+    has = np.ones(rows, bool)
+    has[[0, -1]] = False
+    return ItemText(np.ones((rows, 3), np.float32) * has[:, None], has)
 
 
 def test_catalogue_rows_of_one_item_add_up(tmp_path) -> None:
@@ -282,7 +311,7 @@ def test_cli_trains_with_titles_from_the_config_and_saves_a_plain_model(tmp_path
     r = runner.invoke(app, run)
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["text"] == {"missing": 0, "id_dropout": 0.2} and metrics["refit"]["epochs"] >= 1
+    assert metrics["text"] == {"missing": 0, "id_dropout": 0.2, "neighbours": 0} and metrics["refit"]["epochs"] >= 1
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["config"]["text"]["titles"] == str((tmp_path / "t" / "titles.tsv").resolve())
     rec = Recommender.load(tmp_path / "run" / "model")
@@ -295,7 +324,7 @@ def test_cli_trains_with_titles_from_the_config_and_saves_a_plain_model(tmp_path
     assert r.exit_code != 0 and "text.titles: file not found" in r.output and "nowhere.tsv" in r.output
 
 
-def test_cli_trains_with_attributes_alone_and_refuses_a_bad_file_in_one_line(tmp_path) -> None:
+def test_cli_trains_with_attributes_and_neighbours_and_refuses_a_bad_file_in_one_line(tmp_path) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -308,7 +337,7 @@ def test_cli_trains_with_attributes_alone_and_refuses_a_bad_file_in_one_line(tmp
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "attrs.json").write_text(json.dumps({str(i): [i % 5, 10 + i % 3] for i in range(1, 41)}))
     cfg = tmp_path / "t" / "run.toml"  # relative to the config file; attributes need no sentence encoder
-    cfg.write_text('[text]\nattributes = "attrs.json"\n[model]\ndim = 16\nlayers = 1\nmax_len = 8\n'
+    cfg.write_text('[text]\nattributes = "attrs.json"\nneighbours = 16\n[model]\ndim = 16\nlayers = 1\nmax_len = 8\n'
                    "[train]\nepochs = 2\n[eval]\nbootstrap = 0\n")
     runner = CliRunner()
     r = runner.invoke(app, ["prepare", str(seqs), "--format", "sequences", "-o", str(tmp_path / "ds")])
@@ -316,7 +345,8 @@ def test_cli_trains_with_attributes_alone_and_refuses_a_bad_file_in_one_line(tmp
     train = ["train", str(tmp_path / "ds"), "--config", str(cfg), "--quiet"]
     r = runner.invoke(app, [*train, "-o", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["text"] == {"missing": 0, "id_dropout": 0.0}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["text"] == {"missing": 0, "id_dropout": 0.0,
+                                                                             "neighbours": 16}
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["config"]["text"]["attributes"] == str((tmp_path / "t" / "attrs.json").resolve())
     assert type(Recommender.load(tmp_path / "run" / "model").model.item_emb) is torch.nn.Embedding

@@ -158,12 +158,15 @@ class TextConfig(_Section):
     titles: str | None = None  # TSV with item_id and title columns
     # brand, categories, ...: JSON {item_id: [attribute, ...]}, or a CSV/TSV with item_id and attribute columns
     attributes: str | None = None
+    # each item's neighbours in the training sequences as attributes (no catalogue needed): this many
+    # columns, the items with the most distinct neighbours; 0 = off
+    neighbours: int = Field(0, ge=0)
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of warm items trained on their side vector alone
 
     @property
     def fused(self) -> bool:
         """Whether any side information is fused into the item table."""
-        return bool(self.titles or self.attributes)
+        return bool(self.titles or self.attributes or self.neighbours)
 
 
 class AugmentConfig(_Section):
@@ -268,7 +271,7 @@ class Config(_Section):
         # Multi-task runs also fit the heads' calibration on validation, which a refit on
         # validation events would leak into.
         for on, key in ((self.train.refit, "train.refit"), (self.text.titles, "text.titles"),
-                        (self.text.attributes, "text.attributes"),
+                        (self.text.attributes, "text.attributes"), (self.text.neighbours, "text.neighbours"),
                         (self.loss.kind == "sampled" and self.loss.per_position, "loss.per_position"),
                         (self.model.members > 1, "model.members"), (self.loss.mask_seen, "loss.mask_seen")):
             if on and self.task.kind != "next-item":
@@ -280,7 +283,7 @@ class Config(_Section):
             raise ValueError("train.blend tunes its mixture on validation events, which train.refit trains on: "
                              "use one of the two")
         if self.text.fused and not self.model.tie_output:
-            raise ValueError("text.titles and text.attributes are fused into the tied item table: "
+            raise ValueError("text.titles, text.attributes and text.neighbours are fused into the tied item table: "
                              "that needs model.tie_output = true")
         return self
 

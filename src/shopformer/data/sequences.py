@@ -123,3 +123,9 @@ def gap_buckets(seq: Sequences, n_buckets: int) -> np.ndarray:
     b = 2 + np.floor(np.log2(1.0 + np.clip(gaps, 0, None))).astype(np.int64)
     out = np.where(first, 1, np.minimum(b, n_buckets - 1))
     return out
+
+
+def training_mask(seq: Sequences, train_end: np.ndarray) -> np.ndarray:
+    """(N,) True for events inside each user's training prefix (``train_end``: (U,) flat end offsets)."""
+    pos = np.arange(len(seq.items))
+    return pos < np.repeat(train_end, seq.lengths)

@@ -15,15 +15,9 @@ import torch
 
 from shopformer.data.batches import Batch, seen_pairs
 from shopformer.data.schema import PAD
-from shopformer.data.sequences import Sequences
+from shopformer.data.sequences import Sequences, training_mask
 from shopformer.data.split import EvalExamples
 from shopformer.evaluation.metrics import repeat_mask
-
-
-def training_mask(seq: Sequences, train_end: np.ndarray) -> np.ndarray:
-    """(N,) True for events inside each user's training prefix."""
-    pos = np.arange(len(seq.items))
-    return pos < np.repeat(train_end, seq.lengths)
 
 
 def item_counts(seq: Sequences, train_end: np.ndarray, n_items: int, behaviour: int | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ from shopformer.config import Config
 from shopformer.data.batches import Batch, EventArrays, history_batches
 from shopformer.data.corpus import Dataset
 from shopformer.data.schema import PAD
-from shopformer.data.sequences import Sequences
+from shopformer.data.sequences import Sequences, training_mask
 from shopformer.data.split import (
     EvalExamples,
     Window,
@@ -48,7 +48,6 @@ from shopformer.evaluation.baselines import (
     item_counts,
     majority_behaviour,
     shop_baselines,
-    training_mask,
 )
 from shopformer.evaluation.blend import Blend, choose_blend
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid

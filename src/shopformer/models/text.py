@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from shopformer.atomic import sha256_file
 from shopformer.data.schema import PAD
+from shopformer.data.sequences import Sequences, training_mask
 from shopformer.data.vocab import Vocab
 from shopformer.models.base import SequenceModel
 
@@ -209,6 +210,46 @@ def align_text(tv: ItemVectors, items: Vocab) -> ItemText:
     return out
 
 
+def neighbour_text(seq: Sequences, train_end: np.ndarray, n_items: int, columns: int = MAX_ATTRIBUTES) -> ItemText:
+    """Each item's neighbours in the training sequences as attributes (``text.neighbours``).
+
+    Item a holds the token "next to b" when b came right before or after a in some user's training
+    events. So a log without a catalogue still says which items go together (what a Markov chain
+    reads), and an item with few events shares the learned vectors of its busy neighbours. Columns:
+    the ``columns`` items with the most distinct neighbours (2 at least, ties by id); rows are
+    multi-hot and unit length, as in ``attribute_vectors``. Only events before ``train_end`` count,
+    so validation and test targets never do. Rows in dense item-id order (``align_text``'s shape).
+    """
+    n = n_items + 1  # ids 0..n_items
+    row = seq.user_row_of_event()
+    train = training_mask(seq, train_end)
+    ok = train[:-1] & train[1:] & (row[:-1] == row[1:]) & (seq.items[:-1] != seq.items[1:])
+    a, b = seq.items[:-1][ok].astype(np.int64), seq.items[1:][ok].astype(np.int64)
+    pairs = np.unique(np.concatenate([a * n + b, b * n + a]))  # each (item, neighbour) once, both ways
+    item, nb = pairs // n, pairs % n
+    held = np.bincount(nb, minlength=n)  # distinct items holding each neighbour token
+    busy = np.flatnonzero(held >= 2)
+    kept = busy[np.lexsort((busy, -held[busy]))][:columns]
+    column = np.full(n, -1)
+    column[kept] = np.arange(len(kept))
+    on = column[nb] >= 0
+    vectors = np.zeros((n_items + 2, len(kept)), np.float32)
+    vectors[item[on], column[nb[on]]] = 1.0
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
+    out = ItemText(vectors, np.asarray(vectors.any(axis=1)))
+    log.info("text.neighbours: %d columns (of %d items with 2+ neighbours); %d of %d items have none of them",
+             len(kept), len(busy), out.n_missing, n_items)
+    return out
+
+
+def join_text(*parts: ItemText) -> ItemText:
+    """Aligned side information side by side (titles and attributes | neighbours)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ItemText(np.concatenate([p.vectors for p in parts], axis=1),
+                    np.asarray(np.stack([p.has_text for p in parts]).any(axis=0)))
+
+
 class TextFusion(nn.Module):
     """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T.
 
@@ -274,19 +315,24 @@ def add_text(
 
 def text_preparer(
     titles: str | Path | None, cache: str | Path | None = None, id_dropout: float = 0.0,
-    attributes: str | Path | None = None,
+    attributes: str | Path | None = None, neighbours: int = 0,
 ) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
     """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles and/or
-    attributes (``item_vectors``) into a freshly built model; items without training events
-    (``ctx['counts']``) are cold."""
+    attributes (``item_vectors``) and/or ``neighbours`` columns of neighbour attributes (``neighbour_text``,
+    from the events before ``ctx['train_end']``) into a freshly built model; items without training
+    events (``ctx['counts']``) are cold."""
     for key, path in (("text.titles", titles), ("text.attributes", attributes)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{key}: file not found: {path}")
 
     def prepare_model(model: SequenceModel, ctx: dict) -> tuple[SequenceModel, dict]:
-        text = align_text(item_vectors(titles, attributes, cache), ctx["ds"].vocabs.items)
+        ds = ctx["ds"]
+        parts = [align_text(item_vectors(titles, attributes, cache), ds.vocabs.items)] if titles or attributes else []
+        if neighbours:
+            parts.append(neighbour_text(ds.seq, ctx["train_end"], ds.spec.n_items, neighbours))
+        text = join_text(*parts)
         add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
-        return model, {"text": {"missing": text.n_missing, "id_dropout": id_dropout}}
+        return model, {"text": {"missing": text.n_missing, "id_dropout": id_dropout, "neighbours": neighbours}}
 
     return prepare_model
 

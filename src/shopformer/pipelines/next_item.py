@@ -173,7 +173,8 @@ def train_next_item(
     if prepare_model is None and cfg.text.fused:
         from shopformer.models.text import text_preparer
 
-        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes)
+        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes,
+                                      cfg.text.neighbours)
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
                                                prepare_model, log_dir, progress, on_epoch)
     valid = result.best_metrics  # fit evaluated these weights already when it kept them
