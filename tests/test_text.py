@@ -126,6 +126,28 @@ def toy_text_of(rows: int) -> ItemText:
     return ItemText(np.ones((rows, 3), np.float32) * has[:, None], has)
 
 
+def test_sparse_side_vectors_give_the_dense_table_and_gradients() -> None:
+    import copy
+
+    rows, cols = 40, 64
+    rng = np.random.default_rng(0)
+    vectors = (rng.random((rows, cols)) < 0.03).astype(np.float32)  # multi-hot, ~3% nonzero
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
+    has = vectors.any(axis=1)
+    torch.manual_seed(0)
+    fused = TextFusion(torch.nn.Embedding(rows, 8, padding_idx=0), ItemText(vectors, has))
+    assert fused.text is None and fused.text_val.numel() == (vectors > 0).sum(), "kept sparse"
+    assert fused.state_dict().keys() == {"id_weight", "proj.weight", "id_scale"}, "the data's constants: not saved"
+    dense = torch.from_numpy(vectors * has[:, None])
+    expect = fused.id_weight * fused.id_scale[:, None] + dense @ fused.proj.weight.T
+    assert torch.allclose(fused.weight, expect, atol=1e-6)
+    fused.weight.sum().backward()
+    assert torch.allclose(fused.proj.weight.grad, dense.sum(0).expand(8, -1), atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # train.precision = "bf16"
+        assert torch.allclose(fused.weight.float(), expect, atol=1e-2)
+    assert torch.allclose(copy.deepcopy(fused).weight, expect, atol=1e-6)  # fit keeps copies of the best weights
+
+
 def test_catalogue_rows_of_one_item_add_up(tmp_path) -> None:
     long = tmp_path / "long.csv"  # one (item, attribute) pair per row
     long.write_text("item_id,category\n10,Nails\n10,Polish\n12,Nails\n12,Polish\n")
