@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -136,7 +137,10 @@ def test_sparse_side_columns_give_the_dense_table_and_gradients() -> None:
     vectors[:, :3] = rng.random((rows, 3))  # three dense columns (a title vector's) among the sparse ones
     has = vectors.any(axis=1)
     torch.manual_seed(0)
-    fused = TextFusion(torch.nn.Embedding(rows, 8, padding_idx=0), ItemText(vectors, has))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's beta / invariant-check notices stay out of a user's log
+        fused = TextFusion(torch.nn.Embedding(rows, 8, padding_idx=0), ItemText(vectors, has))
+        fused.side()
     assert fused.dense_cols.tolist() == [0, 1, 2] and fused.text.shape == (rows, 3)
     assert fused.text_val.numel() == (vectors[:, 3:] > 0).sum(), "the rest kept sparse"
     assert fused.state_dict().keys() == {"id_weight", "proj.weight", "id_scale"}, "the data's constants: not saved"

@@ -31,7 +31,8 @@ import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,14 @@ def join_text(*parts: ItemText) -> ItemText:
                     np.asarray(np.stack([p.has_text for p in parts]).any(axis=0)))
 
 
+@contextmanager
+def quiet_csr() -> Iterator[None]:
+    """Without torch's "sparse CSR support is in beta" warning: what is used here (mm, its gradient) is not."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
+
+
 class TextFusion(nn.Module):
     """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T.
 
@@ -288,7 +297,8 @@ class TextFusion(nn.Module):
         self.register_buffer("dense_cols", torch.nonzero(dense).flatten(), persistent=False)
         self.register_buffer("sparse_cols", torch.nonzero(~dense).flatten(), persistent=False)
         self.register_buffer("text", side[:, dense].contiguous(), persistent=False)
-        csr = side[:, ~dense].to_sparse_csr()
+        with quiet_csr():
+            csr = side[:, ~dense].to_sparse_csr()
         for name, part in (("crow", csr.crow_indices()), ("col", csr.col_indices()), ("val", csr.values())):
             self.register_buffer(f"text_{name}", part, persistent=False)
         scale = np.ones(rows, np.float32) if has_id is None else np.append(np.asarray(has_id, bool), True)
@@ -317,10 +327,10 @@ class TextFusion(nn.Module):
         w = self.proj.weight  # (dim, E)
         out = self.text @ w[:, self.dense_cols].T
         if len(self.sparse_cols):
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": mm and its gradient are not
-                warnings.simplefilter("ignore", UserWarning)
-                csr = torch.sparse_csr_tensor(self.text_crow, self.text_col, self.text_val,
-                                              (self.text.shape[0], len(self.sparse_cols)))
+            with quiet_csr():
+                csr = torch.sparse_csr_tensor(  # the parts came from to_sparse_csr: valid, no checks per step
+                    self.text_crow, self.text_col, self.text_val, (self.text.shape[0], len(self.sparse_cols)),
+                    check_invariants=False)
             with torch.autocast(w.device.type, enabled=False):  # the sparse kernel is fp32
                 out = out + torch.sparse.mm(csr, w[:, self.sparse_cols].float().T)
         return out
