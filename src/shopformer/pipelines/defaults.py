@@ -18,8 +18,8 @@ loss.kind          ``sampled`` (1,024 popularity negatives, logQ-corrected) when
                    (batch x max_len x items x 4 bytes) would exceed 1 GiB, else full cross-entropy
 eval.exclude_seen  false when >= 5% of training next-events repeat an item already in the user's history
                    (shop and session logs, where repeats are the signal), else true (Amazon-style review logs)
-text.neighbours    1,024 on those review logs (seen items excluded) when the loss is full cross-entropy and the
-                   task next-item, else 0: each item's neighbours in the training sequences as attributes
+text.neighbours    1,024 when the loss is full cross-entropy and the task next-item, else 0: each item's
+                   neighbours in the training sequences as attributes (an item with few events shares theirs)
 train.blend        true unless ``train.refit``: the served answer mixes the model with its best blendable
                    baseline when that scores higher on validation (evaluation/blend.py; alpha 0 = the model)
 =================  ==========================================================================================
@@ -48,7 +48,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.toml
 TARGET_STEPS = 12_000
 LOGITS_BYTES = 1 << 30
 REPEAT_SHARE = 0.05
-NEIGHBOURS = 1024  # text.neighbours columns on review logs (models/text.py MAX_ATTRIBUTES, the attribute cap)
+NEIGHBOURS = 1024  # text.neighbours columns (models/text.py MAX_ATTRIBUTES, the attribute cap)
 
 
 @dataclass(frozen=True)
@@ -115,17 +115,15 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
     loss: dict[str, Any] = (
         {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
         if sampled else {"kind": "ce"})
-    exclude_seen = stats.repeat_share < REPEAT_SHARE
-    # Neighbour attributes where every next item is a new one and the catalogue is modest (the dense side
-    # rows cost items x 1,024 floats); on repeat-heavy logs they blur an item with what sits beside it
-    neighbours = NEIGHBOURS if exclude_seen and not sampled and cfg.task.kind == "next-item" else 0
+    # neighbour attributes where the catalogue is modest (the side rows are built as items x 1,024 floats)
+    neighbours = NEIGHBOURS if not sampled and cfg.task.kind == "next-item" else 0
     return {
         "model": {"dropout": dropout, "emb_dropout": dropout, "max_len": max_len},
         # blend: chosen on validation, so the served answer is never below the model or the best blendable
         # baseline there; off with refit, whose training events include the validation targets
         "train": {"epochs": epochs, "patience": patience, "blend": not cfg.train.refit},
         "loss": loss,
-        "eval": {"exclude_seen": exclude_seen},
+        "eval": {"exclude_seen": stats.repeat_share < REPEAT_SHARE},
         "text": {"neighbours": neighbours},
     }
 
