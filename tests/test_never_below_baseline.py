@@ -46,7 +46,7 @@ def test_fit_warnings_report_the_clock_and_a_saturated_validation() -> None:
 
 @pytest.fixture(scope="module")
 def repeat_log(tmp_path_factory) -> Path:
-    """Shoppers who only ever come back to the item they just viewed: "recent items" is unbeatable."""
+    """Shoppers who view each of four items three times in turn: Markov is perfect, recent items strong."""
     rng = np.random.default_rng(0)
     lines = ["user_id,item_id,behaviour,timestamp"]
     for u in range(150):
@@ -72,10 +72,13 @@ def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repe
     assert r.exit_code == 0, r.output
     metrics = json.loads((run / "metrics.json").read_text())
     beaten = [w for w in metrics["warnings"] if "beats sasrec on validation ndcg@10" in w]
-    assert any("'weighted recent items'" in w for w in beaten), metrics["warnings"]
-    assert metrics["valid_baselines"]["weighted recent items"]["ndcg@10"] > metrics["valid"]["ndcg@10"]
+    assert beaten, metrics["warnings"]  # Markov is perfect on this log: one at least
+    for w in beaten:  # each named baseline does score above the model on validation, and the CLI says so
+        name = w.split("'")[1]
+        assert metrics["valid_baselines"][name]["ndcg@10"] > metrics["valid"]["ndcg@10"], w
+        assert name in r.output
     assert "## Warnings" in (run / "report.md").read_text()
-    assert "warning:" in r.output and "weighted recent items" in r.output
+    assert "warning:" in r.output
     # the test table shows the repeat / explore split for every system
     assert {"repeat", "explore"} <= set(metrics["test"]["markov"])
     assert "NDCG@10 repeat" in (run / "report.md").read_text()
