@@ -126,6 +126,13 @@ class ItemVectors:
     vectors: np.ndarray  # (len(ids), E)
 
 
+def top_columns(held: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of the tokens held by 2+ items, the most held first (ties by index), at most ``cap``:
+    a token of one item says nothing its id vector does not."""
+    busy = np.flatnonzero(held >= 2)
+    return busy[np.lexsort((busy, -held[busy]))][:cap]
+
+
 def attribute_vectors(path: str | Path, max_attributes: int = MAX_ATTRIBUTES) -> ItemVectors:
     """Each item with attributes: a multi-hot row over the attribute tokens of ``path``, scaled to unit length.
 
@@ -133,7 +140,8 @@ def attribute_vectors(path: str | Path, max_attributes: int = MAX_ATTRIBUTES) ->
     item says nothing its id vector does not); the rows stay dense, so the cap bounds their memory."""
     attrs = {i: list(dict.fromkeys(a)) for i, a in read_attributes(path).items()}  # a repeated token counts once
     held = Counter(a for tokens in attrs.values() for a in tokens)
-    kept = sorted((a for a, n in held.items() if n >= 2), key=lambda a: (-held[a], a))[:max_attributes]
+    names = sorted(held)  # ties then break by name
+    kept = [names[j] for j in top_columns(np.array([held[a] for a in names], np.int64), max_attributes)]
     if len(kept) < len(held):
         log.warning("%s: %d of %d attributes kept (held by 2+ items, the %d most common)", path, len(kept), len(held),
                     max_attributes)
@@ -232,8 +240,7 @@ def neighbour_text(seq: Sequences, train_end: np.ndarray, n_items: int, columns:
     pairs = np.unique(np.concatenate([a * n + b, b * n + a]))  # each (item, neighbour) once, both ways
     item, nb = pairs // n, pairs % n
     held = np.bincount(nb, minlength=n)  # distinct items holding each neighbour token
-    busy = np.flatnonzero(held >= 2)
-    kept = busy[np.lexsort((busy, -held[busy]))][:columns]
+    kept = top_columns(held, columns)
     column = np.full(n, -1)
     column[kept] = np.arange(len(kept))
     on = column[nb] >= 0
@@ -242,7 +249,7 @@ def neighbour_text(seq: Sequences, train_end: np.ndarray, n_items: int, columns:
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
     out = ItemText(vectors, np.asarray(vectors.any(axis=1)))
     log.info("text.neighbours: %d columns (of %d items with 2+ neighbours); %d of %d items have none of them",
-             len(kept), len(busy), out.n_missing, n_items)
+             len(kept), int((held >= 2).sum()), out.n_missing, n_items)
     return out
 
 
@@ -284,7 +291,8 @@ class TextFusion(nn.Module):
     cold: torch.Tensor | None
 
     def __init__(
-        self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None, id_dropout: float = 0.0
+        self, base: nn.Embedding, text: ItemText, has_id: np.ndarray | None = None, id_dropout: float = 0.0,
+        sparse_below: float = SPARSE_BELOW,
     ) -> None:
         super().__init__()
         rows, dim = base.weight.shape
@@ -297,7 +305,7 @@ class TextFusion(nn.Module):
         # Constants of the data, rebuilt from it, not saved (fold_text saves the fused table). Columns
         # mostly set (title vectors) stay a dense block; the rest (multi-hot attributes, neighbours) are
         # kept as CSR parts, plain tensors, so the module copies and moves like any other.
-        dense = (side != 0).float().mean(0) >= SPARSE_BELOW  # (E,) per column
+        dense = (side != 0).float().mean(0) >= sparse_below  # (E,) per column
         self.register_buffer("dense_cols", torch.nonzero(dense).flatten(), persistent=False)
         self.register_buffer("sparse_cols", torch.nonzero(~dense).flatten(), persistent=False)
         self.register_buffer("text", side[:, dense].contiguous(), persistent=False)

@@ -41,6 +41,7 @@ from shopformer.config import Config, parse_override
 from shopformer.data.batches import training_windows
 from shopformer.data.corpus import Dataset, make_split
 from shopformer.data.sequences import Sequences
+from shopformer.models.text import MAX_ATTRIBUTES  # the neighbour columns: the attribute cap
 
 # the repository's configs/default.toml (src/shopformer/pipelines/ -> the repository root)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.toml"
@@ -48,7 +49,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "default.toml
 TARGET_STEPS = 12_000
 LOGITS_BYTES = 1 << 30
 REPEAT_SHARE = 0.05
-NEIGHBOURS = 1024  # text.neighbours columns (models/text.py MAX_ATTRIBUTES, the attribute cap)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
         {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
         if sampled else {"kind": "ce"})
     # neighbour attributes where the catalogue is modest (the side rows are built as items x 1,024 floats)
-    neighbours = NEIGHBOURS if not sampled and cfg.task.kind == "next-item" else 0
+    neighbours = MAX_ATTRIBUTES if not sampled and cfg.task.kind == "next-item" else 0
     return {
         "model": {"dropout": dropout, "emb_dropout": dropout, "max_len": max_len},
         # blend: chosen on validation, so the served answer is never below the model or the best blendable
