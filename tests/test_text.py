@@ -24,9 +24,9 @@ from shopformer.models.text import (
     add_text,
     align_text,
     attribute_vectors,
+    catalogue_text,
     fill_cold_from_neighbours,
     fold_text,
-    item_vectors,
     join_text,
     neighbour_text,
     read_attributes,
@@ -49,16 +49,14 @@ def test_read_titles_keeps_quotes_and_empty_titles(tmp_path) -> None:
                                                   "99": "x"}
 
 
-def test_align_counts_missing_titles(caplog) -> None:
+def test_align_counts_missing_titles() -> None:
     vocab = Vocab(("<pad>", "12", "10", "11", "13", "14", "15"))  # dense 1 = "12", 2 = "10", ...
     tv = ItemVectors(["10", "12", "99"], np.eye(3, E, dtype=np.float32))
-    with caplog.at_level(logging.WARNING):
-        text = align_text(tv, vocab)
+    text = align_text(tv, vocab)
     assert text.vectors.shape == (N_ITEMS + 2, E)
     assert text.has_text.tolist() == [False, True, True, False, False, False, False, False]
     assert np.array_equal(text.vectors[2], tv.vectors[0]) and np.array_equal(text.vectors[1], tv.vectors[1])
     assert text.n_missing == 4
-    assert "4 of 6 items have no title or attributes" in caplog.text
 
 
 def test_read_attributes_from_json_and_from_a_catalogue_table(tmp_path) -> None:
@@ -162,22 +160,25 @@ def test_catalogue_rows_of_one_item_add_up(tmp_path) -> None:
     assert attribute_vectors(long).vectors.shape == (2, 2)
 
 
-def test_titles_and_attributes_sit_side_by_side(tmp_path, monkeypatch) -> None:
+def test_titles_and_attributes_sit_side_by_side(tmp_path, monkeypatch, caplog) -> None:
     import shopformer.models.text as text_mod
 
     monkeypatch.setattr(text_mod, "encode_texts", lambda texts: np.ones((len(texts), 3), np.float32))
     js = tmp_path / "attrs.json"
     js.write_text('{"10": [1], "11": [2], "55": [1, 2]}')
-    both = item_vectors(titles_file(tmp_path), js)
-    # titles of 10, 12, 99 ("11" has an empty title), then the attribute-only items 11 and 55
-    assert both.ids == ["10", "12", "99", "11", "55"] and both.vectors.shape == (5, 3 + 2)
-    assert both.vectors[0].tolist() == [1, 1, 1, 1, 0], "title block, then attribute block"
-    assert both.vectors[1].tolist() == [1, 1, 1, 0, 0], "no attributes: a zero attribute block"
-    assert both.vectors[3].tolist() == [0, 0, 0, 0, 1], "no title: a zero title block"
+    vocab = Vocab(("<pad>", "10", "11", "12", "55", "77"))  # "99" has a title but no events; "77" has nothing
+    with caplog.at_level(logging.WARNING):
+        both = catalogue_text(vocab, titles_file(tmp_path), js)
+    assert both.vectors.shape == (5 + 2, 3 + 2)
+    assert both.vectors[1].tolist() == [1, 1, 1, 1, 0], "title block, then attribute block"
+    assert both.vectors[3].tolist() == [1, 1, 1, 0, 0], "no attributes: a zero attribute block"
+    assert both.vectors[2].tolist() == [0, 0, 0, 0, 1], "empty title: a zero title block"
     assert np.allclose(both.vectors[4], [0, 0, 0, 2**-0.5, 2**-0.5])
-    assert item_vectors(None, js).ids == ["10", "11", "55"]
+    assert both.has_text.tolist() == [False, True, True, True, True, False, False]
+    assert "1 of 5 items have no title or attributes" in caplog.text
+    assert catalogue_text(vocab, None, js).vectors.shape == (7, 2)
     with pytest.raises(ValueError, match="needs text.titles or text.attributes"):
-        item_vectors(None, None)
+        catalogue_text(vocab, None, None)
 
 
 def toy_text() -> ItemText:

@@ -1,8 +1,8 @@
 """Item side information: title vectors from an offline sentence encoder and catalogue attributes
 (brand, categories), fused with item-id embeddings.
 
-    vectors = item_vectors("Beauty_item_text.tsv", "Beauty_item2attributes.json", cache="out/cache/t.safetensors")
-    text = align_text(vectors, ds.vocabs.items)            # rows = dense item ids
+    text = catalogue_text(ds.vocabs.items, "Beauty_item_text.tsv", "Beauty_item2attributes.json",
+                          cache="out/cache/t.safetensors")   # rows = dense item ids
     add_text(model, text, has_id=item_counts > 0)          # any registered model
     ... fit ...
     fold_text(model)                                       # plain nn.Embedding again: save_run / load_run
@@ -154,26 +154,6 @@ def attribute_vectors(path: str | Path, max_attributes: int = MAX_ATTRIBUTES) ->
     return ItemVectors(ids, vectors)
 
 
-def item_vectors(
-    titles: str | Path | None, attributes: str | Path | None, cache: str | Path | None = None
-) -> ItemVectors:
-    """Title vectors and attribute rows side by side (zeros for an item one of them lacks)."""
-    parts = [v for v in (title_vectors(titles, cache) if titles else None,
-                         attribute_vectors(attributes) if attributes else None) if v is not None]
-    if not parts:
-        raise ValueError("item side information needs text.titles or text.attributes")
-    if len(parts) == 1:
-        return parts[0]
-    ids = list(dict.fromkeys(i for p in parts for i in p.ids))
-    row = {i: r for r, i in enumerate(ids)}
-    blocks = []
-    for p in parts:
-        block = np.zeros((len(ids), p.vectors.shape[1]), np.float32)
-        block[[row[i] for i in p.ids]] = p.vectors
-        blocks.append(block)
-    return ItemVectors(ids, np.concatenate(blocks, axis=1))
-
-
 def title_vectors(path: str | Path, cache: str | Path | None = None) -> ItemVectors:
     """Encode every non-empty title of ``path``; reuse ``cache`` (safetensors) when it matches the file."""
     from safetensors.numpy import load_file, save_file
@@ -216,9 +196,20 @@ def align_text(tv: ItemVectors, items: Vocab) -> ItemText:
     ok = dense != PAD  # items that are not in this data set are ignored
     vectors[dense[ok]] = tv.vectors[ok]
     has[dense[ok]] = True
-    out = ItemText(vectors, has)
+    return ItemText(vectors, has)
+
+
+def catalogue_text(items: Vocab, titles: str | Path | None, attributes: str | Path | None,
+                   cache: str | Path | None = None) -> ItemText:
+    """Title vectors and attribute rows, aligned to ``items`` and side by side (zeros for an item one
+    of them lacks)."""
+    parts = ([align_text(title_vectors(titles, cache), items)] if titles else []) + (
+        [align_text(attribute_vectors(attributes), items)] if attributes else [])
+    if not parts:
+        raise ValueError("item side information needs text.titles or text.attributes")
+    out = join_text(*parts)
     log.warning("%d of %d items have no title or attributes: they fall back to their id embedding only",
-                out.n_missing, n)
+                out.n_missing, len(items))
     return out
 
 
@@ -372,7 +363,7 @@ def text_preparer(
     attributes: str | Path | None = None, neighbours: int = 0,
 ) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
     """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles and/or
-    attributes (``item_vectors``) and/or ``neighbours`` columns of neighbour attributes (``neighbour_text``,
+    attributes (``catalogue_text``) and/or ``neighbours`` columns of neighbour attributes (``neighbour_text``,
     from the events before ``ctx['train_end']``) into a freshly built model; items without training
     events (``ctx['counts']``) are cold."""
     for key, path in (("text.titles", titles), ("text.attributes", attributes)):
@@ -381,7 +372,7 @@ def text_preparer(
 
     def prepare_model(model: SequenceModel, ctx: dict) -> tuple[SequenceModel, dict]:
         ds = ctx["ds"]
-        parts = [align_text(item_vectors(titles, attributes, cache), ds.vocabs.items)] if titles or attributes else []
+        parts = [catalogue_text(ds.vocabs.items, titles, attributes, cache)] if titles or attributes else []
         if neighbours:
             parts.append(neighbour_text(ds.seq, ctx["train_end"], ds.spec.n_items, neighbours))
         text = join_text(*parts)

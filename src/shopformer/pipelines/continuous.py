@@ -114,9 +114,9 @@ def _item_text(cfg: Config, ds: Dataset, cache: Path) -> ItemText | None:
     paths = [p for p in (cfg.text.titles, cfg.text.attributes) if p]
     if not paths or not all(Path(p).exists() for p in paths):
         return None
-    from shopformer.models.text import align_text, item_vectors
+    from shopformer.models.text import catalogue_text
 
-    return align_text(item_vectors(cfg.text.titles, cfg.text.attributes, cache), ds.vocabs.items)
+    return catalogue_text(ds.vocabs.items, cfg.text.titles, cfg.text.attributes, cache)
 
 
 def warm_since(parent: dict, t_valid: int, valid_days: float) -> int:
