@@ -65,9 +65,15 @@ def test_adapt_sets_rule_values_and_keeps_explicit_keys() -> None:
     assert cfg.model.emb_dropout == applied["model.emb_dropout"] == dropout_for(stats.sparsity)
     assert cfg.model.max_len == 20 and cfg.train.epochs == 200 and cfg.loss.kind == "ce"
     assert cfg.eval.exclude_seen is True  # no repeats in these histories
+    assert cfg.model.freq_mix == applied["model.freq_mix"] == 0.4  # BSARec's filter on a log without repeats
     assert cfg.text.neighbours == applied["text.neighbours"] == 1024  # each item's neighbours as attributes
     multi, _, applied = adapt_config(Config().override(task={"kind": "multi"}), seq, train_end, 9)
     assert multi.text.neighbours == 0, "side vectors are next-item only"
+    titled, _, _ = adapt_config(Config().override(text={"attributes": "attrs.json"}), seq, train_end, 9)
+    assert titled.text.neighbours == 0, "a catalogue is given: neighbours do not stand in for it"
+    both, _, _ = adapt_config(Config().override(text={"attributes": "a.json", "neighbours": 64}), seq, train_end, 9,
+                              keep={"text.neighbours", "text.attributes"})
+    assert both.text.neighbours == 64, "an explicit text.neighbours is kept"
     assert cfg.train.blend is True and applied["train.blend"] is True  # served: the validation-chosen blend
     refit, _, applied = adapt_config(Config().override(train={"refit": True}), seq, train_end, 9, keep={"train.refit"})
     assert refit.train.refit and not refit.train.blend  # refit trains on the validation targets: no blend there
@@ -79,6 +85,7 @@ def test_repeats_keep_seen_items_and_huge_catalogues_sample() -> None:
     assert stats.repeat_share > 0.5
     out = derive(stats, Config(), seq, train_end)
     assert out["eval"]["exclude_seen"] is False and out["loss"]["kind"] == "ce"
+    assert out["model"]["freq_mix"] == 0.0, "repeats: no frequency filter"
     assert out["text"]["neighbours"] == 1024
     big = derive(replace(stats, items=2_000_000), Config(), seq, train_end)
     assert big["loss"] == {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
