@@ -69,6 +69,9 @@ def test_adapt_sets_rule_values_and_keeps_explicit_keys() -> None:
     assert cfg.text.neighbours == applied["text.neighbours"] == 1024  # each item's neighbours as attributes
     multi, _, applied = adapt_config(Config().override(task={"kind": "multi"}), seq, train_end, 9)
     assert multi.text.neighbours == 0, "side vectors are next-item only"
+    assert multi.model.freq_mix == 0.0, "the filter was measured on next-item SASRec only"
+    gru, _, _ = adapt_config(Config().override(model={"name": "gru4rec"}), seq, train_end, 9, keep={"model.name"})
+    assert gru.model.freq_mix == 0.0
     titled, _, _ = adapt_config(Config().override(text={"attributes": "attrs.json"}), seq, train_end, 9)
     assert titled.text.neighbours == 0, "a catalogue is given: neighbours do not stand in for it"
     both, _, _ = adapt_config(Config().override(text={"attributes": "a.json", "neighbours": 64}), seq, train_end, 9,
