@@ -148,7 +148,7 @@ def long_section(rows: list[dict]) -> list[str]:
         return [*out, "Not run yet: `bench/zoo.py --only bert4rec --max-minutes 60 --set train.epochs=250 ...`.", ""]
     body = []
     for r in rows:
-        sets = [w for w in set_overrides(r) if w.startswith(("model.", "loss.", "train.seed"))]
+        sets = [w for w in set_overrides(r) if w.startswith(("model.", "loss.", "text.", "train.seed"))]
         name = f"{r['config']} ({', '.join(s.split('.', 1)[1] for s in sets)})" if sets else r["config"]
         body.append([name, *(fmt(r["test"][c]) for c in COLS), fmt(r["valid"]["ndcg@10"]),
                      f"{r['best_epoch']}/{r['epochs']} ep, {r['train_minutes']} min ({r['stopped_by']})"])
