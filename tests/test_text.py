@@ -115,6 +115,11 @@ def test_neighbour_rows_come_from_training_pairs_of_one_user_only() -> None:
     assert text.has_text.tolist() == [False, True, True, True, True, False, False, False, False]
     one = neighbour_text(seq, np.array([3, 6]), n_items=7, columns=1)
     assert one.vectors[:, 0].tolist() == [0, 0, 1, 0, 1, 0, 0, 0, 0], "one column: the first of the tied tokens"
+    wide = neighbour_text(seq, np.array([3, 6]), n_items=7, window=2)
+    # window 2 adds (1, 3), two apart for user 0; tokens "next to 1" (held by 2, 3, 4), "2" and "3" (2 each)
+    r = 2**-0.5
+    assert np.allclose(wide.vectors[1:5], [[0, r, r], [r, 0, r], [r, r, 0], [1, 0, 0]])
+    assert wide.has_text.tolist() == text.has_text.tolist(), "nothing held out, nor across users, comes in"
     joined = join_text(text, toy_text_of(9))
     assert joined.vectors.shape == (9, 2 + 3) and joined.has_text.tolist() == [False] + [True] * 7 + [False]
 

@@ -161,6 +161,7 @@ class TextConfig(_Section):
     # each item's neighbours in the training sequences as attributes (no catalogue needed): this many
     # columns, the items with the most distinct neighbours; 0 = off
     neighbours: int = Field(0, ge=0)
+    neighbour_window: int = Field(1, ge=1, le=10)  # items at most this many events apart are neighbours
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of warm items trained on their side vector alone
 
     @property

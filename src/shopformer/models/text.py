@@ -213,12 +213,15 @@ def catalogue_text(items: Vocab, titles: str | Path | None, attributes: str | Pa
     return out
 
 
-def neighbour_text(seq: Sequences, train_end: np.ndarray, n_items: int, columns: int = MAX_ATTRIBUTES) -> ItemText:
+def neighbour_text(
+    seq: Sequences, train_end: np.ndarray, n_items: int, columns: int = MAX_ATTRIBUTES, window: int = 1,
+) -> ItemText:
     """Each item's neighbours in the training sequences as attributes (``text.neighbours``).
 
-    Item a holds the token "next to b" when b came right before or after a in some user's training
-    events. So a log without a catalogue still says which items go together (what a Markov chain
-    reads), and an item with few events shares the learned vectors of its busy neighbours. Columns:
+    Item a holds the token "next to b" when b came at most ``window`` events before or after a in
+    some user's training events (1: right before or after). So a log without a catalogue still says
+    which items go together (what a Markov chain reads), and an item with few events shares the
+    learned vectors of its busy neighbours. Columns:
     the ``columns`` items with the most distinct neighbours (2 at least, ties by id); rows are
     multi-hot and unit length, as in ``attribute_vectors``. Only events before ``train_end`` count,
     so validation and test targets never do. Rows in dense item-id order (``align_text``'s shape).
@@ -226,9 +229,13 @@ def neighbour_text(seq: Sequences, train_end: np.ndarray, n_items: int, columns:
     n = n_items + 1  # ids 0..n_items
     row = seq.user_row_of_event()
     train = training_mask(seq, train_end)
-    ok = train[:-1] & train[1:] & (row[:-1] == row[1:]) & (seq.items[:-1] != seq.items[1:])
-    a, b = seq.items[:-1][ok].astype(np.int64), seq.items[1:][ok].astype(np.int64)
-    pairs = np.unique(np.concatenate([a * n + b, b * n + a]))  # each (item, neighbour) once, both ways
+    items = seq.items.astype(np.int64)
+    codes = []
+    for k in range(1, window + 1):  # pairs k events apart, both inside one user's training events
+        ok = train[:-k] & train[k:] & (row[:-k] == row[k:]) & (items[:-k] != items[k:])
+        a, b = items[:-k][ok], items[k:][ok]
+        codes += [a * n + b, b * n + a]
+    pairs = np.unique(np.concatenate(codes))  # each (item, neighbour) once, both ways
     item, nb = pairs // n, pairs % n
     held = np.bincount(nb, minlength=n)  # distinct items holding each neighbour token
     kept = top_columns(held, columns)
@@ -360,12 +367,12 @@ def add_text(
 
 def text_preparer(
     titles: str | Path | None, cache: str | Path | None = None, id_dropout: float = 0.0,
-    attributes: str | Path | None = None, neighbours: int = 0,
+    attributes: str | Path | None = None, neighbours: int = 0, neighbour_window: int = 1,
 ) -> Callable[[SequenceModel, dict], tuple[SequenceModel, dict]]:
     """``prepare_model(model, ctx)`` for ``pipelines.next_item.train_next_item``: fuse the titles and/or
     attributes (``catalogue_text``) and/or ``neighbours`` columns of neighbour attributes (``neighbour_text``,
-    from the events before ``ctx['train_end']``) into a freshly built model; items without training
-    events (``ctx['counts']``) are cold."""
+    from the events before ``ctx['train_end']``, at most ``neighbour_window`` apart) into a freshly built
+    model; items without training events (``ctx['counts']``) are cold."""
     for key, path in (("text.titles", titles), ("text.attributes", attributes)):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{key}: file not found: {path}")
@@ -374,7 +381,7 @@ def text_preparer(
         ds = ctx["ds"]
         parts = [catalogue_text(ds.vocabs.items, titles, attributes, cache)] if titles or attributes else []
         if neighbours:
-            parts.append(neighbour_text(ds.seq, ctx["train_end"], ds.spec.n_items, neighbours))
+            parts.append(neighbour_text(ds.seq, ctx["train_end"], ds.spec.n_items, neighbours, neighbour_window))
         text = join_text(*parts)
         add_text(model, text, has_id=ctx["counts"] > 0, id_dropout=id_dropout)
         return model, {"text": {"missing": text.n_missing, "id_dropout": id_dropout, "neighbours": neighbours}}

@@ -189,7 +189,8 @@ def side_preparer(cfg: Config, text_cache: Path | None = None) -> Prepare | None
         return None
     from shopformer.models.text import text_preparer
 
-    return text_preparer(cfg.text.titles, text_cache, cfg.text.id_dropout, cfg.text.attributes, cfg.text.neighbours)
+    t = cfg.text
+    return text_preparer(t.titles, text_cache, t.id_dropout, t.attributes, t.neighbours, t.neighbour_window)
 
 
 def _train_once(
