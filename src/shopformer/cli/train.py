@@ -37,8 +37,10 @@ def train_command(
 ) -> None:
     """Train with early stopping on validation, evaluate on test beside the baselines, save the run.
 
-    Without --config: configs/default.toml, with dropout, max length, epochs, patience, loss and the
-    seen-item rule set from the data's training events (docs/defaults.md)."""
+    Without --config: configs/default.toml, and the settings that follow the data
+    (dropout, max length, epochs, patience, loss, seen items, served blend,
+    neighbour attributes, frequency filter) set from its training events
+    (docs/defaults.md); a key given with --set is kept."""
     from shopformer.data.corpus import Dataset, load_dataset
     from shopformer.pipelines.defaults import DEFAULT_CONFIG, apply_data_defaults, explicit_keys
     from shopformer.pipelines.multi_behaviour import run_multibehaviour
