@@ -129,3 +129,24 @@ def training_mask(seq: Sequences, train_end: np.ndarray) -> np.ndarray:
     """(N,) True for events inside each user's training prefix (``train_end``: (U,) flat end offsets)."""
     pos = np.arange(len(seq.items))
     return pos < np.repeat(train_end, seq.lengths)
+
+
+def training_pairs(seq: Sequences, train_end: np.ndarray, size: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of training events of one user at most ``window`` events apart, on different items.
+
+    Returns (codes, counts): each ordered pair (a, b), both orders, coded ``a * size + b`` (sorted,
+    unique), and how many such event pairs there are. One vectorised pass per distance; each pass is
+    reduced before the next, so memory stays at one distance's pairs."""
+    mask = training_mask(seq, train_end)
+    rows = seq.user_row_of_event()
+    items = seq.items.astype(np.int64)
+    keys: list[np.ndarray] = [np.zeros(0, np.int64)]
+    counts: list[np.ndarray] = [np.zeros(0, np.int64)]
+    for d in range(1, min(window, len(items) - 1) + 1):
+        ok = mask[:-d] & mask[d:] & (rows[:-d] == rows[d:]) & (items[:-d] != items[d:])
+        a, b = items[:-d][ok], items[d:][ok]
+        u, c = np.unique(np.concatenate([a * size + b, b * size + a]), return_counts=True)
+        keys.append(u)
+        counts.append(c)
+    codes, inv = np.unique(np.concatenate(keys), return_inverse=True)
+    return codes, np.bincount(inv, weights=np.concatenate(counts), minlength=len(codes)).astype(np.int64)

@@ -15,7 +15,7 @@ import torch
 
 from shopformer.data.batches import Batch, seen_pairs
 from shopformer.data.schema import PAD
-from shopformer.data.sequences import Sequences, training_mask
+from shopformer.data.sequences import Sequences, training_mask, training_pairs
 from shopformer.data.split import EvalExamples
 from shopformer.evaluation.metrics import repeat_mask
 
@@ -258,22 +258,10 @@ def item_similarity(
     one on i and one on j (i != j, both orders); sim(i, j) = c(i, j) / sqrt(n_i * n_j) with n_i the
     item's training count (cosine-like: popular items do not neighbour everything). Each row keeps its
     ``neighbours`` largest entries (ties at the cut: smaller item id). Never dense."""
-    mask = training_mask(seq, train_end)
-    rows = seq.user_row_of_event()
-    items = seq.items.astype(np.int64)
     size = n_items + 1
-    keys: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
-    for d in range(1, min(window, len(items) - 1) + 1):  # one vectorised pass per distance
-        ok = mask[:-d] & mask[d:] & (rows[:-d] == rows[d:]) & (items[:-d] != items[d:])
-        a, b = items[:-d][ok], items[d:][ok]
-        u, c = np.unique(np.concatenate([a * size + b, b * size + a]), return_counts=True)
-        keys.append(u)
-        counts.append(c)
-    u, inv = np.unique(np.concatenate([np.zeros(0, np.int64), *keys]), return_inverse=True)
-    pairs = np.bincount(inv, weights=np.concatenate([np.zeros(0), *counts]), minlength=len(u))
+    u, pairs = training_pairs(seq, train_end, size, window)
     src, dst = u // size, u % size
-    n = np.bincount(items[mask], minlength=size).astype(np.float64)
+    n = item_counts(seq, train_end, n_items).astype(np.float64)
     sim = pairs / np.sqrt(n[src] * n[dst])
     order = np.lexsort((dst, -sim, src))  # by row, then strongest first, then smaller id
     src, dst, sim = src[order], dst[order], sim[order]

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from shopformer.atomic import sha256_file
 from shopformer.data.schema import PAD
-from shopformer.data.sequences import Sequences, training_mask
+from shopformer.data.sequences import Sequences, training_pairs
 from shopformer.data.vocab import Vocab
 from shopformer.models.base import SequenceModel
 
@@ -227,15 +227,7 @@ def neighbour_text(
     so validation and test targets never do. Rows in dense item-id order (``align_text``'s shape).
     """
     n = n_items + 1  # ids 0..n_items
-    row = seq.user_row_of_event()
-    train = training_mask(seq, train_end)
-    items = seq.items.astype(np.int64)
-    codes = []
-    for k in range(1, window + 1):  # pairs k events apart, both inside one user's training events
-        ok = train[:-k] & train[k:] & (row[:-k] == row[k:]) & (items[:-k] != items[k:])
-        a, b = items[:-k][ok], items[k:][ok]
-        codes += [a * n + b, b * n + a]
-    pairs = np.unique(np.concatenate(codes))  # each (item, neighbour) once, both ways
+    pairs, _ = training_pairs(seq, train_end, n, window)  # each (item, neighbour) once, both ways
     item, nb = pairs // n, pairs % n
     held = np.bincount(nb, minlength=n)  # distinct items holding each neighbour token
     kept = top_columns(held, columns)
