@@ -77,7 +77,7 @@ def main() -> None:
             for mode, fused in pair.items():
                 times[mode].append(seconds_per_call(fused, args.calls))
         dense, sparse = float(np.median(times["dense"])), float(np.median(times["sparse"]))
-        rows[name] = {"shape": list(text.vectors.shape), "nonzero_share": float((text.vectors != 0).mean()),
+        rows[name] = {"shape": list(text.vectors.shape), "nonzero_share": float((text.dense() != 0).mean()),
                       "dense_ms": round(1e3 * dense, 2), "sparse_ms": round(1e3 * sparse, 2),
                       "speedup": round(dense / sparse, 1), "max_table_diff": diff_table,
                       "max_grad_diff_relative": rel_grad}

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from shopformer.config import LossConfig, ModelConfig
@@ -110,18 +111,20 @@ def test_neighbour_rows_come_from_training_pairs_of_one_user_only() -> None:
     # pairs (1, 2) (2, 3) (4, 1); not (3, 4) across users, (1, 1) nor the held-out (1, 6) (6, 7).
     # Tokens "next to 1" (held by 2 and 4) and "next to 2" (held by 1 and 3) are shared; "next to 3"
     # and "next to 4" are held by one item each and say nothing its id vector does not
+    assert sp.issparse(text.vectors), "neighbour rows are built sparse: items x items would not fit dense"
     assert text.vectors.shape == (7 + 2, 2)
-    assert text.vectors[1:5].tolist() == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    assert text.dense()[1:5].tolist() == [[0, 1], [1, 0], [0, 1], [1, 0]]
     assert text.has_text.tolist() == [False, True, True, True, True, False, False, False, False]
     one = neighbour_text(seq, np.array([3, 6]), n_items=7, columns=1)
-    assert one.vectors[:, 0].tolist() == [0, 0, 1, 0, 1, 0, 0, 0, 0], "one column: the first of the tied tokens"
+    assert one.dense()[:, 0].tolist() == [0, 0, 1, 0, 1, 0, 0, 0, 0], "one column: the first of the tied tokens"
     wide = neighbour_text(seq, np.array([3, 6]), n_items=7, window=2)
     # window 2 adds (1, 3), two apart for user 0; tokens "next to 1" (held by 2, 3, 4), "2" and "3" (2 each)
     r = 2**-0.5
-    assert np.allclose(wide.vectors[1:5], [[0, r, r], [r, 0, r], [r, r, 0], [1, 0, 0]])
+    assert np.allclose(wide.dense()[1:5], [[0, r, r], [r, 0, r], [r, r, 0], [1, 0, 0]])
     assert wide.has_text.tolist() == text.has_text.tolist(), "nothing held out, nor across users, comes in"
     joined = join_text(text, toy_text_of(9))
     assert joined.vectors.shape == (9, 2 + 3) and joined.has_text.tolist() == [False] + [True] * 7 + [False]
+    assert np.array_equal(joined.dense(), np.hstack([text.dense(), toy_text_of(9).dense()]))
 
 
 def toy_text_of(rows: int) -> ItemText:
@@ -155,6 +158,9 @@ def test_sparse_side_columns_give_the_dense_table_and_gradients() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # train.precision = "bf16"
         assert torch.allclose(fused.weight.float(), expect, atol=1e-2)
     assert torch.allclose(copy.deepcopy(fused).weight, expect, atol=1e-6)  # fit keeps copies of the best weights
+    from_csr = TextFusion(torch.nn.Embedding(rows, 8, padding_idx=0), ItemText(sp.csr_array(vectors), has))
+    from_csr.load_state_dict(fused.state_dict())
+    assert from_csr.dense_cols.tolist() == [0, 1, 2] and torch.allclose(from_csr.weight, expect, atol=1e-6)
 
 
 def test_catalogue_rows_of_one_item_add_up(tmp_path) -> None:

@@ -25,7 +25,7 @@ from shopformer.data.batches import Batch
 from shopformer.evaluation.baselines import Markov, Popularity, RecentItems, WeightedRecentItems
 
 ScoreFn = Callable[[Batch], torch.Tensor]
-ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)  # finer near 0: a light touch of a baseline is where blends win
 BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]] = {
     "popularity": Popularity, "markov": Markov, "recent items": RecentItems,
     "weighted recent items": WeightedRecentItems}

@@ -76,7 +76,7 @@ def new_item_vectors(
         warm = np.flatnonzero(has[1 : n_old + 1]) + 1
         cold = np.flatnonzero(has[n_old + 1 : n_items + 1]) + n_old + 1
         if len(warm) and len(cold):
-            tv = torch.from_numpy(np.asarray(text.vectors, np.float32))
+            tv = torch.from_numpy(text.dense())
             sims = tv[torch.from_numpy(cold)] @ tv[torch.from_numpy(warm)].T  # (C, W) cosine (unit rows)
             top = sims.topk(min(k, len(warm)), dim=1).indices
             vectors[torch.from_numpy(cold - n_old - 1)] = old[torch.from_numpy(warm - 1)][top].mean(1)

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -179,12 +180,19 @@ def title_vectors(path: str | Path, cache: str | Path | None = None) -> ItemVect
 
 @dataclass(frozen=True)
 class ItemText:
-    vectors: np.ndarray  # (n_items + 2, E) rows = dense ids (0 padding, n_items + 1 [MASK]), 0 without text
+    # (n_items + 2, E) rows = dense ids (0 padding, n_items + 1 [MASK]), 0 without text; a CSR array
+    # where most entries are 0 (neighbour rows: an items x items matrix would not fit dense)
+    vectors: np.ndarray | sp.csr_array
     has_text: np.ndarray  # (n_items + 2,) bool
 
     @property
     def n_missing(self) -> int:
         return int((~self.has_text[1:-1]).sum())
+
+    def dense(self) -> np.ndarray:
+        """(n_items + 2, E) float32 rows (title vectors, for nearest-neighbour lookups)."""
+        v = self.vectors
+        return np.asarray(v if isinstance(v, np.ndarray) else v.toarray(), np.float32)
 
 
 def align_text(tv: ItemVectors, items: Vocab) -> ItemText:
@@ -224,7 +232,8 @@ def neighbour_text(
     learned vectors of its busy neighbours. Columns:
     the ``columns`` items with the most distinct neighbours (2 at least, ties by id); rows are
     multi-hot and unit length, as in ``attribute_vectors``. Only events before ``train_end`` count,
-    so validation and test targets never do. Rows in dense item-id order (``align_text``'s shape).
+    so validation and test targets never do. Rows in dense item-id order (``align_text``'s shape),
+    as a CSR array: built sparse, never as an items x columns block.
     """
     n = n_items + 1  # ids 0..n_items
     pairs, _ = training_pairs(seq, train_end, n, window)  # each (item, neighbour) once, both ways
@@ -234,10 +243,11 @@ def neighbour_text(
     column = np.full(n, -1)
     column[kept] = np.arange(len(kept))
     on = column[nb] >= 0
-    vectors = np.zeros((n_items + 2, len(kept)), np.float32)
-    vectors[item[on], column[nb[on]]] = 1.0
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1.0)
-    out = ItemText(vectors, np.asarray(vectors.any(axis=1)))
+    rows, cols = item[on], column[nb[on]]  # each (row, column) once: pairs are unique
+    tokens = np.bincount(rows, minlength=n_items + 2)
+    values = (1.0 / np.sqrt(np.maximum(tokens, 1)))[rows].astype(np.float32)  # unit multi-hot rows
+    vectors = sp.csr_array((values, (rows, cols)), shape=(n_items + 2, len(kept)))
+    out = ItemText(vectors, tokens > 0)
     log.info("text.neighbours: %d columns (of %d items with 2+ neighbours); %d of %d items have none of them",
              len(kept), int((held >= 2).sum()), out.n_missing, n_items)
     return out
@@ -247,7 +257,11 @@ def join_text(*parts: ItemText) -> ItemText:
     """Aligned side information side by side (titles and attributes | neighbours)."""
     if len(parts) == 1:
         return parts[0]
-    return ItemText(np.concatenate([p.vectors for p in parts], axis=1),
+    if any(sp.issparse(p.vectors) for p in parts):
+        vectors: np.ndarray | sp.csr_array = sp.csr_array(sp.hstack([sp.csr_array(p.vectors) for p in parts]))
+    else:
+        vectors = np.concatenate([p.vectors for p in parts], axis=1)
+    return ItemText(vectors,
                     np.asarray(np.stack([p.has_text for p in parts]).any(axis=0)))
 
 
@@ -291,18 +305,22 @@ class TextFusion(nn.Module):
         self.id_weight = base.weight  # the same (already initialised) parameter
         self.proj = nn.Linear(text.vectors.shape[1], dim, bias=False)  # bias-free: padding stays 0
         nn.init.normal_(self.proj.weight, std=dim**-0.5)  # unit text vector -> ~ the id vectors' norm
-        side = torch.from_numpy(text.vectors * text.has_text[:, None])
         # Constants of the data, rebuilt from it, not saved (fold_text saves the fused table). Columns
         # mostly set (title vectors) stay a dense block; the rest (multi-hot attributes, neighbours) are
         # kept as CSR parts, plain tensors, so the module copies and moves like any other.
-        dense = (side != 0).float().mean(0) >= sparse_below  # (E,) per column
-        self.register_buffer("dense_cols", torch.nonzero(dense).flatten(), persistent=False)
-        self.register_buffer("sparse_cols", torch.nonzero(~dense).flatten(), persistent=False)
-        self.register_buffer("text", side[:, dense].contiguous(), persistent=False)
-        with quiet_csr():
-            csr = side[:, ~dense].to_sparse_csr()
-        for name, part in (("crow", csr.crow_indices()), ("col", csr.col_indices()), ("val", csr.values())):
-            self.register_buffer(f"text_{name}", part, persistent=False)
+        side = sp.csr_array(sp.diags_array(np.asarray(text.has_text, np.float32)) @ sp.csr_array(text.vectors))
+        set_share = np.bincount(side.indices[side.data != 0], minlength=side.shape[1]) / rows
+        dense = set_share >= sparse_below  # (E,) per column
+        self.register_buffer("dense_cols", torch.from_numpy(np.flatnonzero(dense)), persistent=False)
+        self.register_buffer("sparse_cols", torch.from_numpy(np.flatnonzero(~dense)), persistent=False)
+        block = np.asarray(side[:, np.flatnonzero(dense)].toarray(), np.float32)
+        self.register_buffer("text", torch.from_numpy(block), persistent=False)
+        csr = sp.csr_array(side[:, np.flatnonzero(~dense)])
+        csr.eliminate_zeros()
+        csr.sort_indices()
+        for name, part in (("crow", csr.indptr.astype(np.int64)), ("col", csr.indices.astype(np.int64)),
+                           ("val", csr.data.astype(np.float32))):
+            self.register_buffer(f"text_{name}", torch.from_numpy(part), persistent=False)
         side_less = ~np.asarray(text.has_text, bool)  # (n_items + 2,)
         scale = np.ones(rows, bool) if has_id is None else np.append(np.asarray(has_id, bool), True) | side_less
         scale[PAD] = False
@@ -411,12 +429,13 @@ def fill_cold_from_neighbours(model: SequenceModel, text: ItemText, cold: np.nda
     cold_ids, warm_ids = np.flatnonzero(cold & has), np.flatnonzero(~cold & has)
     if len(cold_ids) == 0 or len(warm_ids) == 0:
         return model
-    warm_text = torch.from_numpy(text.vectors[warm_ids])  # (W, E), unit rows
+    rows = torch.from_numpy(text.dense())
+    warm_text = rows[torch.from_numpy(warm_ids)]  # (W, E), unit rows
     table = model.item_emb.weight
     with torch.no_grad():
         warm_vec = table[torch.from_numpy(warm_ids)]  # (W, D)
         for lo in range(0, len(cold_ids), 1024):  # (chunk, W) similarities at a time
             ids = cold_ids[lo : lo + 1024]
-            top = (torch.from_numpy(text.vectors[ids]) @ warm_text.T).topk(min(k, len(warm_ids)), dim=1).indices
+            top = (rows[torch.from_numpy(ids)] @ warm_text.T).topk(min(k, len(warm_ids)), dim=1).indices
             table[torch.from_numpy(ids)] = warm_vec[top].mean(1)
     return model

@@ -119,8 +119,9 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
     loss: dict[str, Any] = (
         {"kind": "sampled", "negatives": 1024, "sampler": "popularity", "logq_correction": True}
         if sampled else {"kind": "ce"})
-    # neighbour attributes stand in for a catalogue: where none is given and the item count is modest (the
-    # side rows are built as items x 1,024 floats); beside titles and attributes they lowered Beauty's validation
+    # neighbour attributes stand in for a catalogue: where none is given and the loss is full cross-entropy (the
+    # fused table is computed whole every step, which sampled softmax avoids); beside titles and attributes they
+    # lowered Beauty's validation
     catalogue = bool(cfg.text.titles or cfg.text.attributes)
     next_item = cfg.task.kind == "next-item"
     neighbours = MAX_ATTRIBUTES if not sampled and next_item and not catalogue else 0
