@@ -27,13 +27,12 @@ from shopformer.config import apply_overrides, load_config
 from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, make_split
 from shopformer.data.options import IngestOptions
-from shopformer.evaluation.blend import Blend
+from shopformer.evaluation.blend import Blend, served_row
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.pipelines.defaults import DEFAULT_CONFIG, apply_data_defaults, explicit_keys
 from shopformer.pipelines.next_item import (
     _baselines,
     _train_once,
-    blend_name,
     evaluate_systems,
     side_preparer,
     train_next_item,
@@ -101,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     if blend is not None and blend.counts == "validation":  # the strict no-refit row: nothing learnt from validation
         own = Blend(blend.baseline_name, fitted[blend.baseline_name], blend.alpha)
         strict = own.scorer(model_scorer(trained.model))
-        test[f"{blend_name(cfg, blend)}, baseline counts from training events only"] = evaluate(
+        test[f"{blend.row(cfg.model.name)}, baseline counts from training events only"] = evaluate(
             strict, ds.seq, arrays, split.test, ds.spec.n_items, trained.model.max_len, cfg.eval).metrics
     # what `shopformer train` serves: the validation-chosen blend when the rule turned it on and it won there
-    served = blend_name(cfg, blend) if blend is not None else cfg.model.name
+    served = served_row(cfg.model.name, blend)
     rows = [{**base, "row": "no refit (selected on validation)", "valid_ndcg@10": round(trained.valid["ndcg@10"], 5),
              "served": served, "blend": blend_report,
              "best_epoch": trained.fit.best_epoch, "epochs": trained.fit.epochs, "stopped_by": trained.fit.stopped_by,

@@ -133,7 +133,7 @@ def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> N
     from shopformer.config import Config
     from shopformer.data.ingest import IngestOptions
     from shopformer.data.prepare import prepare
-    from shopformer.pipelines.multi_behaviour import evaluate_run, run_multibehaviour
+    from shopformer.pipelines.multi_behaviour import evaluate_run, head_warnings, run_multibehaviour
     from shopformer.recommender import History, Recommender
 
     rng = np.random.default_rng(0)
@@ -156,6 +156,17 @@ def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> N
     row = f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})"
     assert row in res.metrics["next_item"]["buy"] and row in res.metrics["next_item"]["any"]
     assert any("served answers blend" in w for w in res.metrics["warnings"])
+    # on test, the served row is judged against every heuristic: a line for exactly those above it (had the
+    # model been served alone, the heuristics that beat it on validation purchases beat it on test too)
+    alone = head_warnings(res.metrics, cfg, "buy")
+    for served, warnings in ((row, res.metrics["warnings"]), ("sasrec", alone)):
+        for key, what in (("buy", "test next-'buy'-item"), ("any", "test next-item")):
+            table = res.metrics["next_item"][key]
+            above = {n for n, m in table.items() if not n.startswith("sasrec")
+                     and m["ndcg@10"] > table[served]["ndcg@10"]}
+            said = {w.split("'")[1] for w in warnings if f"beats {served} on {what} ndcg@10" in w}
+            assert said == above, (served, key, said, above)
+    assert any("beats sasrec on test next-'buy'-item" in w for w in alone)
     rec = Recommender.load(res.run_dir)
     assert rec.run.blend is not None and rec.run.blend.baseline_name == chosen["baseline"]
     assert rec.recommend_many([History(["1", "2"], ["view", "view"])], k=3, behaviour="buy")[0].items

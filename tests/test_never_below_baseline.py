@@ -68,7 +68,7 @@ def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repe
     run = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", str(repeat_log), "-o", str(run), "--quiet", "--set", "train.epochs=1",
                                  "--set", "model.dim=8", "--set", "model.layers=1", "--set", "eval.bootstrap=0",
-                                 "--set", "eval.exclude_seen=false"])
+                                 "--set", "eval.exclude_seen=false", "--set", "train.blend=false"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((run / "metrics.json").read_text())
     beaten = [w for w in metrics["warnings"] if "beats sasrec on validation ndcg@10" in w]
@@ -79,6 +79,11 @@ def test_a_baseline_that_beats_the_model_is_said_in_the_cli_report_and_json(repe
         assert name in r.output
     assert "## Warnings" in (run / "report.md").read_text()
     assert "warning:" in r.output
+    # the test side is said too (reported, never used to choose): each line names a baseline above the model there
+    on_test = [w for w in metrics["warnings"] if "beats sasrec on test ndcg@10" in w]
+    assert on_test, metrics["warnings"]
+    for w in on_test:
+        assert metrics["test"][w.split("'")[1]]["ndcg@10"] > metrics["test"]["sasrec"]["ndcg@10"], w
     # the test table shows the repeat / explore split for every system
     assert {"repeat", "explore"} <= set(metrics["test"]["markov"])
     assert "NDCG@10 repeat" in (run / "report.md").read_text()
@@ -112,3 +117,22 @@ def test_a_baseline_that_wins_only_on_repeat_or_explore_targets_is_said_too() ->
     assert "'cooc' beats sasrec on validation coverage@10: 0.9000" in cov
     # rows without the split (e.g. the next-action table) are judged on the overall metric only
     assert baseline_warnings({"m": {"f1": 0.5}, "b": {"f1": 0.4}}, "m", "f1", "test") == []
+
+
+def test_the_served_answer_is_judged_against_each_heuristic_on_test() -> None:
+    from shopformer.evaluation.report import test_warnings
+
+    served = "sasrec + markov (blend, alpha 0.05)"
+    results = {"sasrec": {"ndcg@10": 0.06}, served: {"ndcg@10": 0.05, "ci95": {"ndcg@10": [0.045, 0.055]}},
+               "sasrec (selected on validation, before refit)": {"ndcg@10": 0.07},
+               "markov": {"ndcg@10": 0.052}, "markov (through validation)": {"ndcg@10": 0.058},
+               "popularity": {"ndcg@10": 0.01}}
+    heuristics = ["markov", "popularity", "markov (through validation)"]
+    # the model's own rows (alone, before refit) are not heuristics; the blend's through-validation row is
+    lines = test_warnings(results, served, heuristics, "ndcg@10")
+    assert [w.split("'")[1] for w in lines] == ["markov", "markov (through validation)"]
+    assert "inside the model's 95% CI" in lines[0] and "significantly" in lines[1]
+    assert lines[0].startswith(f"baseline 'markov' beats {served} on test ndcg@10: 0.0520 vs 0.0500")
+    # nothing to say when the served answer is not in the table (a behaviour the model has no head for)
+    assert test_warnings(results, "bert4rec", heuristics, "ndcg@10") == []
+    assert test_warnings(results, "sasrec", heuristics, "ndcg@10", "test next-item") == []

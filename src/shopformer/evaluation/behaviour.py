@@ -75,11 +75,6 @@ def behaviour_scorer(model: SequenceModel, behaviour: int) -> ScoreFn:
     return score
 
 
-def blend_row(model: str, blend: Blend) -> str:
-    """The table row of a model's served blend with a baseline."""
-    return f"{model} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
-
-
 def _item_metrics(m: dict, ks: tuple[int, ...]) -> dict:
     """The table metrics of the registry (+ n, CIs), overall and on repeat / explore targets."""
     keep = [*metric_keys(ks, table=True), "n"]
@@ -195,7 +190,7 @@ def evaluate_items(ctx: EvalContext, models: dict[str, SequenceModel], bootstrap
             if b != PAD and m.heads is not None:
                 systems[f"{name} (any-behaviour query)"] = behaviour_scorer(m, PAD)
             if blends and name in blends and (m.heads is not None or b == PAD):
-                systems[blend_row(name, blends[name])] = blends[name].scorer(behaviour_scorer(m, b))
+                systems[blends[name].row(name)] = blends[name].scorer(behaviour_scorer(m, b))
         systems["popularity"] = Popularity(counts)
         if b != PAD:
             systems[f"popularity among {key}"] = Popularity(b_counts)

@@ -86,11 +86,20 @@ class Blend:
         return cls(name, BLENDABLE[name].from_state(own), float(tensors["alpha"]),
                    "validation" if counts == "validation" else "training")
 
+    def row(self, model: str) -> str:
+        """The table row of this blend served with ``model``."""
+        return f"{model} + {self.baseline_name} (blend, alpha {self.alpha:g})"
+
     @property
     def row_name(self) -> str | None:
         """The test row of the blend's own baseline when its counts differ from the other baselines'
         (which keep the model's training events): the served blend is read against it."""
         return f"{self.baseline_name} (through validation)" if self.counts == "validation" else None
+
+
+def served_row(model: str, blend: Blend | None) -> str:
+    """The table row of what a run serves: its blend's row, or the model's own."""
+    return model if blend is None else blend.row(model)
 
 
 def choose_blend(

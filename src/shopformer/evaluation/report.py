@@ -206,6 +206,17 @@ def baseline_warnings(results: dict[str, dict], model: str, metric: str, where: 
     return out
 
 
+def test_warnings(results: dict[str, dict], served: str, heuristics: list[str], metric: str,
+                  where: str = "test") -> list[str]:
+    """One line for every heuristic that scores above the served system (the model, or its blend) on
+    the test examples. Reported, never used to choose: selection happened on validation, so a run
+    that generalises worse than a baseline still says so (on a small test side the line's CI verdict
+    and the split's noise warning say how much it weighs). Overall only: the repeat / explore lines
+    come from validation."""
+    rows = {name: results[name] for name in (served, *heuristics) if name in results}
+    return _beaten(rows, served, metric, where, "") if served in rows else []
+
+
 def _beaten(results: dict[str, dict], model: str, metric: str, where: str, subset: str) -> list[str]:
     own = results[model]
     score = float(own[metric])

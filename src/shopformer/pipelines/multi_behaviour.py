@@ -45,8 +45,8 @@ from shopformer.evaluation.behaviour import (
     protocol_text,
     tune_item_blend,
 )
-from shopformer.evaluation.blend import Blend
-from shopformer.evaluation.report import baseline_warnings, markdown_summary, warnings_markdown
+from shopformer.evaluation.blend import Blend, served_row
+from shopformer.evaluation.report import baseline_warnings, markdown_summary, test_warnings, warnings_markdown
 from shopformer.models import build_model, check_task
 from shopformer.models.base import SequenceModel
 from shopformer.training.fit import FitResult, Hook, fit, fit_warnings, set_seed
@@ -164,7 +164,8 @@ def run_multibehaviour(
                              "train_seconds": f.train_seconds} for name, f in fits.items()}
     metrics["train_wall_seconds"] = train_seconds
     metrics["warnings"] = run_warnings(ds, cfg, models[cfg.model.name], fits[cfg.model.name], target,
-                                       max_item_examples, ctx) + head_warnings(metrics, cfg.model.name)
+                                       max_item_examples, ctx) + head_warnings(
+        metrics, cfg, ds.vocabs.behaviours.tokens[target], blend)
     if blend is not None:
         metrics["warnings"].append(
             f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, chosen on "
@@ -200,10 +201,16 @@ def run_warnings(ds: Dataset, cfg: Config, model: SequenceModel, result: FitResu
     return out
 
 
-def head_warnings(metrics: dict, model: str) -> list[str]:
-    """Where the classifier heads do no better than a heuristic on the test window (reported, never
-    used for selection): next-action macro-F1 vs each baseline, intent calibration vs a constant."""
+def head_warnings(metrics: dict, cfg: Config, target: str, blend: Blend | None = None) -> list[str]:
+    """Where the served answers do no better than a heuristic on the test window (reported, never
+    used for selection): the next-target-item and next-item rankings (the blend's row when one is
+    served), next-action macro-F1 vs each baseline, intent calibration vs a constant."""
+    model = cfg.model.name
     out = []
+    for key, what in ((target, f"test next-'{target}'-item"), ("any", "test next-item")):
+        rows = metrics.get("next_item", {}).get(key) or {}
+        heuristics = [name for name in rows if not name.startswith(model)]  # the model's variants are not heuristics
+        out += test_warnings(rows, served_row(model, blend), heuristics, cfg.train.monitor, what)
     actions = metrics.get("next_action", {})
     if model in actions:
         out += baseline_warnings(actions, model, "macro_f1", "test next-action")

@@ -21,9 +21,9 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
-from shopformer.evaluation.blend import Blend, choose_blend
+from shopformer.evaluation.blend import Blend, choose_blend, served_row
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
-from shopformer.evaluation.report import baseline_warnings, write_report
+from shopformer.evaluation.report import baseline_warnings, test_warnings, write_report
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
 from shopformer.training.distributed import is_main
@@ -69,7 +69,7 @@ def evaluate_systems(
         baselines = _baselines(ds, split.training_end(cfg.train.refit))  # the events the model saw
     systems: dict[str, ScoreFn] = {cfg.model.name: model_scorer(model)}
     if blend is not None:
-        systems[blend_name(cfg, blend)] = blend.scorer(model_scorer(model))
+        systems[blend.row(cfg.model.name)] = blend.scorer(model_scorer(model))
     systems.update(baselines)
     if blend is not None and blend.row_name is not None:
         systems[blend.row_name] = blend.baseline
@@ -81,10 +81,6 @@ def evaluate_systems(
 
 def before_refit_name(cfg: Config) -> str:
     return f"{cfg.model.name} (selected on validation, before refit)"
-
-
-def blend_name(cfg: Config, blend: Blend) -> str:
-    return f"{cfg.model.name} + {blend.baseline_name} (blend, alpha {blend.alpha:g})"
 
 
 def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays,
@@ -241,6 +237,8 @@ def run_experiment(
         test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,
                                                 ds.spec.n_items, trained.selected.max_len, cfg.eval).metrics
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
+    own_row = [blend.row_name] if blend is not None and blend.row_name else []
+    warnings += test_warnings(test, served_row(cfg.model.name, blend), [*fitted, *own_row], cfg.train.monitor)
     if blend is not None:
         counts = ", its counts then refit through validation" if blend.counts == "validation" else ""
         warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
