@@ -3,29 +3,48 @@
     .venv/bin/python bench/blend_forms.py RUN_DIR [--threads 1] [--out bench/results/blend_forms.jsonl]
 
 RUN_DIR is a run written by ``shopformer train`` (its dataset is read from the run's manifest). The model is
-mixed with first-order Markov counted on training events only (the strict no-refit protocol) in both forms of
-``evaluation/blend.py`` -- "z" (standardised scores) and "prob" (the model's softmax interpolated with
-p(j | last item)) -- over the served grid ``ALPHAS``, by ``choose_blend`` itself. Appends one line: every
-weight's validation NDCG@10 / HR@10, each form's best weight and its test metrics, the model alone, and which
-form ``choose_blend`` picks.
+mixed with first-order Markov counted on training events only (the strict no-refit protocol) in two forms:
+
+- "z", the served form (``evaluation/blend.py``): ``(1 - a) z(model) + a z(markov)``, rows standardised;
+- "prob", the interpolation of language models (not adopted: see bench/results/blend_forms.jsonl):
+  ``log[(1 - a) softmax(model) + a p(j | last item)]``, ``p(j | last)`` the last item's transition counts
+  normalised; a last item never followed in training leaves the model's ranking as it is.
+
+Each form's weight is chosen on validation NDCG@10 over the served grid (ties keep the smaller weight; "prob"
+stops short of 1, which is Markov alone without its popularity backoff), then measured on test. Appends one
+line: every weight's validation NDCG@10 / HR@10, each form's choice and its test metrics, the model alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from common import RESULTS, provenance
 
 from shopformer.artifacts import load_run
-from shopformer.data.batches import EventArrays
+from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.corpus import load_dataset, make_split
 from shopformer.data.split import EvalExamples
 from shopformer.evaluation.baselines import Markov
-from shopformer.evaluation.blend import Blend, Form, choose_blend
+from shopformer.evaluation.blend import ALPHAS, Blend
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
+
+
+def prob_form(model: ScoreFn, markov: Markov) -> Callable[[float], ScoreFn]:
+    def at(a: float) -> ScoreFn:
+        def score(batch: Batch) -> torch.Tensor:
+            logp = torch.log_softmax(model(batch).float(), 1)  # (B, V); -inf (padding) stays -inf
+            counts = markov.transitions.index_select(0, batch.items[:, -1]).to_dense()  # (B, V)
+            p_next = counts / counts.sum(1, keepdim=True).clamp(min=1.0)  # p(j | last); 0 rows: no transitions
+            mixed = torch.logaddexp(logp + math.log1p(-a), p_next.log() + math.log(a))
+            return torch.where(torch.isfinite(logp), mixed, logp)
+        return score
+    return at
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,24 +67,17 @@ def main(argv: list[str] | None = None) -> None:
         res = evaluate(fn, ds.seq, arrays, examples, ds.spec.n_items, run.model.max_len, ecfg)
         return {k: round(float(res.metrics[k]), 5) for k in ("ndcg@10", "hr@10")}
 
-    valid: dict[tuple[str, float], dict[str, float]] = {}
-
-    def validate(blend: Blend | None) -> float:
-        key = ("z", 0.0) if blend is None else (blend.form, blend.alpha)
-        valid[key] = measure(model if blend is None else blend.scorer(model), split.valid)
-        return valid[key]["ndcg@10"]
-
-    chosen, _ = choose_blend({"markov": markov}, validate)
+    forms: dict[str, tuple[Callable[[float], ScoreFn], tuple[float, ...]]] = {
+        "z": (lambda a: Blend("markov", markov, a).scorer(model), ALPHAS[1:]),
+        "prob": (prob_form(model, markov), ALPHAS[1:-1])}
     line: dict = {**provenance(__file__, argv), "run": str(args.run), "seed": cfg.train.seed,
-                  "model_alone": {"valid": valid[("z", 0.0)], "test": measure(model, split.test)},
-                  "chosen": chosen.summary() if chosen else None}
-    forms: tuple[Form, ...] = ("z", "prob")
-    for form in forms:
-        grid = {a: m for (f, a), m in valid.items() if f == form and a > 0}
+                  "model_alone": {"valid": measure(model, split.valid), "test": measure(model, split.test)}}
+    for form, (at, weights) in forms.items():
+        grid = {a: measure(at(a), split.valid) for a in weights}
         best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -a))
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
-                      "test": measure(Blend("markov", markov, best, form=form).scorer(model), split.test)}
-        print(form, best, line[form]["valid"][str(best)], line[form]["test"], flush=True)
+                      "test": measure(at(best), split.test)}
+        print(form, best, grid[best], line[form]["test"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         f.write(json.dumps(line) + "\n")

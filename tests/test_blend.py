@@ -50,32 +50,6 @@ def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
         Blend.from_state(name, blend.state(), counts="test")
 
 
-def test_the_probability_form_interpolates_softmax_with_markov_and_survives_saving() -> None:
-    seq, end = _seq(), np.array([4, 7, 10])
-    markov = Markov(seq, end, 4)  # training transitions: 1->2, 2->3 (twice), 3->1, 3->4, 4->1, 1->2
-    batch = _batch()  # last items 2 and 4
-    p = markov.probabilities(batch)
-    assert torch.allclose(p, torch.tensor([[0.0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]))
-    model = torch.randn(2, 5)
-    model[:, 0] = float("-inf")
-    blend = Blend("markov", markov, 0.3, form="prob")
-    mixed = blend.combine(model, batch)
-    expected = (0.7 * torch.softmax(model, 1) + 0.3 * p).log()
-    assert torch.isneginf(mixed[:, 0]).all() and torch.allclose(mixed[:, 1:], expected[:, 1:], atol=1e-5)
-    # a last item never followed in training (item 1 only leads to 2 here, so use an unknown one: 0, padding)
-    # leaves the model's ranking as it is
-    empty = Batch(torch.zeros(1, 3, dtype=torch.long), *(torch.zeros(1, 3, dtype=torch.long),) * 3)
-    alone = blend.combine(model[:1], empty)
-    assert torch.equal(alone[0, 1:].argsort(), model[0, 1:].argsort())
-    again = Blend.from_state("markov", blend.state(), form="prob")  # the form travels in the run's manifest
-    assert torch.equal(again.combine(model, batch), mixed)
-    assert blend.row("sasrec") == "sasrec + markov (blend, alpha 0.3, mixing probabilities)"
-    assert blend.summary() == {"baseline": "markov", "alpha": 0.3, "form": "prob"}
-    with pytest.raises(ValueError, match="unknown blend form 'prob' for 'popularity'"):
-        Blend.from_state("popularity", Blend("popularity", Popularity(np.array([0, 3, 2, 2, 1])), 0.4).state(),
-                         form="prob")  # popularity has no conditional distribution to mix
-
-
 def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> None:
     base = Popularity(np.array([0, 3, 2, 2, 1]))
 
@@ -94,16 +68,6 @@ def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> No
     assert grid["popularity"][blend.alpha] == max(grid["popularity"].values())
     flat, _ = choose_blend({"popularity": base}, lambda blend: 1.0)  # nothing gained: keep the model
     assert flat is None
-    # Markov is a distribution over the next item: both forms are tried, the probability form short of alpha 1
-    markov = Markov(_seq(), np.array([4, 7, 10]), 4)
-    likes_prob = {("prob", 0.2): 3.0, ("z", 0.05): 2.0}
-    chosen, grid = choose_blend({"markov": markov},
-                                lambda b: 1.0 if b is None else likes_prob.get((b.form, b.alpha), 0.0))
-    assert set(grid) == {"markov", "markov, mixing probabilities"}
-    assert set(grid["markov, mixing probabilities"]) == set(ALPHAS[:-1])
-    assert chosen is not None and (chosen.form, chosen.alpha) == ("prob", 0.2)
-    tie, _ = choose_blend({"markov": markov}, lambda b: 1.0 if b is None else 2.0)  # ties: smallest alpha, "z" form
-    assert tie is not None and (tie.form, tie.alpha) == ("z", ALPHAS[1])
     with pytest.raises(ValueError, match="cannot be saved"):
         Blend("co-occurrence", lambda b: b.items.float(), 0.5).state()
 

@@ -105,7 +105,7 @@ def save_run(
         "dataset_dir": dataset_dir,
         "version_id": f"{config.model.name}-{weights_hash[:12]}",
         "files": {name: sha256_file(run / name) for name in files},
-        **({"blend": {**blend.summary(), "counts": blend.counts}}
+        **({"blend": {"baseline": blend.baseline_name, "alpha": blend.alpha, "counts": blend.counts}}
            if blend is not None else {}),
         **(extra or {}),
     }
@@ -159,9 +159,9 @@ def load_run(run_dir: str | Path, verify: bool = True) -> Run:
     blend = None
     if "blend" in manifest:
         try:
-            # runs saved before stop 29 name no counts (theirs were the training events), before stop 38 no form
+            # runs saved before stop 29 name no counts: theirs were the training events
             blend = Blend.from_state(manifest["blend"]["baseline"], load_file(str(run / BLEND)),
-                                     manifest["blend"].get("counts", "training"), manifest["blend"].get("form", "z"))
+                                     manifest["blend"].get("counts", "training"))
         except (SafetensorError, OSError, KeyError, ValueError) as err:
             raise ArtifactError(f"{run / BLEND}: cannot read the blend: {err}") from None
     return Run(

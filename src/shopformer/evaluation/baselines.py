@@ -80,12 +80,6 @@ class Markov:
         scores[:, PAD] = float("-inf")
         return scores
 
-    def probabilities(self, batch: Batch) -> torch.Tensor:
-        """(B, V) p(j | last item): the last item's transition counts normalised; a zero row when the
-        last item was never followed in training (no popularity backoff: a mixture keeps the model there)."""
-        counts = self.transitions.index_select(0, batch.items[:, -1]).to_dense()
-        return counts / counts.sum(1, keepdim=True).clamp(min=1.0)
-
     def state(self) -> dict[str, torch.Tensor]:
         """The fitted state as tensors (saved with a run that blends this baseline)."""
         return {"indices": self.transitions.indices(), "values": self.transitions.values(), "prior": self.prior}

@@ -168,7 +168,7 @@ def run_multibehaviour(
         metrics, cfg, ds.vocabs.behaviours.tokens[target], blend)
     if blend is not None:
         metrics["warnings"].append(
-            f"served answers blend {cfg.model.name} with '{blend.baseline_name}' ({blend.weight}, chosen on "
+            f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, chosen on "
             "validation next-target-item ranking): the blend rows of the tables are what the run serves")
     train_end, _, _ = make_windows(ds.seq, cfg)
     run_dir = save_run(out / "model", models[cfg.model.name], cfg, ds.vocabs, item_counts(

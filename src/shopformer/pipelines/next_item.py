@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +104,9 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
         name = blend.baseline_name
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
                                  only={name})
-        blend = replace(blend, baseline=through[name], counts="validation")
-    chosen = {**blend.summary(), "counts": f"{blend.counts} events"} if blend else None
+        blend = Blend(name, through[name], blend.alpha, counts="validation")
+    chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha,
+              "counts": f"{blend.counts} events"} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
 
@@ -240,7 +241,7 @@ def run_experiment(
     warnings += test_warnings(test, served_row(cfg.model.name, blend), [*fitted, *own_row], cfg.train.monitor)
     if blend is not None:
         counts = ", its counts then refit through validation" if blend.counts == "validation" else ""
-        warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' ({blend.weight}, "
+        warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
                         f"chosen on validation{counts}): the blend row of the table is what the run serves")
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
     protocol = protocol_text(cfg, split, ds.spec.n_items)
