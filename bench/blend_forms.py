@@ -32,9 +32,9 @@ from common import RESULTS, provenance
 from shopformer.artifacts import load_run
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.corpus import load_dataset, make_split
-from shopformer.data.split import EvalExamples
 from shopformer.evaluation.baselines import Markov
 from shopformer.evaluation.blend import ALPHAS, Blend
+from shopformer.evaluation.metrics import per_example
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
 
 GATE_EDGES = (1, 3, 10, 30)  # last item followed 0 / 1-2 / 3-9 / 10-29 / 30+ times in training
@@ -68,49 +68,43 @@ def main(argv: list[str] | None = None) -> None:
     markov = Markov(ds.seq, split.train_end, ds.spec.n_items)
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
-    def ranks(fn: ScoreFn, examples: EvalExamples) -> np.ndarray:
-        return evaluate(fn, ds.seq, arrays, examples, ds.spec.n_items, run.model.max_len, ecfg).ranks
+    examples = {"valid": split.valid, "test": split.test}
+    forms: dict[str, Callable[[float], ScoreFn]] = {
+        "z": lambda a: Blend("markov", markov, a).scorer(model), "prob": prob_form(model, markov)}
+    cache: dict[tuple[str, float, str], np.ndarray] = {}
 
-    def metrics(r: np.ndarray) -> dict[str, float]:  # one target per example: NDCG@10 = 1 / log2(rank + 2)
-        return {"ndcg@10": round(float(np.where(r < 10, 1 / np.log2(r + 2), 0).mean()), 5),
-                "hr@10": round(float((r < 10).mean()), 5)}
+    def ranks(form: str, a: float, side: str) -> np.ndarray:
+        """Each target's rank under one mixture (weight 0: the model alone), each evaluated once."""
+        key = ("model", 0.0, side) if a == 0 else (form, a, side)
+        if key not in cache:
+            fn = model if a == 0 else forms[form](a)
+            cache[key] = evaluate(fn, ds.seq, arrays, examples[side], ds.spec.n_items, run.model.max_len, ecfg).ranks
+        return cache[key]
 
-    def measure(fn: ScoreFn, examples: EvalExamples) -> dict[str, float]:
-        return metrics(ranks(fn, examples))
+    def metrics(r: np.ndarray) -> dict[str, float]:
+        values = per_example(r, (10,))  # the metric registry's definitions
+        return {k: round(float(values[k].mean()), 5) for k in ("ndcg@10", "hr@10")}
 
-    forms: dict[str, tuple[Callable[[float], ScoreFn], tuple[float, ...]]] = {
-        "z": (lambda a: Blend("markov", markov, a).scorer(model), ALPHAS[1:]),
-        "prob": (prob_form(model, markov), ALPHAS[1:-1])}
     line: dict = {**provenance(__file__, argv), "run": str(args.run), "seed": cfg.train.seed,
-                  "model_alone": {"valid": measure(model, split.valid), "test": measure(model, split.test)}}
-    for form, (at, weights) in forms.items():
-        grid = {a: measure(at(a), split.valid) for a in weights}
+                  "model_alone": {side: metrics(ranks("z", 0.0, side)) for side in examples}}
+    for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1])):
+        grid = {a: metrics(ranks(form, a, "valid")) for a in weights}
         best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -a))
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
-                      "test": measure(at(best), split.test)}
+                      "test": metrics(ranks(form, best, "test"))}
         print(form, best, grid[best], line[form]["test"], flush=True)
     # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
     # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)
     out_count = torch.sparse.sum(markov.transitions, 1).to_dense().numpy()
-
-    def bucket(examples: EvalExamples) -> np.ndarray:
-        return np.digitize(out_count[ds.seq.items[examples.pos - 1]], GATE_EDGES)
-
+    bucket = {side: np.digitize(out_count[ds.seq.items[ex.pos - 1]], GATE_EDGES) for side, ex in examples.items()}
     weights = (0.0, *ALPHAS[1:4])
-    at = forms["z"][0]
-    valid_ranks = {a: ranks(model if a == 0 else at(a), split.valid) for a in weights}
-    b = bucket(split.valid)
-    chosen = [max(weights, key=lambda a: (metrics(valid_ranks[a][b == k])["ndcg@10"] if (b == k).any() else 0, -a))
+    b = bucket["valid"]
+    chosen = [max(weights, key=lambda a: (metrics(ranks("z", a, "valid")[b == k])["ndcg@10"] if (b == k).any() else 0,
+                                          -a))
               for k in range(len(GATE_EDGES) + 1)]
-    b = bucket(split.test)
-    test = np.zeros(len(b))
-    for a in set(chosen):
-        r = ranks(model if a == 0 else at(a), split.test)
-        for k in np.flatnonzero(np.array(chosen) == a):
-            test[b == k] = r[b == k]
-    valid = np.choose(bucket(split.valid), [valid_ranks[a] for a in chosen])
-    line["gate"] = {"edges": list(GATE_EDGES), "weights": chosen, "valid": metrics(valid), "test": metrics(test),
-                    "sizes_valid": np.bincount(bucket(split.valid), minlength=len(chosen)).tolist()}
+    gated = {side: np.choose(bucket[side], [ranks("z", a, side) for a in chosen]) for side in examples}
+    line["gate"] = {"edges": list(GATE_EDGES), "weights": chosen, "valid": metrics(gated["valid"]),
+                    "test": metrics(gated["test"]), "sizes_valid": np.bincount(b, minlength=len(chosen)).tolist()}
     print("gate", chosen, line["gate"]["valid"], line["gate"]["test"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
