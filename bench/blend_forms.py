@@ -13,8 +13,10 @@ mixed with first-order Markov counted on training events only (the strict no-ref
 Each form's weight is chosen on validation NDCG@10 over the served grid (ties keep the smaller weight; "prob"
 stops short of 1, which is Markov alone without its popularity backoff), then measured on test. A third entry,
 "gate", chooses the "z" weight (0 to 0.2) apart for each bucket of how often the last item was followed in
-training (``GATE_EDGES``). Appends one line: every weight's validation NDCG@10 / HR@10, each form's choice and
-its test metrics, the gate's weights per bucket, the model alone.
+training (``GATE_EDGES``). A fourth, "cooc" (not adopted), adds item-kNN beside Markov:
+``(1 - a - b) z(model) + a z(markov) + b z(co-occurrence)``, both fitted on training events, (a, b) chosen on
+validation from ``COOC_GRID``. Appends one line: every weight's validation NDCG@10 / HR@10, each form's choice
+and its test metrics, the gate's weights per bucket, the model alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,12 +35,13 @@ from common import RESULTS, provenance
 from shopformer.artifacts import load_run
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.corpus import load_dataset, make_split
-from shopformer.evaluation.baselines import Markov
-from shopformer.evaluation.blend import ALPHAS, Blend
+from shopformer.evaluation.baselines import CoOccurrence, Markov
+from shopformer.evaluation.blend import ALPHAS, Blend, standardise
 from shopformer.evaluation.metrics import per_example
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
 
 GATE_EDGES = (1, 3, 10, 30)  # last item followed 0 / 1-2 / 3-9 / 10-29 / 30+ times in training
+COOC_GRID = [(a, b) for a in (0.02, 0.03, 0.05) for b in (0.02, 0.03, 0.05, 0.08)]  # (markov, co-occurrence)
 
 
 def prob_form(model: ScoreFn, markov: Markov) -> Callable[[float], ScoreFn]:
@@ -48,6 +52,17 @@ def prob_form(model: ScoreFn, markov: Markov) -> Callable[[float], ScoreFn]:
             p_next = counts / counts.sum(1, keepdim=True).clamp(min=1.0)  # p(j | last); 0 rows: no transitions
             mixed = torch.logaddexp(logp + math.log1p(-a), p_next.log() + math.log(a))
             return torch.where(torch.isfinite(logp), mixed, logp)
+        return score
+    return at
+
+
+def cooc_form(model: ScoreFn, markov: Markov, cooc: CoOccurrence) -> Callable[[tuple[float, float]], ScoreFn]:
+    def at(w: tuple[float, float]) -> ScoreFn:
+        a, b = w
+
+        def score(batch: Batch) -> torch.Tensor:
+            return ((1 - a - b) * standardise(model(batch).float()) + a * standardise(markov(batch).float())
+                    + b * standardise(cooc(batch).float()))
         return score
     return at
 
@@ -69,11 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     examples = {"valid": split.valid, "test": split.test}
-    forms: dict[str, Callable[[float], ScoreFn]] = {
-        "z": lambda a: Blend("markov", markov, a).scorer(model), "prob": prob_form(model, markov)}
-    cache: dict[tuple[str, float, str], np.ndarray] = {}
+    forms: dict[str, Callable[[Any], ScoreFn]] = {
+        "z": lambda a: Blend("markov", markov, a).scorer(model), "prob": prob_form(model, markov),
+        "cooc": cooc_form(model, markov, CoOccurrence(ds.seq, split.train_end, ds.spec.n_items))}
+    cache: dict[tuple[str, Any, str], np.ndarray] = {}
 
-    def ranks(form: str, a: float, side: str) -> np.ndarray:
+    def ranks(form: str, a: Any, side: str) -> np.ndarray:
         """Each target's rank under one mixture (weight 0: the model alone), each evaluated once."""
         key = ("model", 0.0, side) if a == 0 else (form, a, side)
         if key not in cache:
@@ -87,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
 
     line: dict = {**provenance(__file__, argv), "run": str(args.run), "seed": cfg.train.seed,
                   "model_alone": {side: metrics(ranks("z", 0.0, side)) for side in examples}}
-    for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1])):
+    for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1]), ("cooc", COOC_GRID)):
         grid = {a: metrics(ranks(form, a, "valid")) for a in weights}
-        best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -a))
+        best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -np.sum(a)))
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
                       "test": metrics(ranks(form, best, "test"))}
         print(form, best, grid[best], line[form]["test"], flush=True)
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)
     out_count = torch.sparse.sum(markov.transitions, 1).to_dense().numpy()
     bucket = {side: np.digitize(out_count[ds.seq.items[ex.pos - 1]], GATE_EDGES) for side, ex in examples.items()}
-    weights = (0.0, *ALPHAS[1:4])
+    weights = tuple(a for a in ALPHAS if a <= 0.2)
     b = bucket["valid"]
     chosen = [max(weights, key=lambda a: (metrics(ranks("z", a, "valid")[b == k])["ndcg@10"] if (b == k).any() else 0,
                                           -a))

@@ -117,6 +117,9 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     through = f"{chosen['baseline']} (through validation)"  # train.blend_counts = "validation", the default
     assert blend_row in r.output and through in metrics["test"] and through in r.output
     assert rec.run.blend.counts == "validation"
+    notice = (f"served answers blend sasrec with '{chosen['baseline']}' (alpha {chosen['alpha']:g}, "
+              "chosen on validation, ")
+    assert any(w.startswith(notice + "its counts then refit through validation)") for w in metrics["warnings"])
     # a run saved before the counts were recorded (stop 29) served training counts: no such row, same blend row
     manifest_path = tmp_path / "run" / "model" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

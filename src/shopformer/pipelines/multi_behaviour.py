@@ -167,9 +167,7 @@ def run_multibehaviour(
                                        max_item_examples, ctx) + head_warnings(
         metrics, cfg, ds.vocabs.behaviours.tokens[target], blend)
     if blend is not None:
-        metrics["warnings"].append(
-            f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, chosen on "
-            "validation next-target-item ranking): the blend rows of the tables are what the run serves")
+        metrics["warnings"].append(blend.notice(cfg.model.name, "validation next-target-item ranking"))
     train_end, _, _ = make_windows(ds.seq, cfg)
     run_dir = save_run(out / "model", models[cfg.model.name], cfg, ds.vocabs, item_counts(
         ds.seq, train_end, ds.spec.n_items), ds.item_category(), metrics, data_fingerprint=ds.fingerprint,

@@ -240,9 +240,7 @@ def run_experiment(
     own_row = [blend.row_name] if blend is not None and blend.row_name else []
     warnings += test_warnings(test, served_row(cfg.model.name, blend), [*fitted, *own_row], cfg.train.monitor)
     if blend is not None:
-        counts = ", its counts then refit through validation" if blend.counts == "validation" else ""
-        warnings.append(f"served answers blend {cfg.model.name} with '{blend.baseline_name}' (alpha {blend.alpha:g}, "
-                        f"chosen on validation{counts}): the blend row of the table is what the run serves")
+        warnings.append(blend.notice(cfg.model.name))
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
     protocol = protocol_text(cfg, split, ds.spec.n_items)
     table = write_report(test, cfg.eval.ks, out, f"{cfg.model.name} on {ds.path.name}", protocol, warnings)
