@@ -15,8 +15,9 @@ stops short of 1, which is Markov alone without its popularity backoff), then me
 "gate", chooses the "z" weight (0 to 0.2) apart for each bucket of how often the last item was followed in
 training (``GATE_EDGES``). A fourth, "cooc" (not adopted), adds item-kNN beside Markov:
 ``(1 - a - b) z(model) + a z(markov) + b z(co-occurrence)``, both fitted on training events, (a, b) chosen on
-validation from ``COOC_GRID``. Appends one line: every weight's validation NDCG@10 / HR@10, each form's choice
-and its test metrics, the gate's weights per bucket, the model alone.
+validation from ``COOC_GRID``. The "z" choice is also measured with Markov counted through validation, as
+``shopformer train`` serves it (``train.blend_counts``). Appends one line: every weight's validation
+NDCG@10 / HR@10, each form's choice and its test metrics, the gate's weights per bucket, the model alone.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
                       "test": metrics(ranks(form, best, "test"))}
         print(form, best, grid[best], line[form]["test"], flush=True)
+    # what `shopformer train` serves: the chosen "z" weight with Markov refit through validation (train.blend_counts)
+    through = Blend("markov", Markov(ds.seq, split.training_end(refit=True), ds.spec.n_items), line["z"]["best"])
+    line["z"]["test_through_validation"] = metrics(evaluate(through.scorer(model), ds.seq, arrays, split.test,
+                                                            ds.spec.n_items, run.model.max_len, ecfg).ranks)
     # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
     # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)
     out_count = torch.sparse.sum(markov.transitions, 1).to_dense().numpy()
