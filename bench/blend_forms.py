@@ -1,6 +1,6 @@
 """Which form of the served blend? Mixtures of a saved run's model with Markov, chosen on validation.
 
-    .venv/bin/python bench/blend_forms.py RUN_DIR [--threads 1] [--out bench/results/blend_forms.jsonl]
+    .venv/bin/python bench/blend_forms.py RUN_DIR [--threads 1] [--forms z,prob,cooc,gate] [--out ...]
 
 RUN_DIR is a run written by ``shopformer train`` (its dataset is read from the run's manifest). The model is
 mixed with first-order Markov counted on training events only (the strict no-refit protocol) in two forms:
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--forms", default="z,prob,cooc,gate", help="comma-separated subset to measure ('z' always)")
     ap.add_argument("--out", type=Path, default=RESULTS / "blend_forms.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -104,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
 
     line: dict = {**provenance(__file__, argv), "run": str(args.run), "seed": cfg.train.seed,
                   "model_alone": {side: metrics(ranks("z", 0.0, side)) for side in examples}}
+    wanted = {"z", *args.forms.split(",")}
     for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1]), ("cooc", COOC_GRID)):
+        if form not in wanted:
+            continue
         grid = {a: metrics(ranks(form, a, "valid")) for a in weights}
         best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -np.sum(a)))
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
@@ -114,19 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     through = Blend("markov", Markov(ds.seq, split.training_end(refit=True), ds.spec.n_items), line["z"]["best"])
     line["z"]["test_through_validation"] = metrics(evaluate(through.scorer(model), ds.seq, arrays, split.test,
                                                             ds.spec.n_items, run.model.max_len, ecfg).ranks)
-    # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
-    # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)
-    out_count = torch.sparse.sum(markov.transitions, 1).to_dense().numpy()
-    bucket = {side: np.digitize(out_count[ds.seq.items[ex.pos - 1]], GATE_EDGES) for side, ex in examples.items()}
-    weights = tuple(a for a in ALPHAS if a <= 0.2)
-    b = bucket["valid"]
-    chosen = [max(weights, key=lambda a: (metrics(ranks("z", a, "valid")[b == k])["ndcg@10"] if (b == k).any() else 0,
-                                          -a))
-              for k in range(len(GATE_EDGES) + 1)]
-    gated = {side: np.choose(bucket[side], [ranks("z", a, side) for a in chosen]) for side in examples}
-    line["gate"] = {"edges": list(GATE_EDGES), "weights": chosen, "valid": metrics(gated["valid"]),
-                    "test": metrics(gated["test"]), "sizes_valid": np.bincount(b, minlength=len(chosen)).tolist()}
-    print("gate", chosen, line["gate"]["valid"], line["gate"]["test"], flush=True)
+    if "gate" in wanted:
+        # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
+        # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)
+        out_count = torch.sparse.sum(markov.transitions, 1).to_dense().numpy()
+        bucket = {side: np.digitize(out_count[ds.seq.items[ex.pos - 1]], GATE_EDGES) for side, ex in examples.items()}
+        weights = tuple(a for a in ALPHAS if a <= 0.2)
+        b = bucket["valid"]
+
+        def in_bucket(a: float, k: int) -> tuple[float, float]:  # ties keep the smaller weight
+            return (metrics(ranks("z", a, "valid")[b == k])["ndcg@10"] if (b == k).any() else 0.0, -a)
+
+        chosen = [max(weights, key=partial(in_bucket, k=k)) for k in range(len(GATE_EDGES) + 1)]
+        gated = {side: np.choose(bucket[side], [ranks("z", a, side) for a in chosen]) for side in examples}
+        line["gate"] = {"edges": list(GATE_EDGES), "weights": chosen, "valid": metrics(gated["valid"]),
+                        "test": metrics(gated["test"]), "sizes_valid": np.bincount(b, minlength=len(chosen)).tolist()}
+        print("gate", chosen, line["gate"]["valid"], line["gate"]["test"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         f.write(json.dumps(line) + "\n")
