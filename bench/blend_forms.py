@@ -84,12 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
     model = model_scorer(run.model)
     markov = Markov(ds.seq, split.train_end, ds.spec.n_items)
+    markov_through = Markov(ds.seq, split.training_end(refit=True), ds.spec.n_items)
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     examples = {"valid": split.valid, "test": split.test}
     forms: dict[str, Callable[[Any], ScoreFn]] = {
         "z": lambda a: Blend("markov", markov, a).scorer(model), "prob": prob_form(model, markov),
-        "cooc": cooc_form(model, markov, CoOccurrence(ds.seq, split.train_end, ds.spec.n_items))}
+        "cooc": cooc_form(model, markov, CoOccurrence(ds.seq, split.train_end, ds.spec.n_items)),
+        # what `shopformer train` serves: the "z" form with Markov refit through validation (train.blend_counts)
+        "through": lambda a: Blend("markov", markov_through, a).scorer(model)}
     cache: dict[tuple[str, Any, str], np.ndarray] = {}
 
     def ranks(form: str, a: Any, side: str) -> np.ndarray:
@@ -115,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
                       "test": metrics(ranks(form, best, "test"))}
         print(form, best, grid[best], line[form]["test"], flush=True)
-    # what `shopformer train` serves: the chosen "z" weight with Markov refit through validation (train.blend_counts)
-    through = Blend("markov", Markov(ds.seq, split.training_end(refit=True), ds.spec.n_items), line["z"]["best"])
-    line["z"]["test_through_validation"] = metrics(evaluate(through.scorer(model), ds.seq, arrays, split.test,
-                                                            ds.spec.n_items, run.model.max_len, ecfg).ranks)
+    line["z"]["test_through_validation"] = metrics(ranks("through", line["z"]["best"], "test"))
     if "gate" in wanted:
         # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
         # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)

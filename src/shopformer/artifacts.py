@@ -105,7 +105,7 @@ def save_run(
         "dataset_dir": dataset_dir,
         "version_id": f"{config.model.name}-{weights_hash[:12]}",
         "files": {name: sha256_file(run / name) for name in files},
-        **({"blend": {"baseline": blend.baseline_name, "alpha": blend.alpha, "counts": blend.counts}}
+        **({"blend": {**blend.summary(), "counts": blend.counts}}
            if blend is not None else {}),
         **(extra or {}),
     }

@@ -238,7 +238,7 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
         "weighted recent items": ctx.weighted_recent(target),
     }
     blend, grid = choose_blend(baselines, validate)
-    return blend, {"chosen": {"baseline": blend.baseline_name, "alpha": blend.alpha} if blend else None,
+    return blend, {"chosen": blend.summary() if blend else None,
                    "monitor": f"valid_{cfg.train.monitor} (mean of next '{ctx.names[target - 1]}' item and next item)",
                    "behaviour": ctx.names[target - 1],
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}

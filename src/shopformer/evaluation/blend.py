@@ -95,6 +95,10 @@ class Blend:
         """The table row of this blend served with ``model``."""
         return f"{model} + {self.baseline_name} (blend, alpha {self.alpha:g})"
 
+    def summary(self) -> dict[str, str | float]:
+        """What was chosen, as the manifest and the metrics say it."""
+        return {"baseline": self.baseline_name, "alpha": self.alpha}
+
     def notice(self, model: str, chosen_on: str = "validation") -> str:
         """The run's warning line saying that it serves this blend, not the model alone."""
         counts = ", its counts then refit through validation" if self.counts == "validation" else ""

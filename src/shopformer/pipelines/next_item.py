@@ -105,8 +105,7 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
                                  only={name})
         blend = Blend(name, through[name], blend.alpha, counts="validation")
-    chosen = {"baseline": blend.baseline_name, "alpha": blend.alpha,
-              "counts": f"{blend.counts} events"} if blend else None
+    chosen = {**blend.summary(), "counts": f"{blend.counts} events"} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
 
