@@ -1,23 +1,25 @@
-"""Which form of the served blend? Mixtures of a saved run's model with Markov, chosen on validation.
+"""Which form of the served blend? Mixtures of a saved run's model with its baselines, chosen on validation.
 
-    .venv/bin/python bench/blend_forms.py RUN_DIR [--threads 1] [--forms z,prob,cooc,gate] [--out ...]
+    .venv/bin/python bench/blend_forms.py RUN_DIR [--threads 1] [--forms z,served,prob,gate] [--out ...]
 
-RUN_DIR is a run written by ``shopformer train`` (its dataset is read from the run's manifest). The model is
-mixed with first-order Markov counted on training events only (the strict no-refit protocol) in two forms:
+RUN_DIR is a run written by ``shopformer train`` (its dataset is read from the run's manifest). Baselines are
+counted on training events only (the strict no-refit protocol). Forms:
 
-- "z", the served form (``evaluation/blend.py``): ``(1 - a) z(model) + a z(markov)``, rows standardised;
+- "z", the stop-38 served form with Markov alone: ``(1 - a) z(model) + a z(markov)``, rows standardised;
+- "served", what ``shopformer train`` chooses now (``evaluation/blend.py``, ``next_item.tune_blend``): every
+  blendable baseline alone, then the winner beside each other one (e.g. Markov + co-occurrence), all ranked in
+  one pass per chunk of the grid; its wall time is recorded beside the "z" grid's (one evaluation per weight);
 - "prob", the interpolation of language models (not adopted: see bench/results/blend_forms.jsonl):
   ``log[(1 - a) softmax(model) + a p(j | last item)]``, ``p(j | last)`` the last item's transition counts
-  normalised; a last item never followed in training leaves the model's ranking as it is.
+  normalised; a last item never followed in training leaves the model's ranking as it is;
+- "gate" chooses the "z" weight (0 to 0.2) apart for each bucket of how often the last item was followed in
+  training (``GATE_EDGES``).
 
-Each form's weight is chosen on validation NDCG@10 over the served grid (ties keep the smaller weight; "prob"
-stops short of 1, which is Markov alone without its popularity backoff), then measured on test. A third entry,
-"gate", chooses the "z" weight (0 to 0.2) apart for each bucket of how often the last item was followed in
-training (``GATE_EDGES``). A fourth, "cooc" (not adopted), adds item-kNN beside Markov:
-``(1 - a - b) z(model) + a z(markov) + b z(co-occurrence)``, both fitted on training events, (a, b) chosen on
-validation from ``COOC_GRID``. The "z" choice is also measured with Markov counted through validation, as
-``shopformer train`` serves it (``train.blend_counts``). Appends one line: every weight's validation
-NDCG@10 / HR@10, each form's choice and its test metrics, the gate's weights per bucket, the model alone.
+Each weight is chosen on validation NDCG@10 (ties keep the smaller weight; "prob" stops short of 1, which is
+Markov alone without its popularity backoff), then measured on test. The "z" and "served" choices are also
+measured with their baselines counted through validation, as ``shopformer train`` serves them
+(``train.blend_counts``). Appends one line: every weight's validation NDCG@10 / HR@10 (the served grid: its
+monitor), each form's choice and its test metrics, the gate's weights per bucket, the model alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -37,13 +40,14 @@ from common import RESULTS, provenance
 from shopformer.artifacts import load_run
 from shopformer.data.batches import Batch, EventArrays
 from shopformer.data.corpus import load_dataset, make_split
-from shopformer.evaluation.baselines import CoOccurrence, Markov
-from shopformer.evaluation.blend import ALPHAS, Blend, standardise
+from shopformer.evaluation.baselines import Markov, shop_baselines
+from shopformer.evaluation.blend import ALPHAS, Blend
 from shopformer.evaluation.metrics import per_example
 from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
+from shopformer.pipelines.next_item import Trained, tune_blend
+from shopformer.training.fit import FitResult
 
 GATE_EDGES = (1, 3, 10, 30)  # last item followed 0 / 1-2 / 3-9 / 10-29 / 30+ times in training
-COOC_GRID = [(a, b) for a in (0.02, 0.03, 0.05) for b in (0.02, 0.03, 0.05, 0.08)]  # (markov, co-occurrence)
 
 
 def prob_form(model: ScoreFn, markov: Markov) -> Callable[[float], ScoreFn]:
@@ -58,22 +62,11 @@ def prob_form(model: ScoreFn, markov: Markov) -> Callable[[float], ScoreFn]:
     return at
 
 
-def cooc_form(model: ScoreFn, markov: Markov, cooc: CoOccurrence) -> Callable[[tuple[float, float]], ScoreFn]:
-    def at(w: tuple[float, float]) -> ScoreFn:
-        a, b = w
-
-        def score(batch: Batch) -> torch.Tensor:
-            return ((1 - a - b) * standardise(model(batch).float()) + a * standardise(markov(batch).float())
-                    + b * standardise(cooc(batch).float()))
-        return score
-    return at
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--forms", default="z,prob,cooc,gate", help="comma-separated subset to measure ('z' always)")
+    ap.add_argument("--forms", default="z,served,prob,gate", help="comma-separated subset to measure ('z' always)")
     ap.add_argument("--out", type=Path, default=RESULTS / "blend_forms.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,10 +82,9 @@ def main(argv: list[str] | None = None) -> None:
 
     examples = {"valid": split.valid, "test": split.test}
     forms: dict[str, Callable[[Any], ScoreFn]] = {
-        "z": lambda a: Blend("markov", markov, a).scorer(model), "prob": prob_form(model, markov),
-        "cooc": cooc_form(model, markov, CoOccurrence(ds.seq, split.train_end, ds.spec.n_items)),
+        "z": lambda a: Blend.of("markov", markov, a).scorer(model), "prob": prob_form(model, markov),
         # what `shopformer train` serves: the "z" form with Markov refit through validation (train.blend_counts)
-        "through": lambda a: Blend("markov", markov_through, a).scorer(model)}
+        "through": lambda a: Blend.of("markov", markov_through, a).scorer(model)}
     cache: dict[tuple[str, Any, str], np.ndarray] = {}
 
     def ranks(form: str, a: Any, side: str) -> np.ndarray:
@@ -110,15 +102,29 @@ def main(argv: list[str] | None = None) -> None:
     line: dict = {**provenance(__file__, argv), "run": str(args.run), "seed": cfg.train.seed,
                   "model_alone": {side: metrics(ranks("z", 0.0, side)) for side in examples}}
     wanted = {"z", *args.forms.split(",")}
-    for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1]), ("cooc", COOC_GRID)):
+    for form, weights in (("z", ALPHAS[1:]), ("prob", ALPHAS[1:-1])):
         if form not in wanted:
             continue
+        t0 = time.perf_counter()
         grid = {a: metrics(ranks(form, a, "valid")) for a in weights}
-        best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -np.sum(a)))
-        line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best,
-                      "test": metrics(ranks(form, best, "test"))}
+        best = max(grid, key=lambda a: (grid[a]["ndcg@10"], -a))
+        line[form] = {"valid": {str(a): m for a, m in grid.items()}, "best": best, "grid_seconds":
+                      round(time.perf_counter() - t0, 1), "test": metrics(ranks(form, best, "test"))}
         print(form, best, grid[best], line[form]["test"], flush=True)
     line["z"]["test_through_validation"] = metrics(ranks("through", line["z"]["best"], "test"))
+    if "served" in wanted:
+        fitted = shop_baselines(ds.seq, split.train_end, ds.spec.n_items, ds.spec.n_behaviours)
+        t0 = time.perf_counter()
+        blend, report = tune_blend(Trained(run.model, FitResult(), np.zeros(ds.spec.n_items + 1), {}), ds, split,
+                                   cfg.override(train={"blend_counts": "training"}), arrays, fitted)
+        line["served"] = {**report, "grid_seconds": round(time.perf_counter() - t0, 1)}
+        if blend is not None:
+            through = blend.with_baselines(shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items,
+                                                          ds.spec.n_behaviours, only=set(blend.weights)), "validation")
+            forms["served"], forms["served through"] = (lambda _: blend.scorer(model)), lambda _: through.scorer(model)
+            line["served"]["test"] = metrics(ranks("served", 1, "test"))
+            line["served"]["test_through_validation"] = metrics(ranks("served through", 1, "test"))
+        print("served", report["chosen"], line["served"].get("test"), line["served"]["grid_seconds"], flush=True)
     if "gate" in wanted:
         # "gate": the "z" weight chosen apart for each bucket of the last item's training out-count (users are
         # disjoint across buckets, so each bucket's weight is chosen on its own validation examples)

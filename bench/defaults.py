@@ -27,7 +27,7 @@ from shopformer.config import apply_overrides, load_config
 from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, make_split
 from shopformer.data.options import IngestOptions
-from shopformer.evaluation.blend import Blend, served_row
+from shopformer.evaluation.blend import served_row
 from shopformer.evaluation.ranking import evaluate, model_scorer
 from shopformer.pipelines.defaults import DEFAULT_CONFIG, apply_data_defaults, explicit_keys
 from shopformer.pipelines.next_item import (
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
     test = evaluate_systems(trained.model, ds, split, cfg, arrays, blend, fitted)
     if blend is not None and blend.counts == "validation":  # the strict no-refit row: nothing learnt from validation
-        own = Blend(blend.baseline_name, fitted[blend.baseline_name], blend.alpha)
-        strict = own.scorer(model_scorer(trained.model))
+        strict = blend.with_baselines(fitted, "training").scorer(model_scorer(trained.model))
         test[f"{blend.row(cfg.model.name)}, baseline counts from training events only"] = evaluate(
             strict, ds.seq, arrays, split.test, ds.spec.n_items, trained.model.max_len, cfg.eval).metrics
     # what `shopformer train` serves: the validation-chosen blend when the rule turned it on and it won there

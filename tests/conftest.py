@@ -122,3 +122,9 @@ def perturb_heads(model: torch.nn.Module, scale: float = 0.3) -> None:
     with torch.no_grad():
         for p in model.heads.parameters():  # type: ignore[union-attr]
             p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def blend_row(chosen: dict, model: str = "sasrec") -> str:
+    """The test-table row of the blend a run's metrics say it chose (``metrics["blend"]["chosen"]``)."""
+    weights = " / ".join(f"{w:g}" for w in chosen["weights"].values())
+    return f"{model} + {chosen['baseline']} (blend, {'alpha' if len(chosen['weights']) == 1 else 'weights'} {weights})"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import blend_row
 
 from shopformer.data.batches import Batch
 from shopformer.data.sequences import Sequences
-from shopformer.evaluation.baselines import Markov, Popularity, RecentItems, WeightedRecentItems
+from shopformer.evaluation.baselines import CoOccurrence, Markov, Popularity, RecentItems, WeightedRecentItems
 from shopformer.evaluation.blend import ALPHAS, Blend, choose_blend, standardise
 
 
@@ -32,44 +33,104 @@ def test_standardise_rows_and_keeps_minus_inf() -> None:
     assert torch.equal(z[0, 1:].argsort(), s[0, 1:].argsort())  # order within a row unchanged
 
 
-@pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items"])
+@pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items", "co-occurrence"])
 def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     seq, end = _seq(), np.array([4, 7, 10])
     fitted = {"popularity": Popularity(np.array([0, 3, 2, 2, 1])), "markov": Markov(seq, end, 4),
               "recent items": RecentItems(np.array([False, True, True]), np.array([0, 3, 2, 2, 1])),
-              "weighted recent items": WeightedRecentItems.fit(seq, end, 4, 2)}[name]
-    blend = Blend(name, fitted, 0.4)
-    again = Blend.from_state(name, blend.state())
+              "weighted recent items": WeightedRecentItems.fit(seq, end, 4, 2),
+              "co-occurrence": CoOccurrence(seq, end, 4, last=2, decay=0.5)}[name]
+    blend = Blend.of(name, fitted, 0.4)
+    again = Blend.from_state([name], blend.state())
     model = torch.randn(2, 5)
     model[:, 0] = float("-inf")
     assert torch.equal(blend.combine(model, _batch()), again.combine(model, _batch()))
-    assert again.alpha == 0.4 and again.counts == "training" and again.row_name is None
-    through = Blend.from_state(name, blend.state(), counts="validation")  # what the run's manifest says
-    assert through.counts == "validation" and through.row_name == f"{name} (through validation)"
+    assert again.alpha == 0.4 and again.counts == "training" and again.own_rows() == {}
+    through = Blend.from_state([name], blend.state(), counts="validation")  # what the run's manifest says
+    assert through.counts == "validation" and list(through.own_rows()) == [f"{name} (through validation)"]
     with pytest.raises(ValueError, match="unknown blend counts"):
-        Blend.from_state(name, blend.state(), counts="test")
+        Blend.from_state([name], blend.state(), counts="test")
+
+
+def test_a_pair_saves_and_a_run_saved_with_one_baseline_before_pairs_still_loads() -> None:
+    seq, end = _seq(), np.array([4, 7, 10])
+    markov, cooc = Markov(seq, end, 4), CoOccurrence(seq, end, 4)
+    pair = Blend({"markov": markov, "co-occurrence": cooc}, {"markov": 0.03, "co-occurrence": 0.05})
+    model = torch.randn(2, 5)
+    model[:, 0] = float("-inf")
+    expected = 0.92 * standardise(model) + 0.03 * standardise(markov(_batch())) + 0.05 * standardise(cooc(_batch()))
+    assert torch.allclose(pair.combine(model, _batch()), expected, atol=1e-6)
+    again = Blend.from_state(["markov", "co-occurrence"], pair.state(), counts="validation")
+    assert torch.equal(pair.combine(model, _batch()), again.combine(model, _batch()))
+    assert again.weights == {"markov": 0.03, "co-occurrence": 0.05} and again.alpha == 0.08
+    assert pair.row("sasrec") == "sasrec + markov + co-occurrence (blend, weights 0.03 / 0.05)"
+    assert set(again.own_rows()) == {"markov (through validation)", "co-occurrence (through validation)"}
+    # the stop 29-39 layout: one baseline, its weight under "alpha", its state under "baseline.<key>"
+    legacy = {"alpha": torch.tensor(0.3, dtype=torch.float64),
+              **{f"baseline.{k}": v for k, v in markov.state().items()}}
+    old = Blend.from_state(["markov"], legacy)
+    assert old.weights == {"markov": 0.3}
+    assert torch.equal(old.combine(model, _batch()), Blend.of("markov", markov, 0.3).combine(model, _batch()))
+    with pytest.raises(ValueError, match="unknown blend baseline"):
+        Blend.from_state(["category popularity"], legacy)
+
+
+def _model(batch: Batch) -> torch.Tensor:
+    out = torch.randn(len(batch), 5, generator=torch.Generator().manual_seed(0))
+    out[:, 0] = float("-inf")
+    return out
+
+
+def _validate(measure) -> object:
+    """choose_blend's validate: ``measure`` of each blend's scores on one batch (None: the model alone)."""
+    def validate(blends: list) -> list[float]:
+        return [measure((_model if b is None else b.scorer(_model))(_batch())) for b in blends]
+    return validate
 
 
 def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> None:
     base = Popularity(np.array([0, 3, 2, 2, 1]))
 
-    def model(batch: Batch) -> torch.Tensor:
-        out = torch.randn(len(batch), 5, generator=torch.Generator().manual_seed(0))
-        out[:, 0] = float("-inf")
-        return out
-
-    def prefers_baseline(blend) -> float:  # validation score rises with the weight on popularity
-        z = (model if blend is None else blend.scorer(model))(_batch())
+    def prefers_baseline(z: torch.Tensor) -> float:  # validation score rises with the weight on popularity
         return float((z[:, 1] > z[:, 4]).float().mean() + (z[:, 1] > z[:, 3]).float().mean())
 
-    blend, grid = choose_blend({"popularity": base, "co-occurrence": base}, prefers_baseline)
+    blend, grid = choose_blend({"popularity": base, "category popularity": base}, _validate(prefers_baseline))
     assert blend is not None and blend.baseline_name == "popularity" and blend.alpha > 0
     assert set(grid) == {"popularity"} and set(grid["popularity"]) == set(ALPHAS)  # only blendable baselines
     assert grid["popularity"][blend.alpha] == max(grid["popularity"].values())
-    flat, _ = choose_blend({"popularity": base}, lambda blend: 1.0)  # nothing gained: keep the model
+    flat, _ = choose_blend({"popularity": base}, lambda blends: [1.0] * len(blends))  # nothing gained: the model
     assert flat is None
     with pytest.raises(ValueError, match="cannot be saved"):
-        Blend("co-occurrence", lambda b: b.items.float(), 0.5).state()
+        Blend.of("co-occurrence", lambda b: b.items.float(), 0.5).state()
+
+
+def test_a_second_baseline_joins_only_when_it_beats_the_best_single_blend_on_validation() -> None:
+    """Two heuristics that each know one item the model ranks low: only the pair ranks both on top."""
+    def model(batch: Batch) -> torch.Tensor:  # item 3 first, then 1, then 2 (close), 4 far below
+        return torch.tensor([[float("-inf"), 0.0, -0.01, 0.1, -5.0]]).expand(len(batch), 5)
+
+    def knows(counts: list[int]) -> Popularity:
+        return Popularity(np.array(counts))
+
+    def top_two(z: torch.Tensor) -> float:  # reciprocal rank of items 1 and 2
+        rank = (z.unsqueeze(2) > z.unsqueeze(1)).sum(1)  # (B, V) items above each
+        return float((1 / (1 + rank[:, [1, 2]].float())).sum(1).mean())
+
+    def validate(blends: list) -> list[float]:
+        return [top_two((model if b is None else b.scorer(model))(_batch())) for b in blends]
+
+    # each puts its item first, the other one last
+    baselines = {"popularity": knows([0, 100, 0, 2, 1]), "markov": knows([0, 0, 100, 2, 1]),
+                 "co-occurrence": knows([0, 0, 0, 1, 100])}
+    blend, grid = choose_blend(baselines, validate)
+    assert blend is not None and list(blend.weights) == ["popularity", "markov"]  # round one's winner first
+    assert top_two(blend.scorer(model)(_batch())) == 1.5  # items 1 and 2 on top
+    assert max(grid["popularity"].values()) < 1.5 and max(grid["markov"].values()) < 1.5  # no single does it
+    assert {k for k in grid if " + " in k} == {"popularity + markov", "popularity + co-occurrence"}
+    assert grid[blend.baseline_name][blend.weights_text] == 1.5
+    # a pair that only ties the best single blend is not served: item 1 on top is all that counts here
+    single, _ = choose_blend(baselines, lambda blends: [float(validate([b])[0] >= 1.0) for b in blends])
+    assert single is not None and list(single.weights) == ["popularity"]
 
 
 def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) -> None:
@@ -104,7 +165,8 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     chosen = metrics["blend"]["chosen"]
     assert chosen is not None and chosen["alpha"] > 0
-    blend_row = next(name for name in metrics["test"] if "(blend," in name)
+    row = blend_row(chosen)
+    assert row in metrics["test"]
     grid = metrics["blend"]["grid"][chosen["baseline"]]
     assert max(grid.values()) >= grid["0.0"]  # never below the model alone on validation
     rec = Recommender.load(tmp_path / "run" / "model")
@@ -114,19 +176,20 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     assert rec.recommend_many([h], k=3)[0].items == rec.recommend_many([h], k=3)[0].items
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
     assert r.exit_code == 0 and "(blend," in r.output, r.output
-    through = f"{chosen['baseline']} (through validation)"  # train.blend_counts = "validation", the default
-    assert blend_row in r.output and through in metrics["test"] and through in r.output
+    # train.blend_counts = "validation", the default: each blended baseline's own row
+    through = [f"{name} (through validation)" for name in chosen["weights"]]
+    assert row in r.output and all(t in metrics["test"] and t in r.output for t in through)
     assert rec.run.blend.counts == "validation"
-    notice = (f"served answers blend sasrec with '{chosen['baseline']}' (alpha {chosen['alpha']:g}, "
-              "chosen on validation, ")
-    assert any(w.startswith(notice + "its counts then refit through validation)") for w in metrics["warnings"])
+    notice = f"served answers blend sasrec with '{chosen['baseline']}' ({row.split('(blend, ')[1][:-1]}, "
+    assert any(w.startswith(notice + "chosen on validation, its counts then refit through validation)")
+               for w in metrics["warnings"])
     # a run saved before the counts were recorded (stop 29) served training counts: no such row, same blend row
     manifest_path = tmp_path / "run" / "model" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     del manifest["blend"]["counts"]
     manifest_path.write_text(json.dumps(manifest))
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
-    assert r.exit_code == 0 and blend_row in r.output and through not in r.output, r.output
+    assert r.exit_code == 0 and row in r.output and not any(t in r.output for t in through), r.output
 
 
 def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> None:
@@ -156,7 +219,7 @@ def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> N
     assert chosen is not None and chosen["alpha"] > 0 and res.metrics["blend"]["behaviour"] == "buy"
     grid = res.metrics["blend"]["grid"][chosen["baseline"]]
     assert max(grid.values()) > grid["0.0"]  # strictly better than the model alone on validation
-    row = f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})"
+    row = blend_row(chosen)
     assert row in res.metrics["next_item"]["buy"] and row in res.metrics["next_item"]["any"]
     assert any("served answers blend" in w for w in res.metrics["warnings"])
     # on test, the served row is judged against every heuristic: a line for exactly those above it (had the
@@ -207,8 +270,43 @@ def test_the_served_blend_refits_its_counts_through_validation_and_never_the_mod
     assert not np.array_equal(split.refit_end, split.train_end)  # the validation events are new counts
     items = torch.tensor([[0, 3, 10], [1, 8, 15]])
     batch = Batch(items, torch.ones_like(items), torch.zeros_like(items), torch.zeros_like(items))
-    assert torch.equal(blend.baseline(batch), Markov(seq, end, 30)(batch))  # the counts it serves
+    assert torch.equal(blend.baselines["markov"](batch), Markov(seq, end, 30)(batch))  # the counts it serves
     assert not torch.equal(Markov(seq, split.refit_end, 30)(batch), Markov(seq, split.train_end, 30)(batch))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is not refit
     assert blend.counts == counts  # saved with the run: the test row to read the served blend against follows it
-    assert blend.row_name == ("markov (through validation)" if counts == "validation" else None)
+    assert list(blend.own_rows()) == (["markov (through validation)"] if counts == "validation" else [])
+
+
+def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -> None:
+    """``blend_scores`` + ``evaluate_each`` (the model and each baseline scored once per batch) give each
+    blend exactly the ranks ``evaluate`` gives it alone, seen items removed, the model alone included."""
+    from conftest import cyclic_dataset
+
+    from shopformer.config import Config
+    from shopformer.data.batches import EventArrays
+    from shopformer.data.split import leave_one_out
+    from shopformer.evaluation.baselines import shop_baselines
+    from shopformer.evaluation.blend import blend_scores
+    from shopformer.evaluation.ranking import evaluate, evaluate_each
+
+    ds = cyclic_dataset(n_users=60, n_items=30)
+    split, cfg = leave_one_out(ds.seq), Config().eval.model_copy(update={"bootstrap": 0, "batch_size": 16})
+    arrays = EventArrays.from_sequences(ds.seq, Config().model.time_buckets)
+    fitted = shop_baselines(ds.seq, split.train_end, 30, ds.spec.n_behaviours)
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(31, 31, generator=gen)
+
+    def model(batch: Batch) -> torch.Tensor:  # a fixed random scorer of the last item
+        out = table[batch.items[:, -1]].clone()
+        out[:, 0] = float("-inf")
+        return out
+
+    blends = [None, Blend.of("markov", fitted["markov"], 0.3), Blend.of("co-occurrence", fitted["co-occurrence"], 1.0),
+              Blend({"markov": fitted["markov"], "co-occurrence": fitted["co-occurrence"]},
+                    {"markov": 0.05, "co-occurrence": 0.1})]
+    together = evaluate_each(blend_scores(model, blends), len(blends), ds.seq, arrays, split.test, 30, 8, cfg)
+    for blend, res in zip(blends, together, strict=True):
+        alone = evaluate(model if blend is None else blend.scorer(model), ds.seq, arrays, split.test, 30, 8, cfg)
+        assert np.array_equal(res.ranks, alone.ranks) and np.array_equal(res.topk, alone.topk)
+        assert res.metrics["ndcg@10"] == alone.metrics["ndcg@10"]
+    assert len({float(r.metrics["ndcg@10"]) for r in together}) > 1  # the blends do rank differently

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import blend_row
 from typer.testing import CliRunner
 
 from shopformer.cli import app
@@ -32,8 +33,8 @@ def test_train_writes_a_complete_run(trained) -> None:
     systems = {"sasrec", "popularity", "markov", "weighted recent items", "co-occurrence", "category popularity"}
     chosen = metrics["blend"]["chosen"]  # the default rule blends (docs/defaults.md): a row when a blend won
     if chosen is not None:
-        systems.add(f"sasrec + {chosen['baseline']} (blend, alpha {chosen['alpha']:g})")
-        systems.add(f"{chosen['baseline']} (through validation)")  # the served counts (train.blend_counts)
+        systems.add(blend_row(chosen))
+        systems |= {f"{name} (through validation)" for name in chosen["weights"]}  # the served counts
     assert set(metrics["test"]) == systems
     assert "full ranking" in metrics["protocol"]
 

@@ -160,8 +160,9 @@ def load_run(run_dir: str | Path, verify: bool = True) -> Run:
     if "blend" in manifest:
         try:
             # runs saved before stop 29 name no counts: theirs were the training events
-            blend = Blend.from_state(manifest["blend"]["baseline"], load_file(str(run / BLEND)),
-                                     manifest["blend"].get("counts", "training"))
+            # runs saved before stop 40 blend one baseline and name no weights
+            names = list(manifest["blend"].get("weights", [manifest["blend"]["baseline"]]))
+            blend = Blend.from_state(names, load_file(str(run / BLEND)), manifest["blend"].get("counts", "training"))
         except (SafetensorError, OSError, KeyError, ValueError) as err:
             raise ArtifactError(f"{run / BLEND}: cannot read the blend: {err}") from None
     return Run(

@@ -216,10 +216,10 @@ class TrainConfig(_Section):
     # After early stopping picks the best epoch on validation, train a fresh model (same seed
     # and schedule) on training + validation events for that many epochs and test that one.
     refit: bool = False
-    # Opt-in: serve a mixture of the model with its best baseline, tuned on validation (evaluation/
-    # blend.py), so the served answer is never worse than either on validation.
+    # Opt-in: serve a mixture of the model with its best one or two baselines, tuned on validation
+    # (evaluation/blend.py), so the served answer is never worse than either on validation.
     blend: bool = False
-    # Once the blend is chosen (on counts of training events, the model's data), its baseline is
+    # Once the blend is chosen (on counts of training events, the model's data), its baselines are
     # refit on training + validation events: counts have no epochs to choose, and the histories it
     # serves already end with those events. The model itself is not refit. "training" keeps the
     # counts the mixture was chosen with (the served rows recorded before stop 29). Next-item runs;

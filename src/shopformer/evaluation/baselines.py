@@ -290,14 +290,32 @@ class CoOccurrence:
         decay: float = 0.8,
         prior_counts: np.ndarray | None = None,
     ) -> None:
-        self.similarity = item_similarity(seq, train_end, n_items, window, neighbours)
-        src, self.col = self.similarity.indices()  # coalesced: sorted by row, so rows are contiguous runs
-        self.val = self.similarity.values()
-        per_row = torch.bincount(src, minlength=n_items + 1)
+        self._set(item_similarity(seq, train_end, n_items, window, neighbours),
+                  _prior(item_counts(seq, train_end, n_items) if prior_counts is None else prior_counts), last, decay)
+
+    def _set(self, similarity: torch.Tensor, prior: torch.Tensor, last: int, decay: float) -> None:
+        self.similarity = similarity
+        src, self.col = similarity.indices()  # coalesced: sorted by row, so rows are contiguous runs
+        self.val = similarity.values()
+        per_row = torch.bincount(src, minlength=len(prior))
         self.crow = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_row, 0)])  # (V + 1,)
-        self.prior = _prior(item_counts(seq, train_end, n_items) if prior_counts is None else prior_counts)
+        self.prior = prior
         self.last = int(last)
         self.decay = float(decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"indices": self.similarity.indices(), "values": self.similarity.values(), "prior": self.prior,
+                "last": torch.tensor(self.last), "decay": torch.tensor(self.decay, dtype=torch.float64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> CoOccurrence:
+        out = cls.__new__(cls)
+        size = len(state["prior"])
+        similarity = torch.sparse_coo_tensor(state["indices"], state["values"], (size, size),
+                                             check_invariants=True).coalesce()
+        out._set(similarity, state["prior"].float(), int(state["last"]), float(state["decay"]))
+        return out
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         recent = batch.items[:, -self.last :]  # (B, M)

@@ -49,10 +49,10 @@ from shopformer.evaluation.baselines import (
     majority_behaviour,
     shop_baselines,
 )
-from shopformer.evaluation.blend import Blend, choose_blend
+from shopformer.evaluation.blend import Blend, blend_scores, choose_blend
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
 from shopformer.evaluation.metrics import metric_keys
-from shopformer.evaluation.ranking import ScoreFn, evaluate
+from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each
 from shopformer.evaluation.report import plot_confusion, plot_reliability
 from shopformer.models.base import SequenceModel
 
@@ -223,13 +223,11 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
     questions = [(b, subsample(window_examples(seq, ctx.valid, None if b == PAD else b)[0], max_examples))
                  for b in (target, PAD)]
 
-    def validate(blend: Blend | None) -> float:
-        scores = []
-        for b, ex in questions:
-            fn = behaviour_scorer(model, b) if blend is None else blend.scorer(behaviour_scorer(model, b))
-            res = evaluate(fn, seq, ctx.arrays, ex, n_items, ctx.max_len, ecfg, bootstrap=False)
-            scores.append(float(res.metrics[cfg.train.monitor]))
-        return sum(scores) / len(scores)
+    def validate(blends: list[Blend | None]) -> list[float]:
+        per_question = [[float(res.metrics[cfg.train.monitor]) for res in evaluate_each(
+            blend_scores(behaviour_scorer(model, b), blends), len(blends), seq, ctx.arrays, ex, n_items,
+            ctx.max_len, ecfg, bootstrap=False)] for b, ex in questions]
+        return [sum(scores) / len(scores) for scores in zip(*per_question, strict=True)]
 
     baselines: dict[str, ScoreFn] = {
         "popularity": Popularity(ctx.counts(target)),

@@ -1,37 +1,52 @@
-"""A validation-tuned blend of the model with its best baseline (opt-in: ``train.blend = true``).
+"""A validation-tuned blend of the model with its best baselines (``train.blend``).
 
-When a heuristic beats the model on validation, the run can serve a mixture instead of the model:
+When heuristics beat the model on validation, or know what it misses, the run can serve a mixture:
 
-    score(j) = (1 - alpha) * z(model scores)(j) + alpha * z(baseline scores)(j)
+    score(j) = (1 - sum_b w_b) * z(model scores)(j) + sum_b w_b * z(baseline b's scores)(j)
 
-with ``z`` standardising each row over the catalogue (mean 0, unit variance over finite scores;
--inf, i.e. padding or removed items, stays -inf), so the two scales are comparable. ``alpha`` and
-the baseline are chosen on the validation examples the model was selected on, from a grid that
-includes 0 (the model alone) and 1 (the baseline alone): the served answer is never worse than
-either on validation. The baseline's fitted state is saved with the run (``blend.safetensors``) so
-the recommender and the service score the same blend. Only baselines with a saveable state blend:
-popularity, Markov, recent items and weighted recent items (``BLENDABLE``).
+over one or two baselines b, with ``z`` standardising each row over the catalogue (mean 0, unit
+variance over finite scores; -inf, i.e. padding or removed items, stays -inf), so the scales are
+comparable. The weights are chosen on the validation examples the model was selected on, in two
+rounds (``choose_blend``): each blendable baseline alone over ``ALPHAS`` (0: the model alone, 1: the
+baseline alone), then the winner, at its weight or the neighbouring ones, beside each other blendable
+baseline weighted from ``PAIR_ALPHAS``.
+A pair is served only when it beats the best single blend on validation, a single blend only when
+it beats the model alone: the served answer is never worse than either on validation. The baselines'
+fitted state is saved with the run (``blend.safetensors``) so the recommender and the service score
+the same blend. Only baselines with a saveable state blend (``BLENDABLE``).
+
+Every blend of the grid is ranked from one pass over the validation examples: the model and each
+baseline score a batch once (``blend_scores``), and each weighting is a sum of the standardised rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from shopformer.data.batches import Batch
-from shopformer.evaluation.baselines import Markov, Popularity, RecentItems, WeightedRecentItems
+from shopformer.evaluation.baselines import CoOccurrence, Markov, Popularity, RecentItems, WeightedRecentItems
+from shopformer.evaluation.ranking import ManyScoreFn
 
 ScoreFn = Callable[[Batch], torch.Tensor]
 # finer near 0: a light touch of a baseline is where blends win. Markov's standardised counts are large
 # (a transition row holds a handful of items among thousands), so 0.02 already adds ~2 model stds to
 # an item that followed the last one; Beauty's validation is flat from 0.02 to 0.05 (stop 39)
 ALPHAS = (0.0, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
-BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]] = {
+# a pair's second weight (its first: the single blend's alpha and its neighbours in ALPHAS). Kept light:
+# Markov + co-occurrence beside a SASRec chose 0.02-0.08 for co-occurrence on Beauty (stop 39), and on
+# Diginetica a co-occurrence weight of 0.2 beside weighted recent items won validation by 0.7% and lost
+# 6% on test (stop 40)
+PAIR_ALPHAS = (0.02, 0.03, 0.05, 0.08, 0.1)
+CHUNK = 25  # blends ranked per pass over the validation examples (each holds its top-k lists until the end)
+BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]
+                | type[CoOccurrence]] = {
     "popularity": Popularity, "markov": Markov, "recent items": RecentItems,
-    "weighted recent items": WeightedRecentItems}
+    "weighted recent items": WeightedRecentItems, "co-occurrence": CoOccurrence}
+Counts = Literal["training", "validation"]
 
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
@@ -47,22 +62,52 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Blend:
-    """The served mixture of a model's scores with one baseline's."""
+    """The served mixture of a model's scores with one or two baselines' (``weights``, in the order
+    the baselines were chosen; the model keeps the rest of the weight)."""
 
-    baseline_name: str
-    baseline: ScoreFn
-    alpha: float
-    # the events the baseline's counts come from: the model's training events, or training + validation
+    baselines: dict[str, ScoreFn]
+    weights: dict[str, float]
+    # the events the baselines' counts come from: the model's training events, or training + validation
     # events once the blend is chosen (train.blend_counts); saved with the run, so a reloaded run says which
-    counts: Literal["training", "validation"] = "training"
+    counts: Counts = "training"
+
+    @classmethod
+    def of(cls, name: str, baseline: ScoreFn, alpha: float, counts: Counts = "training") -> Blend:
+        """The blend with one baseline."""
+        return cls({name: baseline}, {name: alpha}, counts)
+
+    @property
+    def baseline_name(self) -> str:
+        return " + ".join(self.weights)
+
+    @property
+    def alpha(self) -> float:
+        """The baselines' total weight."""
+        return round(sum(self.weights.values()), 6)
+
+    @property
+    def weights_text(self) -> str:
+        """'0.03' for one baseline, '0.03 / 0.05' for two (the grid's key and the rows' wording)."""
+        return " / ".join(f"{w:g}" for w in self.weights.values())
+
+    def mix(self, model_scores: torch.Tensor, z_model: torch.Tensor, z_baselines: list[torch.Tensor]) -> torch.Tensor:
+        """The blend from the model's raw and standardised scores and each baseline's standardised ones."""
+        if self.alpha == 0.0:
+            return model_scores
+        terms = [w * z for w, z in zip(self.weights.values(), z_baselines, strict=True)]
+        rest = 1.0 - sum(self.weights.values())
+        if len(terms) == 1 and self.alpha == 1.0:  # the baseline alone (no model term: 0 * -inf is nan)
+            return z_baselines[0]
+        out = rest * z_model if rest > 1e-9 else terms.pop(0)
+        for term in terms:
+            out = out + term
+        return out
 
     def combine(self, model_scores: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.alpha == 0.0:
             return model_scores
-        base = standardise(self.baseline(batch).float())
-        if self.alpha == 1.0:
-            return base
-        return (1.0 - self.alpha) * standardise(model_scores.float()) + self.alpha * base
+        z_baselines = [standardise(fn(batch).float()) for fn in self.baselines.values()]
+        return self.mix(model_scores, standardise(model_scores.float()), z_baselines)
 
     def scorer(self, model_fn: ScoreFn) -> ScoreFn:
         def score(batch: Batch) -> torch.Tensor:
@@ -72,44 +117,65 @@ class Blend:
             score.max_len = model_fn.max_len  # type: ignore[attr-defined]
         return score
 
+    def with_baselines(self, fitted: dict[str, ScoreFn], counts: Counts) -> Blend:
+        """The same weights over the same baselines fitted on other events."""
+        return Blend({name: fitted[name] for name in self.weights}, dict(self.weights), counts)
+
     def state(self) -> dict[str, torch.Tensor]:
-        """Tensors to save: the baseline's fitted state, prefixed, and alpha."""
-        own = getattr(self.baseline, "state", None)
-        if own is None:
-            raise ValueError(f"baseline {self.baseline_name!r} cannot be saved; blendable: {', '.join(BLENDABLE)}")
-        alpha = torch.tensor(self.alpha, dtype=torch.float64)  # float32 would read 0.3 back as 0.30000001
-        return {"alpha": alpha, **{f"baseline.{k}": v for k, v in own().items()}}
+        """Tensors to save: each baseline's weight and fitted state, prefixed by its position."""
+        out: dict[str, torch.Tensor] = {}
+        for i, (name, fn) in enumerate(self.baselines.items()):
+            own = getattr(fn, "state", None)
+            if own is None:
+                raise ValueError(f"baseline {name!r} cannot be saved; blendable: {', '.join(BLENDABLE)}")
+            # float32 would read 0.3 back as 0.30000001
+            out[f"weight.{i}"] = torch.tensor(self.weights[name], dtype=torch.float64)
+            out.update({f"baseline.{i}.{k}": v for k, v in own().items()})
+        return out
 
     @classmethod
-    def from_state(cls, name: str, tensors: dict[str, torch.Tensor], counts: str = "training") -> Blend:
-        if name not in BLENDABLE:
-            raise ValueError(f"unknown blend baseline {name!r}; blendable: {', '.join(BLENDABLE)}")
+    def from_state(cls, names: list[str], tensors: dict[str, torch.Tensor], counts: str = "training") -> Blend:
+        """The saved blend of ``names`` (the manifest's, in order); runs saved before stop 40 hold one
+        baseline as ``alpha`` and ``baseline.<key>``."""
+        unknown = [n for n in names if n not in BLENDABLE]
+        if unknown or not names:
+            raise ValueError(f"unknown blend baseline {unknown or names!r}; blendable: {', '.join(BLENDABLE)}")
         if counts not in ("training", "validation"):
             raise ValueError(f"unknown blend counts {counts!r}; expected 'training' or 'validation'")
-        own = {k.removeprefix("baseline."): v for k, v in tensors.items() if k.startswith("baseline.")}
-        # rounded: runs saved before stop 38 hold alpha in float32
-        return cls(name, BLENDABLE[name].from_state(own), round(float(tensors["alpha"]), 6),
-                   "validation" if counts == "validation" else "training")
+        if "alpha" in tensors:
+            tensors = {"weight.0": tensors["alpha"],
+                       **{f"baseline.0.{k.removeprefix('baseline.')}": v for k, v in tensors.items()
+                          if k.startswith("baseline.")}}
+        baselines: dict[str, ScoreFn] = {}
+        weights: dict[str, float] = {}
+        for i, name in enumerate(names):
+            own = {k.removeprefix(f"baseline.{i}."): v for k, v in tensors.items() if k.startswith(f"baseline.{i}.")}
+            baselines[name] = BLENDABLE[name].from_state(own)
+            weights[name] = round(float(tensors[f"weight.{i}"]), 6)  # rounded: runs before stop 38 hold float32
+        return cls(baselines, weights, "validation" if counts == "validation" else "training")
 
     def row(self, model: str) -> str:
         """The table row of this blend served with ``model``."""
-        return f"{model} + {self.baseline_name} (blend, alpha {self.alpha:g})"
+        weights = f"alpha {self.weights_text}" if len(self.weights) == 1 else f"weights {self.weights_text}"
+        return f"{model} + {self.baseline_name} (blend, {weights})"
 
-    def summary(self) -> dict[str, str | float]:
+    def summary(self) -> dict[str, str | float | dict[str, float]]:
         """What was chosen, as the manifest and the metrics say it."""
-        return {"baseline": self.baseline_name, "alpha": self.alpha}
+        return {"baseline": self.baseline_name, "alpha": self.alpha, "weights": dict(self.weights)}
 
     def notice(self, model: str, chosen_on: str = "validation") -> str:
         """The run's warning line saying that it serves this blend, not the model alone."""
         counts = ", its counts then refit through validation" if self.counts == "validation" else ""
-        return (f"served answers blend {model} with '{self.baseline_name}' (alpha {self.alpha:g}, chosen on "
+        weights = f"alpha {self.weights_text}" if len(self.weights) == 1 else f"weights {self.weights_text}"
+        return (f"served answers blend {model} with '{self.baseline_name}' ({weights}, chosen on "
                 f"{chosen_on}{counts}): the blend rows of the tables are what the run serves")
 
-    @property
-    def row_name(self) -> str | None:
-        """The test row of the blend's own baseline when its counts differ from the other baselines'
-        (which keep the model's training events): the served blend is read against it."""
-        return f"{self.baseline_name} (through validation)" if self.counts == "validation" else None
+    def own_rows(self) -> dict[str, ScoreFn]:
+        """The test rows of the blend's own baselines when their counts differ from the other baselines'
+        (which keep the model's training events): the served blend is read against them."""
+        if self.counts != "validation":
+            return {}
+        return {f"{name} (through validation)": fn for name, fn in self.baselines.items()}
 
 
 def served_row(model: str, blend: Blend | None) -> str:
@@ -117,25 +183,62 @@ def served_row(model: str, blend: Blend | None) -> str:
     return model if blend is None else blend.row(model)
 
 
+def blend_scores(model_fn: ScoreFn, blends: list[Blend | None]) -> ManyScoreFn:
+    """A batch's scores under each of ``blends`` in turn (None: the model alone), the model and each
+    baseline scored and standardised once per batch (``evaluation.ranking.evaluate_each``)."""
+    def score(batch: Batch) -> Iterator[torch.Tensor]:
+        raw = model_fn(batch)
+        z_model = standardise(raw.float())
+        z: dict[int, torch.Tensor] = {}  # by fitted baseline (two fits of one name may differ)
+        for blend in blends:
+            if blend is None:
+                yield raw
+                continue
+            for fn in blend.baselines.values():
+                if id(fn) not in z:
+                    z[id(fn)] = standardise(fn(batch).float())
+            yield blend.mix(raw, z_model, [z[id(fn)] for fn in blend.baselines.values()])
+
+    if hasattr(model_fn, "max_len"):
+        score.max_len = model_fn.max_len  # type: ignore[attr-defined]
+    return score
+
+
+Grid = dict[str, dict[float | str, float]]
+
+
 def choose_blend(
-    baselines: dict[str, ScoreFn], validate: Callable[[Blend | None], float]
-) -> tuple[Blend | None, dict[str, dict[float, float]]]:
-    """The (baseline, alpha) with the best validation score (``validate`` maps a blend, or None for
-    the model alone, to it; higher is better) among the blendable baselines and ``ALPHAS``; ties keep
-    the smaller alpha, so the model alone wins unless a blend is strictly better. Returns None when
-    alpha 0 is best, and the grid."""
-    grid: dict[str, dict[float, float]] = {}
-    best: tuple[float, float, str] | None = None
-    model_score = validate(None)
-    for name, fn in baselines.items():
-        if name not in BLENDABLE:
-            continue
-        grid[name] = {0.0: model_score}
-        for alpha in ALPHAS[1:]:
-            grid[name][alpha] = validate(Blend(name, fn, alpha))
-        for alpha, score in grid[name].items():
-            if best is None or (score, -alpha) > (best[0], -best[1]):
-                best = (score, alpha, name)
-    if best is None or best[1] == 0.0:
+    baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]]
+) -> tuple[Blend | None, Grid]:
+    """The blend with the best validation score among the blendable baselines (``validate`` maps
+    blends, None for the model alone, to their scores, higher is better; it is asked ``CHUNK`` at a
+    time, e.g. ``blend_scores`` over one pass). First each baseline alone over ``ALPHAS``; ties keep
+    the smaller alpha, so the model alone wins unless a blend is strictly better (None then). Then
+    the winner, at its alpha or a neighbouring one in ``ALPHAS``, beside each other blendable baseline
+    weighted from ``PAIR_ALPHAS``, kept only when strictly better than the single blend. Returns the
+    blend and the grid: {baseline(s): {weight(s): score}}, 0.0 being the model alone."""
+    names = [n for n in baselines if n in BLENDABLE]
+    singles = [Blend.of(n, baselines[n], a) for n in names for a in ALPHAS[1:]]
+    model_score, *scores = _validate(validate, [None, *singles])
+    grid: Grid = {n: {0.0: model_score} for n in names}
+    best: tuple[float, float, Blend | None] = (model_score, 0.0, None)
+    for blend, score in zip(singles, scores, strict=True):
+        grid[blend.baseline_name][blend.alpha] = score
+        best = max(best, (score, -blend.alpha, blend), key=lambda t: t[:2])
+    first = best[2]
+    if first is None:
         return None, grid
-    return Blend(best[2], baselines[best[2]], best[1]), grid
+    name = first.baseline_name
+    at = ALPHAS.index(first.alpha)
+    pairs = [Blend({name: baselines[name], other: baselines[other]}, {name: a, other: b})
+             for other in names if other != name for a in ALPHAS[max(at - 1, 1) : at + 2] for b in PAIR_ALPHAS
+             if a + b <= 1.0]
+    pair: tuple[float, float, Blend | None] = (float("-inf"), 0.0, None)
+    for blend, score in zip(pairs, _validate(validate, pairs), strict=True):
+        grid.setdefault(blend.baseline_name, {0.0: model_score})[blend.weights_text] = score
+        pair = max(pair, (score, -blend.alpha, blend), key=lambda t: t[:2])
+    return (pair[2] if pair[0] > best[0] else first), grid
+
+
+def _validate(validate: Callable[[list[Blend | None]], list[float]], blends: list) -> list[float]:
+    return [s for i in range(0, len(blends), CHUNK) for s in validate(blends[i : i + CHUNK])]

@@ -7,7 +7,7 @@ removed before ranking (the recommended protocol for Amazon Beauty; stated in ev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from shopformer.evaluation.baselines import repeat_targets
 from shopformer.evaluation.metrics import split_repeat_explore, summarise, target_ranks
 
 ScoreFn = Callable[[Batch], torch.Tensor]
+ManyScoreFn = Callable[[Batch], Iterator[torch.Tensor]]  # several systems' scores for one batch, in turn
 SCORE_BLOCK = 1 << 25  # most scores held at once by ``evaluate`` (floats; 128 MB)
 
 
@@ -59,7 +60,7 @@ def model_scorer(model: RankingModel) -> ScoreFn:
     return score
 
 
-def scorer_window(score_fn: ScoreFn, max_len: int) -> int:
+def scorer_window(score_fn: Callable[[Batch], object], max_len: int) -> int:
     """The history window to feed ``score_fn``: ``max_len``, but never more than the window of the
     model behind it (a scorer made from a model carries ``max_len``); baselines take ``max_len``."""
     own = getattr(score_fn, "max_len", None)
@@ -78,33 +79,54 @@ def evaluate(
 ) -> EvalResult:
     """Full-ranking metrics of ``score_fn`` on ``examples``, each from its last ``max_len`` events
     (capped to the model's own window when ``score_fn`` carries one, see ``scorer_window``)."""
-    max_len = scorer_window(score_fn, max_len)
+    def one(batch: Batch) -> Iterator[torch.Tensor]:
+        yield score_fn(batch)
+
+    if hasattr(score_fn, "max_len"):
+        one.max_len = score_fn.max_len  # type: ignore[attr-defined]
+    return evaluate_each(one, 1, seq, arrays, examples, n_items, max_len, cfg, bootstrap)[0]
+
+
+def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, arrays: EventArrays, examples: EvalExamples,
+                  n_items: int, max_len: int, cfg: EvalConfig, bootstrap: bool = True) -> list[EvalResult]:
+    """``evaluate`` for ``n_systems`` scorers that share work: ``score_many`` yields each system's
+    (B, V) scores for a batch in turn (e.g. a grid of blends standardising the model's and each
+    baseline's scores once per batch), and each is ranked before the next is asked for."""
+    max_len = scorer_window(score_many, max_len)
     examples = examples.head(cfg.max_users)
     kmax = max(cfg.ks)
-    ranks = np.empty(len(examples), dtype=np.int64)
-    topk = np.zeros((len(examples), kmax), dtype=np.int64)
-    top1 = np.zeros(len(examples), dtype=np.float64)
+    ranks = np.empty((n_systems, len(examples)), dtype=np.int64)
+    topk = np.zeros((n_systems, len(examples), kmax), dtype=np.int64)
+    top1 = np.zeros((n_systems, len(examples)), dtype=np.float64)
     targets_all = torch.from_numpy(seq.items[examples.pos].astype(np.int64))
     # rows per batch capped so a (rows, n_items + 1) score block stays within SCORE_BLOCK floats: at 1M
     # items 32 users at a time (128 MB) instead of eval.batch_size (2 GB, twice with the clone)
     per_block = max(1, min(cfg.batch_size, SCORE_BLOCK // (n_items + 1)))
     for idx, batch in history_batches(seq, arrays, examples, max_len, per_block, by_length=True):
-        scores = score_fn(batch).clone()  # (B, V)
-        if cfg.exclude_seen:
-            rows, items = seen_pairs(seq, examples, idx)
-            scores[torch.from_numpy(rows), torch.from_numpy(items)] = float("-inf")
+        seen = seen_pairs(seq, examples, idx) if cfg.exclude_seen else None
         targets = targets_all[idx]
-        ranks[idx] = target_ranks(scores, targets).numpy()
-        k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0 (padding)
-        best = scores.topk(k_top, dim=1)
-        topk[idx, :k_top] = best.indices.numpy()
-        top1[idx] = best.values[:, 0].double().numpy()
+        n = 0
+        for s, yielded in enumerate(score_many(batch)):
+            scores = yielded.clone()  # (B, V)
+            if seen is not None:
+                scores[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = float("-inf")
+            ranks[s, idx] = target_ranks(scores, targets).numpy()
+            k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0 (padding)
+            best = scores.topk(k_top, dim=1)
+            topk[s, idx, :k_top] = best.indices.numpy()
+            top1[s, idx] = best.values[:, 0].double().numpy()
+            n += 1
+        if n != n_systems:
+            raise ValueError(f"the scorer yielded {n} score blocks for {n_systems} systems")
     n_boot = cfg.bootstrap if bootstrap else 0
-    metrics = summarise(ranks, topk, n_items, cfg.ks, n_boot)
-    metrics["exclude_seen"] = cfg.exclude_seen
     # Repeat targets (the item is already in the user's full history) and explore targets (new to
     # the user) measured apart: shop logs are full of repeats, which heuristics get right for free.
     is_repeat = repeat_targets(seq, examples)
-    parts = split_repeat_explore(ranks, is_repeat, cfg.ks, n_boot)
-    metrics["repeat"], metrics["explore"] = parts["repeat"], parts["explore"]
-    return EvalResult(metrics, ranks, topk, is_repeat, top1)
+    out: list[EvalResult] = []
+    for s in range(n_systems):
+        metrics = summarise(ranks[s], topk[s], n_items, cfg.ks, n_boot)
+        metrics["exclude_seen"] = cfg.exclude_seen
+        parts = split_repeat_explore(ranks[s], is_repeat, cfg.ks, n_boot)
+        metrics["repeat"], metrics["explore"] = parts["repeat"], parts["explore"]
+        out.append(EvalResult(metrics, ranks[s], topk[s], is_repeat, top1[s]))
+    return out

@@ -24,7 +24,7 @@ text.neighbours    1,024 when the loss is full cross-entropy, the task next-item
                    (text.titles / text.attributes), else 0: each item's neighbours in the training sequences as
                    attributes (an item with few events shares theirs); a catalogue says it better (stop 35)
 train.blend        true unless ``train.refit``: the served answer mixes the model with its best blendable
-                   baseline when that scores higher on validation (evaluation/blend.py; alpha 0 = the model)
+                   baseline(s) when that scores higher on validation (evaluation/blend.py; alpha 0 = the model)
 =================  ==========================================================================================
 
 Keys given explicitly (``--set``, ``--model`` ...) are never changed.

@@ -21,8 +21,8 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
-from shopformer.evaluation.blend import Blend, choose_blend, served_row
-from shopformer.evaluation.ranking import ScoreFn, evaluate, model_scorer
+from shopformer.evaluation.blend import Blend, blend_scores, choose_blend, served_row
+from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each, model_scorer
 from shopformer.evaluation.report import baseline_warnings, test_warnings, write_report
 from shopformer.models import build_model
 from shopformer.models.base import SequenceModel
@@ -63,7 +63,7 @@ def evaluate_systems(
     """Test metrics of the model (and its served blend, if any) and the shop baselines on the same
     examples, each from the model's window. The baselines must be fitted on the events the model
     trained on; by default they are fitted here. A blend whose counts go through validation adds its
-    own baseline's row ("markov (through validation)"), to read the served row against."""
+    own baselines' rows ("markov (through validation)"), to read the served row against."""
     arrays = arrays or EventArrays.from_sequences(ds.seq, model.cfg.time_buckets)
     if baselines is None:
         baselines = _baselines(ds, split.training_end(cfg.train.refit))  # the events the model saw
@@ -71,8 +71,8 @@ def evaluate_systems(
     if blend is not None:
         systems[blend.row(cfg.model.name)] = blend.scorer(model_scorer(model))
     systems.update(baselines)
-    if blend is not None and blend.row_name is not None:
-        systems[blend.row_name] = blend.baseline
+    if blend is not None:
+        systems.update(blend.own_rows())
     return {
         name: evaluate(fn, ds.seq, arrays, split.test, ds.spec.n_items, model.max_len, cfg.eval).metrics
         for name, fn in systems.items()
@@ -94,17 +94,16 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
 
     model_fn = model_scorer(trained.model)
 
-    def validate(blend: Blend | None) -> float:
-        fn = model_fn if blend is None else blend.scorer(model_fn)
-        res = evaluate(fn, ds.seq, arrays, split.valid, ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
-        return float(res.metrics[cfg.train.monitor])
+    def validate(blends: list[Blend | None]) -> list[float]:
+        results = evaluate_each(blend_scores(model_fn, blends), len(blends), ds.seq, arrays, split.valid,
+                                ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
+        return [float(res.metrics[cfg.train.monitor]) for res in results]
 
     blend, grid = choose_blend(baselines, validate)
     if blend is not None and cfg.train.blend_counts == "validation":
-        name = blend.baseline_name
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
-                                 only={name})
-        blend = Blend(name, through[name], blend.alpha, counts="validation")
+                                 only=set(blend.weights))
+        blend = blend.with_baselines(through, "validation")
     chosen = {**blend.summary(), "counts": f"{blend.counts} events"} if blend else None
     return blend, {"chosen": chosen, "monitor": f"valid_{cfg.train.monitor}",
                    "grid": {name: {str(a): v for a, v in g.items()} for name, g in grid.items()}}
@@ -236,8 +235,8 @@ def run_experiment(
         test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,
                                                 ds.spec.n_items, trained.selected.max_len, cfg.eval).metrics
     valid_baselines, warnings = validation_warnings(trained, ds, split, cfg, arrays, fitted)
-    own_row = [blend.row_name] if blend is not None and blend.row_name else []
-    warnings += test_warnings(test, served_row(cfg.model.name, blend), [*fitted, *own_row], cfg.train.monitor)
+    own_rows = list(blend.own_rows()) if blend is not None else []
+    warnings += test_warnings(test, served_row(cfg.model.name, blend), [*fitted, *own_rows], cfg.train.monitor)
     if blend is not None:
         warnings.append(blend.notice(cfg.model.name))
     warnings = [*split.warnings, *warnings, *fit_warnings(trained.fit, cfg)]
