@@ -120,3 +120,23 @@ def test_train_multi_task_from_the_cli(trained) -> None:
                             "--target-behaviour", "no-such-behaviour", "--set", "split.kind=temporal",
                             "--set", "split.valid_start=0.8", "--set", "split.test_start=0.9", *TINY])
     assert r.exit_code == 2 and "no-such-behaviour" in r.output
+
+
+def test_blend_forms_bench_measures_the_blend_the_run_chose(trained, tmp_path, monkeypatch) -> None:
+    """bench/blend_forms.py on a saved run: its "served" form re-chooses exactly the run's blend (same grid,
+    same validation examples) and every form writes its test figures."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import blend_forms
+
+    out = tmp_path / "forms.jsonl"
+    blend_forms.main([str(trained / "run"), "--forms", "z,served,prob,gate", "--out", str(out)])
+    line = json.loads(out.read_text())
+    chosen = json.loads((trained / "run" / "metrics.json").read_text())["blend"]["chosen"]
+    served = line["served"]["chosen"]
+    assert (served is None) == (chosen is None)
+    if chosen is not None:
+        assert {k: served[k] for k in ("baseline", "weights")} == {k: chosen[k] for k in ("baseline", "weights")}
+        assert set(line["served"]["test"]) == {"ndcg@10", "hr@10"}
+    assert all(set(line[form]["test"]) == {"ndcg@10", "hr@10"} for form in ("z", "prob", "gate"))
