@@ -9,11 +9,11 @@ variance over finite scores; -inf, i.e. padding or removed items, stays -inf), s
 comparable. The weights are chosen on the validation examples the model was selected on, in two
 rounds (``choose_blend``): each blendable baseline alone over ``ALPHAS`` (0: the model alone, 1: the
 baseline alone), then the winner, at its weight or the neighbouring ones, beside each other blendable
-baseline weighted from ``PAIR_ALPHAS``.
-A pair is served only when it beats the best single blend on validation, a single blend only when
-it beats the model alone: the served answer is never worse than either on validation. The baselines'
-fitted state is saved with the run (``blend.safetensors``) so the recommender and the service score
-the same blend. Only baselines with a saveable state blend (``BLENDABLE``).
+baseline weighted from ``PAIR_ALPHAS``. A pair is served only when it beats the best single blend on
+validation, a single blend only when it beats the model alone: the served answer is never worse than
+either on validation. The baselines' fitted state is saved with the run (``blend.safetensors``) so
+the recommender and the service score the same blend. Only baselines with a saveable state blend
+(``BLENDABLE``).
 
 Every blend of the grid is ranked from one pass over the validation examples: the model and each
 baseline score a batch once (``blend_scores``), and each weighting is a sum of the standardised rows.
@@ -94,11 +94,11 @@ class Blend:
         """The blend from the model's raw and standardised scores and each baseline's standardised ones."""
         if self.alpha == 0.0:
             return model_scores
+        if len(z_baselines) == 1 and self.alpha == 1.0:  # the baseline alone
+            return z_baselines[0]
         terms = [w * z for w, z in zip(self.weights.values(), z_baselines, strict=True)]
         rest = 1.0 - sum(self.weights.values())
-        if len(terms) == 1 and self.alpha == 1.0:  # the baseline alone (no model term: 0 * -inf is nan)
-            return z_baselines[0]
-        out = rest * z_model if rest > 1e-9 else terms.pop(0)
+        out = rest * z_model if rest > 1e-9 else terms.pop(0)  # no model term at weight 0: 0 * -inf is nan
         for term in terms:
             out = out + term
         return out
