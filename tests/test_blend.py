@@ -190,6 +190,24 @@ def test_train_blend_serves_the_validation_tuned_mixture_end_to_end(tmp_path) ->
     manifest_path.write_text(json.dumps(manifest))
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
     assert r.exit_code == 0 and row in r.output and not any(t in r.output for t in through), r.output
+    # a run saved before stop 40 blended one baseline: no "weights" in its manifest, its state under "alpha"
+    # and "baseline.<key>"; it loads and serves the same answers
+    from safetensors.torch import load_file, save_file
+
+    from shopformer.atomic import sha256_file
+
+    assert len(chosen["weights"]) == 1  # this log's blend has one baseline
+    before = Recommender.load(tmp_path / "run" / "model").recommend_many([h], k=5)[0].items
+    path = tmp_path / "run" / "model" / "blend.safetensors"
+    state = load_file(str(path))
+    save_file({"alpha": state["weight.0"], **{k.replace("baseline.0.", "baseline.", 1): v for k, v in state.items()
+                                              if k.startswith("baseline.0.")}}, str(path))
+    del manifest["blend"]["weights"]
+    manifest["files"]["blend.safetensors"] = sha256_file(path)
+    manifest_path.write_text(json.dumps(manifest))
+    old = Recommender.load(tmp_path / "run" / "model")
+    assert old.run.blend is not None and old.run.blend.weights == chosen["weights"]
+    assert old.recommend_many([h], k=5)[0].items == before
 
 
 def test_multi_behaviour_runs_blend_too_and_serve_the_saved_blend(tmp_path) -> None:
@@ -286,7 +304,7 @@ def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -
     from shopformer.data.batches import EventArrays
     from shopformer.data.split import leave_one_out
     from shopformer.evaluation.baselines import shop_baselines
-    from shopformer.evaluation.blend import blend_scores
+    from shopformer.evaluation.blend import CHUNK, blend_chunk, blend_scores
     from shopformer.evaluation.ranking import evaluate, evaluate_each
 
     ds = cyclic_dataset(n_users=60, n_items=30)
@@ -310,3 +328,9 @@ def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -
         assert np.array_equal(res.ranks, alone.ranks) and np.array_equal(res.topk, alone.topk)
         assert res.metrics["ndcg@10"] == alone.metrics["ndcg@10"]
     assert len({float(r.metrics["ndcg@10"]) for r in together}) > 1  # the blends do rank differently
+    with pytest.raises(ValueError, match="more score blocks"):  # a scorer that yields more than it says
+        evaluate_each(blend_scores(model, blends), 2, ds.seq, arrays, split.test, 30, 8, cfg)
+    assert blend_chunk(22_363, 20) == CHUNK and blend_chunk(10**6, 20) == 6  # Beauty's validation; a million users
+    with pytest.raises(ValueError, match="differ"):  # weights are paired with baselines by position
+        Blend({"markov": fitted["markov"], "co-occurrence": fitted["co-occurrence"]},
+              {"co-occurrence": 0.1, "markov": 0.05})

@@ -49,7 +49,7 @@ from shopformer.evaluation.baselines import (
     majority_behaviour,
     shop_baselines,
 )
-from shopformer.evaluation.blend import Blend, blend_scores, choose_blend
+from shopformer.evaluation.blend import Blend, blend_chunk, blend_scores, choose_blend
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
 from shopformer.evaluation.metrics import metric_keys
 from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each
@@ -235,7 +235,7 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
         "recent items": RecentItems(np.arange(ctx.n_behaviours + 1) != PAD, ctx.counts(target)),
         "weighted recent items": ctx.weighted_recent(target),
     }
-    blend, grid = choose_blend(baselines, validate)
+    blend, grid = choose_blend(baselines, validate, blend_chunk(max(len(ex) for _, ex in questions), max(ecfg.ks)))
     return blend, {"chosen": blend.summary() if blend else None,
                    "monitor": f"valid_{cfg.train.monitor} (mean of next '{ctx.names[target - 1]}' item and next item)",
                    "behaviour": ctx.names[target - 1],

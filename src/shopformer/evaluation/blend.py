@@ -41,7 +41,8 @@ ALPHAS = (0.0, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 # Diginetica a co-occurrence weight of 0.2 beside weighted recent items won validation by 0.7% and lost
 # 6% on test (stop 40)
 PAIR_ALPHAS = (0.02, 0.03, 0.05, 0.08, 0.1)
-CHUNK = 25  # blends ranked per pass over the validation examples (each holds its top-k lists until the end)
+CHUNK = 25  # most blends ranked per pass over the validation examples (each holds its top-k lists until the end)
+CHUNK_BYTES = 1 << 30  # and at most this much of those lists at once (``blend_chunk``)
 BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]
                 | type[CoOccurrence]] = {
     "popularity": Popularity, "markov": Markov, "recent items": RecentItems,
@@ -89,6 +90,10 @@ class Blend:
     def weights_text(self) -> str:
         """'0.03' for one baseline, '0.03 / 0.05' for two (the grid's key and the rows' wording)."""
         return " / ".join(f"{w:g}" for w in self.weights.values())
+
+    def __post_init__(self) -> None:
+        if list(self.baselines) != list(self.weights):  # mix and state pair them by position
+            raise ValueError(f"blend baselines {list(self.baselines)} and weights {list(self.weights)} differ")
 
     def mix(self, model_scores: torch.Tensor, z_model: torch.Tensor, z_baselines: list[torch.Tensor]) -> torch.Tensor:
         """The blend from the model's raw and standardised scores and each baseline's standardised ones."""
@@ -207,19 +212,26 @@ def blend_scores(model_fn: ScoreFn, blends: list[Blend | None]) -> ManyScoreFn:
 Grid = dict[str, dict[float | str, float]]
 
 
+def blend_chunk(n_examples: int, kmax: int) -> int:
+    """How many blends one pass over ``n_examples`` may rank: ``CHUNK``, fewer where their ranks and
+    top-``kmax`` lists would pass ``CHUNK_BYTES`` (``evaluation.ranking.evaluate_each`` holds them all)."""
+    return max(1, min(CHUNK, CHUNK_BYTES // max(1, n_examples * (kmax + 2) * 8)))
+
+
 def choose_blend(
-    baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]]
+    baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]], chunk: int = CHUNK
 ) -> tuple[Blend | None, Grid]:
     """The blend with the best validation score among the blendable baselines (``validate`` maps
-    blends, None for the model alone, to their scores, higher is better; it is asked ``CHUNK`` at a
-    time, e.g. ``blend_scores`` over one pass). First each baseline alone over ``ALPHAS``; ties keep
-    the smaller alpha, so the model alone wins unless a blend is strictly better (None then). Then
-    the winner, at its alpha or a neighbouring one in ``ALPHAS``, beside each other blendable baseline
-    weighted from ``PAIR_ALPHAS``, kept only when strictly better than the single blend. Returns the
-    blend and the grid: {baseline(s): {weight(s): score}}, 0.0 being the model alone."""
+    blends, None for the model alone, to their scores, higher is better; it is asked ``chunk`` at a
+    time, e.g. ``blend_scores`` over one pass, ``blend_chunk`` sizing it). First each baseline alone
+    over ``ALPHAS``; ties keep the smaller alpha, so the model alone wins unless a blend is strictly
+    better (None then). Then the winner, at its alpha or a neighbouring one in ``ALPHAS``, beside each
+    other blendable baseline weighted from ``PAIR_ALPHAS``, kept only when strictly better than the
+    single blend. Returns the blend and the grid: {baseline(s): {weight(s): score}}, 0.0 being the
+    model alone."""
     names = [n for n in baselines if n in BLENDABLE]
     singles = [Blend.of(n, baselines[n], a) for n in names for a in ALPHAS[1:]]
-    model_score, *scores = _validate(validate, [None, *singles])
+    model_score, *scores = _validate(validate, [None, *singles], chunk)
     grid: Grid = {n: {0.0: model_score} for n in names}
     best: tuple[float, float, Blend | None] = (model_score, 0.0, None)
     for blend, score in zip(singles, scores, strict=True):
@@ -234,11 +246,11 @@ def choose_blend(
              for other in names if other != name for a in ALPHAS[max(at - 1, 1) : at + 2] for b in PAIR_ALPHAS
              if a + b <= 1.0]
     pair: tuple[float, float, Blend | None] = (float("-inf"), 0.0, None)
-    for blend, score in zip(pairs, _validate(validate, pairs), strict=True):
+    for blend, score in zip(pairs, _validate(validate, pairs, chunk), strict=True):
         grid.setdefault(blend.baseline_name, {0.0: model_score})[blend.weights_text] = score
         pair = max(pair, (score, -blend.alpha, blend), key=lambda t: t[:2])
     return (pair[2] if pair[0] > best[0] else first), grid
 
 
-def _validate(validate: Callable[[list[Blend | None]], list[float]], blends: list) -> list[float]:
-    return [s for i in range(0, len(blends), CHUNK) for s in validate(blends[i : i + CHUNK])]
+def _validate(validate: Callable[[list[Blend | None]], list[float]], blends: list, chunk: int) -> list[float]:
+    return [s for i in range(0, len(blends), chunk) for s in validate(blends[i : i + chunk])]

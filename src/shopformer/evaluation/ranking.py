@@ -107,6 +107,8 @@ def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, array
         targets = targets_all[idx]
         n = 0
         for s, yielded in enumerate(score_many(batch)):
+            if s >= n_systems:
+                raise ValueError(f"the scorer yielded more score blocks than its {n_systems} systems")
             scores = yielded.clone()  # (B, V)
             if seen is not None:
                 scores[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = float("-inf")

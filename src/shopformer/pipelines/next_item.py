@@ -21,7 +21,7 @@ from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
-from shopformer.evaluation.blend import Blend, blend_scores, choose_blend, served_row
+from shopformer.evaluation.blend import Blend, blend_chunk, blend_scores, choose_blend, served_row
 from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each, model_scorer
 from shopformer.evaluation.report import baseline_warnings, test_warnings, write_report
 from shopformer.models import build_model
@@ -99,7 +99,7 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
                                 ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
         return [float(res.metrics[cfg.train.monitor]) for res in results]
 
-    blend, grid = choose_blend(baselines, validate)
+    blend, grid = choose_blend(baselines, validate, blend_chunk(len(split.valid), max(ecfg.ks)))
     if blend is not None and cfg.train.blend_counts == "validation":
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
                                  only=set(blend.weights))
