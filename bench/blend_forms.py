@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     if "served" in wanted:
         fitted = shop_baselines(ds.seq, split.train_end, ds.spec.n_items, ds.spec.n_behaviours)
         t0 = time.perf_counter()
-        blend, report = tune_blend(Trained(run.model, FitResult(), np.zeros(ds.spec.n_items + 1), {}), ds, split,
-                                   cfg.override(train={"blend_counts": "training"}), arrays, fitted)
+        # the product's choice (on training counts), its baselines then refit through validation as it serves them
+        through, report = tune_blend(Trained(run.model, FitResult(), np.zeros(ds.spec.n_items + 1), {}), ds, split,
+                                     cfg.override(train={"blend_counts": "validation"}), arrays, fitted)
         line["served"] = {**report, "grid_seconds": round(time.perf_counter() - t0, 1)}
-        if blend is not None:
-            through = blend.with_baselines(shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items,
-                                                          ds.spec.n_behaviours, only=set(blend.weights)), "validation")
-            forms["served"], forms["served through"] = (lambda _: blend.scorer(model)), lambda _: through.scorer(model)
+        if through is not None:
+            strict = through.with_baselines(fitted, "training")
+            forms["served"], forms["served through"] = (lambda _: strict.scorer(model)), lambda _: through.scorer(model)
             line["served"]["test"] = metrics(ranks("served", 1, "test"))
             line["served"]["test_through_validation"] = metrics(ranks("served through", 1, "test"))
         print("served", report["chosen"], line["served"].get("test"), line["served"]["grid_seconds"], flush=True)

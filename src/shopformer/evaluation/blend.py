@@ -29,7 +29,7 @@ import torch
 
 from shopformer.data.batches import Batch
 from shopformer.evaluation.baselines import CoOccurrence, Markov, Popularity, RecentItems, WeightedRecentItems
-from shopformer.evaluation.ranking import ManyScoreFn
+from shopformer.evaluation.ranking import ManyScoreFn, keep_window
 
 ScoreFn = Callable[[Batch], torch.Tensor]
 # finer near 0: a light touch of a baseline is where blends win. Markov's standardised counts are large
@@ -118,8 +118,7 @@ class Blend:
         def score(batch: Batch) -> torch.Tensor:
             return self.combine(model_fn(batch), batch)
 
-        if hasattr(model_fn, "max_len"):  # keep the model's history window (evaluation.ranking.scorer_window)
-            score.max_len = model_fn.max_len  # type: ignore[attr-defined]
+        keep_window(score, model_fn)  # the model's history window (evaluation.ranking.scorer_window)
         return score
 
     def with_baselines(self, fitted: dict[str, ScoreFn], counts: Counts) -> Blend:
@@ -204,8 +203,7 @@ def blend_scores(model_fn: ScoreFn, blends: list[Blend | None]) -> ManyScoreFn:
                     z[id(fn)] = standardise(fn(batch).float())
             yield blend.mix(raw, z_model, [z[id(fn)] for fn in blend.baselines.values()])
 
-    if hasattr(model_fn, "max_len"):
-        score.max_len = model_fn.max_len  # type: ignore[attr-defined]
+    keep_window(score, model_fn)
     return score
 
 

@@ -60,6 +60,12 @@ def model_scorer(model: RankingModel) -> ScoreFn:
     return score
 
 
+def keep_window(wrapper: Callable[[Batch], object], inner: Callable[[Batch], object]) -> None:
+    """Give ``wrapper`` the history window of the scorer it wraps, if that one carries a window."""
+    if hasattr(inner, "max_len"):
+        wrapper.max_len = inner.max_len  # type: ignore[attr-defined]
+
+
 def scorer_window(score_fn: Callable[[Batch], object], max_len: int) -> int:
     """The history window to feed ``score_fn``: ``max_len``, but never more than the window of the
     model behind it (a scorer made from a model carries ``max_len``); baselines take ``max_len``."""
@@ -82,8 +88,7 @@ def evaluate(
     def one(batch: Batch) -> Iterator[torch.Tensor]:
         yield score_fn(batch)
 
-    if hasattr(score_fn, "max_len"):
-        one.max_len = score_fn.max_len  # type: ignore[attr-defined]
+    keep_window(one, score_fn)
     return evaluate_each(one, 1, seq, arrays, examples, n_items, max_len, cfg, bootstrap)[0]
 
 
