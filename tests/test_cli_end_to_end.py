@@ -140,3 +140,26 @@ def test_blend_forms_bench_measures_the_blend_the_run_chose(trained, tmp_path, m
         assert {k: served[k] for k in ("baseline", "weights")} == {k: chosen[k] for k in ("baseline", "weights")}
         assert set(line["served"]["test"]) == {"ndcg@10", "hr@10"}
     assert all(set(line[form]["test"]) == {"ndcg@10", "hr@10"} for form in ("z", "prob", "gate"))
+
+
+def test_blend_choice_bench_reproduces_the_run_choice(trained, tmp_path, monkeypatch) -> None:
+    """bench/blend_choice.py on a saved run: its "argmax" rule is the product's choice (the run's own blend), and
+    the oracle is the best test figure of every blend it ranked, the rules' choices among them."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import blend_choice
+
+    out = tmp_path / "choice.jsonl"
+    blend_choice.main([str(trained / "run"), "--out", str(out)])
+    line = json.loads(out.read_text())
+    chosen = json.loads((trained / "run" / "metrics.json").read_text())["blend"]["chosen"]
+    expected = ("model @ 0" if chosen is None else
+                f"{chosen['baseline']} @ " + " / ".join(f"{w:g}" for w in chosen["weights"].values()))
+    assert line["rules"]["argmax"]["blend"] == expected
+    table = line["table"]
+    assert all(set(v) == {"valid", "test"} for v in table.values())
+    assert {rule["blend"] for rule in line["rules"].values()} <= set(table)
+    best_test = max(v["test"]["ndcg@10"] for v in table.values())
+    assert line["rules"]["oracle"]["test"]["ndcg@10"] == best_test
+    assert len(table) > 50  # the model, every single blend, and the pairs both rules asked for

@@ -226,7 +226,8 @@ def choose_blend(
     better (None then). Then the winner, at its alpha or a neighbouring one in ``ALPHAS``, beside each
     other blendable baseline weighted from ``PAIR_ALPHAS``, kept only when strictly better than the
     single blend. Returns the blend and the grid: {baseline(s): {weight(s): score}}, 0.0 being the
-    model alone."""
+    model alone. (Scoring each cell by the mean of its grid neighbours, against flat surfaces, did no
+    better on test: ``bench/blend_choice.py``, stop 41.)"""
     names = [n for n in baselines if n in BLENDABLE]
     singles = [Blend.of(n, baselines[n], a) for n in names for a in ALPHAS[1:]]
     model_score, *scores = _validate(validate, [None, *singles], chunk)

@@ -1,0 +1,152 @@
+"""Which rule should choose the served blend's weights? Each rule's choice on a saved run, measured on test.
+
+    .venv/bin/python bench/blend_choice.py RUN_DIR [RUN_DIR ...] [--threads 1] [--out ...]
+
+The product chooses its blend by the raw argmax of validation NDCG@10 over a grid (``evaluation/blend.py``,
+``choose_blend``). Where that surface is flat, the argmax can land on a lucky cell at the grid's edge (Beauty
+seed 2, stop 40: nine pairs within 0.0002 on validation, the chosen one below Markov alone on test). Rules
+measured, each on the same validation figures (every blend is ranked once on validation and once on test,
+baselines counted on training events only, the strict no-refit protocol):
+
+- "argmax": ``choose_blend`` itself (the product);
+- "smooth": the same two rounds, each cell scored by the mean validation NDCG@10 of itself and its grid
+  neighbours (round one: the weights before and after it on each baseline's curve, the model alone being weight
+  0; round two: the 3 x 3 block around it in the grid of the round-one baseline's weight against the other
+  baseline's, whose first column, weight 0, holds the single blends); a blend is served only when its own
+  validation score also beats the model alone's;
+- "oracle": the blend with the best test NDCG@10 among all those ranked (the headroom; not a rule).
+
+Appends one line per run: each rule's choice with its validation and test NDCG@10 / HR@10, and every ranked
+blend's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, provenance
+
+from shopformer.artifacts import load_run
+from shopformer.data.batches import EventArrays
+from shopformer.data.corpus import load_dataset, make_split
+from shopformer.evaluation.baselines import shop_baselines
+from shopformer.evaluation.blend import (
+    ALPHAS,
+    BLENDABLE,
+    PAIR_ALPHAS,
+    Blend,
+    ScoreFn,
+    blend_chunk,
+    blend_scores,
+    choose_blend,
+)
+from shopformer.evaluation.ranking import evaluate_each, model_scorer
+
+Key = tuple[str, str]
+METRICS = ("ndcg@10", "hr@10")
+
+
+def key(blend: Blend | None) -> Key:
+    return ("model", "0") if blend is None else (blend.baseline_name, blend.weights_text)
+
+
+def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]]) -> Blend | None:
+    """The "smooth" rule (module docstring)."""
+    names = [n for n in baselines if n in BLENDABLE]
+    singles = {n: [Blend.of(n, baselines[n], a) for a in ALPHAS[1:]] for n in names}
+    curves = {n: validate([None, *singles[n]]) for n in names}  # index 0: the model alone
+    model_score = curves[names[0]][0]
+
+    def mean_around(values: np.ndarray, i: int, j: int) -> float:
+        return float(values[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].mean())
+
+    # round one: each baseline's curve over ALPHAS (index 0: the model alone), smoothed along the curve
+    cells = [(mean_around(np.array([curves[n]]), 0, i), -ALPHAS[i], n, i)
+             for n in names for i in range(1, len(ALPHAS)) if curves[n][i] > model_score]
+    if not cells:
+        return None
+    _, _, name, at = max(cells, key=lambda c: c[:2])
+    rows = list(range(max(at - 1, 1), min(at + 2, len(ALPHAS))))
+    best: tuple[float, float, Blend | None] = (float("-inf"), 0.0, None)
+    for other in names:
+        if other == name:
+            continue
+        # round two: rows = the winner's weight and its neighbours, columns = the other's weight (0: the single)
+        grid = np.full((len(rows), len(PAIR_ALPHAS) + 1), np.nan)
+        blends: dict[tuple[int, int], Blend] = {}
+        for r, i in enumerate(rows):
+            grid[r, 0] = curves[name][i]
+            blends[r, 0] = singles[name][i - 1]
+            for c, b in enumerate(PAIR_ALPHAS, start=1):
+                if ALPHAS[i] + b <= 1.0:
+                    blends[r, c] = Blend({name: baselines[name], other: baselines[other]}, {name: ALPHAS[i], other: b})
+        pairs = [(rc, bl) for rc, bl in blends.items() if rc[1] > 0]
+        asked: list[Blend | None] = [bl for _, bl in pairs]
+        for (rc, _), score in zip(pairs, validate(asked), strict=True):
+            grid[rc] = score
+        for (r, c), blend in blends.items():
+            smoothed = float(np.nanmean(grid[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]))
+            if grid[r, c] > model_score:
+                best = max(best, (smoothed, -blend.alpha, blend), key=lambda t: t[:2])
+    return best[2]
+
+
+def study(run_dir: Path) -> dict:
+    """Every rule's choice on one saved run, and every blend ranked on the way."""
+    run = load_run(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
+    ds = load_dataset(run.manifest["dataset_dir"])
+    cfg = run.config
+    split = make_split(ds, cfg)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    model = model_scorer(run.model)
+    fitted = shop_baselines(ds.seq, split.train_end, ds.spec.n_items, ds.spec.n_behaviours)
+    ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
+    chunk = blend_chunk(max(len(split.valid), len(split.test)), max(ecfg.ks))
+    table: dict[Key, dict[str, dict[str, float]]] = {}
+
+    def validate(blends: list[Blend | None]) -> list[float]:
+        """Validation NDCG@10 of each blend, ranking the ones not seen yet on validation and test."""
+        todo = list({key(b): b for b in blends if key(b) not in table}.values())
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            sides = {side: evaluate_each(blend_scores(model, part), len(part), ds.seq, arrays, examples,
+                                         ds.spec.n_items, run.model.max_len, ecfg, bootstrap=False)
+                     for side, examples in (("valid", split.valid), ("test", split.test))}
+            for j, blend in enumerate(part):
+                table[key(blend)] = {side: {m: float(res[j].metrics[m]) for m in METRICS}
+                                     for side, res in sides.items()}
+        return [table[key(b)]["valid"][cfg.train.monitor] for b in blends]
+
+    argmax, _ = choose_blend(fitted, validate, chunk)
+    chosen = {"argmax": key(argmax), "smooth": key(smooth_choice(fitted, validate)),
+              "oracle": max(table, key=lambda k: table[k]["test"]["ndcg@10"])}
+    rounded = {" @ ".join(k): {side: {m: round(v, 5) for m, v in ms.items()} for side, ms in sides.items()}
+               for k, sides in table.items()}
+    for rule, k in chosen.items():
+        print(run_dir, rule, " @ ".join(k), rounded[" @ ".join(k)], flush=True)
+    return {"run": str(run_dir), "seed": cfg.train.seed, "monitor": cfg.train.monitor,
+            "rules": {rule: {"blend": " @ ".join(k), **rounded[" @ ".join(k)]} for rule, k in chosen.items()},
+            "model_alone": rounded["model @ 0"], "table": rounded}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS / "blend_choice.jsonl")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for run_dir in args.runs:
+        line = {**provenance(__file__, argv), **study(run_dir)}
+        with args.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
