@@ -1,29 +1,35 @@
 """Which rule should choose the served blend's weights? Each rule's choice on a saved run, measured on test.
 
-    .venv/bin/python bench/blend_choice.py RUN_DIR [RUN_DIR ...] [--threads 1] [--out ...]
+    .venv/bin/python bench/blend_choice.py RUN_DIR [RUN_DIR ...] [--group TEXT] [--threads 1] [--out ...]
+    .venv/bin/python bench/blend_choice.py --report bench/results/blend_choice.jsonl   # the table, from the lines
 
-The product chooses its blend by the raw argmax of validation NDCG@10 over a grid (``evaluation/blend.py``,
-``choose_blend``). Where that surface is flat, the argmax can land on a lucky cell at the grid's edge (Beauty
-seed 2, stop 40: nine pairs within 0.0002 on validation, the chosen one below Markov alone on test). Rules
+The product chooses its blend by the raw argmax of its validation monitor (NDCG@10) over a grid
+(``evaluation/blend.py``, ``choose_blend``). Where that surface is flat, the argmax can land on a lucky cell at
+the grid's edge (Beauty seed 2, stop 40: nine pairs within 0.0002 on validation, the chosen one below Markov
+alone on test). Rules
 measured, each on the same validation figures (every blend is ranked once on validation and once on test,
 baselines counted on training events only, the strict no-refit protocol):
 
 - "argmax": ``choose_blend`` itself (the product);
-- "smooth": the same two rounds, each cell scored by the mean validation NDCG@10 of itself and its grid
+- "smooth": the same two rounds, each cell scored by the mean validation monitor of itself and its grid
   neighbours (round one: the weights before and after it on each baseline's curve, the model alone being weight
   0; round two: the 3 x 3 block around it in the grid of the round-one baseline's weight against the other
   baseline's, whose first column, weight 0, holds the single blends); a blend is served only when its own
-  validation score also beats the model alone's;
+  validation score also beats the model alone's. Cells at the grid's edge average fewer neighbours, so they are
+  smoothed less (the edge is where the argmax's lucky cells sit);
 - "oracle": the blend with the best test NDCG@10 among all those ranked (the headroom; not a rule).
 
 Appends one line per run: each rule's choice with its validation and test NDCG@10 / HR@10, and every ranked
-blend's figures.
+blend's figures. ``--report`` prints, from those lines, each rule's test figures by group (``--group``, e.g.
+"Beauty, default config") and a rule computed from the recorded table alone: the product's two rounds choosing on
+validation NDCG@10 + HR@10 instead of the monitor ("ndcg+hr"; every blend it asks for must be in the table).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +64,8 @@ def key(blend: Blend | None) -> Key:
 def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]]) -> Blend | None:
     """The "smooth" rule (module docstring)."""
     names = [n for n in baselines if n in BLENDABLE]
+    if not names:
+        return None
     singles = {n: [Blend.of(n, baselines[n], a) for a in ALPHAS[1:]] for n in names}
     curves = {n: validate([None, *singles[n]]) for n in names}  # index 0: the model alone
     model_score = curves[names[0]][0]
@@ -72,7 +80,8 @@ def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend 
         return None
     _, _, name, at = max(cells, key=lambda c: c[:2])
     rows = list(range(max(at - 1, 1), min(at + 2, len(ALPHAS))))
-    best: tuple[float, float, Blend | None] = (float("-inf"), 0.0, None)
+    # the round-one winner stands unless round two, which scores it again among its neighbours, finds better
+    best: tuple[float, float, Blend | None] = (float("-inf"), 0.0, singles[name][at - 1])
     for other in names:
         if other == name:
             continue
@@ -96,7 +105,7 @@ def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend 
     return best[2]
 
 
-def study(run_dir: Path) -> dict:
+def study(run_dir: Path, group: str) -> dict:
     """Every rule's choice on one saved run, and every blend ranked on the way."""
     run = load_run(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
     ds = load_dataset(run.manifest["dataset_dir"])
@@ -107,19 +116,19 @@ def study(run_dir: Path) -> dict:
     fitted = shop_baselines(ds.seq, split.train_end, ds.spec.n_items, ds.spec.n_behaviours)
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
     chunk = blend_chunk(max(len(split.valid), len(split.test)), max(ecfg.ks))
+    metrics = sorted({*METRICS, cfg.train.monitor})
     table: dict[Key, dict[str, dict[str, float]]] = {}
 
     def validate(blends: list[Blend | None]) -> list[float]:
-        """Validation NDCG@10 of each blend, ranking the ones not seen yet on validation and test."""
+        """The validation monitor of each blend, ranking the ones not seen yet on validation and test."""
         todo = list({key(b): b for b in blends if key(b) not in table}.values())
         for i in range(0, len(todo), chunk):
             part = todo[i : i + chunk]
-            sides = {side: evaluate_each(blend_scores(model, part), len(part), ds.seq, arrays, examples,
-                                         ds.spec.n_items, run.model.max_len, ecfg, bootstrap=False)
-                     for side, examples in (("valid", split.valid), ("test", split.test))}
-            for j, blend in enumerate(part):
-                table[key(blend)] = {side: {m: float(res[j].metrics[m]) for m in METRICS}
-                                     for side, res in sides.items()}
+            for side, examples in (("valid", split.valid), ("test", split.test)):  # one side's ranks held at a time
+                results = evaluate_each(blend_scores(model, part), len(part), ds.seq, arrays, examples,
+                                        ds.spec.n_items, run.model.max_len, ecfg, bootstrap=False)
+                for blend, res in zip(part, results, strict=True):
+                    table.setdefault(key(blend), {})[side] = {m: float(res.metrics[m]) for m in metrics}
         return [table[key(b)]["valid"][cfg.train.monitor] for b in blends]
 
     argmax, _ = choose_blend(fitted, validate, chunk)
@@ -129,21 +138,60 @@ def study(run_dir: Path) -> dict:
                for k, sides in table.items()}
     for rule, k in chosen.items():
         print(run_dir, rule, " @ ".join(k), rounded[" @ ".join(k)], flush=True)
-    return {"run": str(run_dir), "seed": cfg.train.seed, "monitor": cfg.train.monitor,
+    return {"run": str(run_dir), "group": group, "seed": cfg.train.seed, "monitor": cfg.train.monitor,
             "rules": {rule: {"blend": " @ ".join(k), **rounded[" @ ".join(k)]} for rule, k in chosen.items()},
             "model_alone": rounded["model @ 0"], "table": rounded}
 
 
+def rechoose(table: dict[str, dict[str, dict[str, float]]], score: Callable[[dict[str, float]], float]) -> str:
+    """A recorded line's choice by the product's two rounds under another validation score (e.g. NDCG@10 +
+    HR@10), read from its table (KeyError: a blend the rule asks for was not ranked)."""
+    names = [n for n in BLENDABLE if f"{n} @ {ALPHAS[1]:g}" in table]  # the run's blendable baselines, in order
+
+    def unused(batch: object) -> torch.Tensor:
+        raise AssertionError("a recorded table is never scored")
+
+    def validate(blends: list[Blend | None]) -> list[float]:
+        return [score(table[" @ ".join(key(b))]["valid"]) for b in blends]
+
+    blend, _ = choose_blend(dict.fromkeys(names, unused), validate)
+    return " @ ".join(key(blend))
+
+
+def report(path: Path) -> None:
+    """Each rule's test NDCG@10 / HR@10 by run and, averaged, by group (module docstring)."""
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for line in map(json.loads, path.read_text().splitlines()):
+        table = line["table"]
+        chosen = {rule: v["blend"] for rule, v in line["rules"].items()}
+        chosen["ndcg+hr"] = rechoose(table, lambda v: v["ndcg@10"] + v["hr@10"])
+        row = groups.setdefault(line.get("group", ""), {})
+        for rule, blend in chosen.items():
+            test = table[blend]["test"]
+            row.setdefault(rule, []).append((test["ndcg@10"], test["hr@10"]))
+            print(f"{line['run']} seed {line['seed']} {rule}: {blend}, "
+                  f"test {test['ndcg@10']:.4f} / {test['hr@10']:.4f}")
+    for group, rules in groups.items():
+        means = {rule: f"{statistics.mean(n for n, _ in v):.4f} / {statistics.mean(h for _, h in v):.4f}"
+                 for rule, v in rules.items()}
+        print(f"{group} ({len(next(iter(rules.values())))} runs): {means}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("runs", type=Path, nargs="*")
+    ap.add_argument("--group", default="", help="what the runs share, e.g. 'Beauty, default config'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "blend_choice.jsonl")
+    ap.add_argument("--report", type=Path, default=None, help="print the rules' figures from recorded lines")
     args = ap.parse_args(argv)
+    if args.report is not None:
+        report(args.report)
+        return
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for run_dir in args.runs:
-        line = {**provenance(__file__, argv), **study(run_dir)}
+        line = {**provenance(__file__, argv), **study(run_dir, args.group)}
         with args.out.open("a") as f:
             f.write(json.dumps(line) + "\n")
 

@@ -101,3 +101,43 @@ def test_multibehaviour_result_lines_replace_the_same_data_set(bench_modules, tm
     mb.write_record(path, {"dataset": "a", "x": 3})
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"dataset": "a", "x": 3},
                                                                       {"dataset": "b", "x": 2}]
+
+
+def _surface(blend) -> float:
+    """A validation surface with a lone spike (co-occurrence at 0.02) beside a plateau (Markov at 0.02-0.05)."""
+    if blend is None:
+        return 0.50
+    if len(blend.weights) == 2:
+        return 0.58
+    name, alpha = next(iter(blend.weights.items()))
+    return {"markov": {0.02: 0.60, 0.03: 0.61, 0.05: 0.60, 0.1: 0.55},
+            "co-occurrence": {0.02: 0.62, 0.03: 0.45}}[name].get(alpha, 0.40)
+
+
+def test_blend_choice_rules_on_a_surface_with_a_spike(monkeypatch) -> None:
+    """bench/blend_choice.py's rules: the argmax takes the spike, the smoothed rule the plateau (at its edge
+    cell, which averages fewer neighbours: the rule's known weakness), round one alone when one baseline blends;
+    ``rechoose`` reads the product's choice back from a recorded table."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import blend_choice
+
+    from shopformer.evaluation.blend import choose_blend
+
+    def fn(batch):
+        raise AssertionError("never scored")
+
+    asked: dict[str, dict[str, dict[str, float]]] = {}
+
+    def validate(blends):
+        scores = [_surface(b) for b in blends]
+        for b, s in zip(blends, scores, strict=True):
+            asked[" @ ".join(blend_choice.key(b))] = {"valid": {"ndcg@10": s, "hr@10": 0.0}}
+        return scores
+
+    both = {"markov": fn, "co-occurrence": fn, "category popularity": fn}
+    argmax, _ = choose_blend(both, validate)
+    assert blend_choice.key(argmax) == ("co-occurrence", "0.02")
+    assert blend_choice.key(blend_choice.smooth_choice(both, validate)) == ("markov", "0.02")
+    assert blend_choice.key(blend_choice.smooth_choice({"markov": fn}, validate)) == ("markov", "0.03")
+    assert blend_choice.smooth_choice({"category popularity": fn}, validate) is None
+    assert blend_choice.rechoose(asked, lambda v: v["ndcg@10"]) == "co-occurrence @ 0.02"

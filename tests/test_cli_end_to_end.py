@@ -162,4 +162,6 @@ def test_blend_choice_bench_reproduces_the_run_choice(trained, tmp_path, monkeyp
     assert {rule["blend"] for rule in line["rules"].values()} <= set(table)
     best_test = max(v["test"]["ndcg@10"] for v in table.values())
     assert line["rules"]["oracle"]["test"]["ndcg@10"] == best_test
-    assert len(table) > 50  # the model, every single blend, and the pairs both rules asked for
+    singles = {k.split(" @ ")[0] for k in table if " + " not in k and k != "model @ 0"}
+    assert {"markov", "co-occurrence"} <= singles  # every blendable baseline at every weight, at least
+    assert all(f"{name} @ {a:g}" in table for name in singles for a in blend_choice.ALPHAS[1:])
