@@ -19,8 +19,9 @@ baselines counted on training events only, the strict no-refit protocol):
   smoothed less (the edge is where the argmax's lucky cells sit);
 - "oracle": the blend with the best test NDCG@10 among all those ranked (the headroom; not a rule).
 
-Appends one line per run: each rule's choice with its validation and test NDCG@10 / HR@10, and every ranked
-blend's figures. ``--report`` prints, from those lines, each rule's test figures by group (``--group``, e.g.
+Appends one line per run: each rule's choice with its validation and test NDCG@10 / HR@10, every ranked
+blend's figures, and how often each side's targets are already in their history (``targets``). ``--report``
+prints, from those lines, each rule's test figures by group (``--group``, e.g.
 "Beauty, default config") and a rule computed from the recorded table alone: the product's two rounds choosing on
 validation NDCG@10 + HR@10 instead of the monitor ("ndcg+hr"; every blend it asks for must be in the table).
 """
@@ -40,6 +41,8 @@ from common import RESULTS, provenance
 from shopformer.artifacts import load_run
 from shopformer.data.batches import EventArrays
 from shopformer.data.corpus import load_dataset, make_split
+from shopformer.data.sequences import Sequences
+from shopformer.data.split import EvalExamples
 from shopformer.evaluation.baselines import shop_baselines
 from shopformer.evaluation.blend import (
     ALPHAS,
@@ -105,6 +108,19 @@ def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend 
     return best[2]
 
 
+def targets_seen(seq: Sequences, examples: EvalExamples) -> dict[str, float]:
+    """The share of ``examples`` whose target is already in the user's history, and the mean history length:
+    a test history is one event longer than its validation one (it ends with the validation item)."""
+    row_of_event = seq.user_row_of_event()
+    target_pos = np.full(seq.n_users, -1)
+    target_pos[examples.rows] = examples.pos
+    p = target_pos[row_of_event]  # each event's user's target position (-1: the user has no example)
+    before = (p >= 0) & (np.arange(len(seq.items)) < p)
+    seen = before & (seq.items == seq.items[np.maximum(p, 0)])
+    return {"share_in_history": round(len(np.unique(row_of_event[seen])) / max(len(examples), 1), 4),
+            "mean_history": round(float((examples.pos - seq.offsets[examples.rows]).mean()), 2)}
+
+
 def study(run_dir: Path, group: str) -> dict:
     """Every rule's choice on one saved run, and every blend ranked on the way."""
     run = load_run(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
@@ -140,7 +156,8 @@ def study(run_dir: Path, group: str) -> dict:
         print(run_dir, rule, " @ ".join(k), rounded[" @ ".join(k)], flush=True)
     return {"run": str(run_dir), "group": group, "seed": cfg.train.seed, "monitor": cfg.train.monitor,
             "rules": {rule: {"blend": " @ ".join(k), **rounded[" @ ".join(k)]} for rule, k in chosen.items()},
-            "model_alone": rounded["model @ 0"], "table": rounded}
+            "model_alone": rounded["model @ 0"], "table": rounded,
+            "targets": {side: targets_seen(ds.seq, ex) for side, ex in (("valid", split.valid), ("test", split.test))}}
 
 
 def rechoose(table: dict[str, dict[str, dict[str, float]]], score: Callable[[dict[str, float]], float]) -> str:
@@ -161,7 +178,9 @@ def rechoose(table: dict[str, dict[str, dict[str, float]]], score: Callable[[dic
 def report(path: Path) -> None:
     """Each rule's test NDCG@10 / HR@10 by run and, averaged, by group (module docstring)."""
     groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    targets: dict[str, dict] = {}
     for line in map(json.loads, path.read_text().splitlines()):
+        targets[line.get("group", "")] = line.get("targets", {})
         table = line["table"]
         chosen = {rule: v["blend"] for rule, v in line["rules"].items()}
         chosen["ndcg+hr"] = rechoose(table, lambda v: v["ndcg@10"] + v["hr@10"])
@@ -174,7 +193,7 @@ def report(path: Path) -> None:
     for group, rules in groups.items():
         means = {rule: f"{statistics.mean(n for n, _ in v):.4f} / {statistics.mean(h for _, h in v):.4f}"
                  for rule, v in rules.items()}
-        print(f"{group} ({len(next(iter(rules.values())))} runs): {means}")
+        print(f"{group} ({len(next(iter(rules.values())))} runs): {means}; targets in their history: {targets[group]}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,3 +141,25 @@ def test_blend_choice_rules_on_a_surface_with_a_spike(monkeypatch) -> None:
     assert blend_choice.key(blend_choice.smooth_choice({"markov": fn}, validate)) == ("markov", "0.03")
     assert blend_choice.smooth_choice({"category popularity": fn}, validate) is None
     assert blend_choice.rechoose(asked, lambda v: v["ndcg@10"]) == "co-occurrence @ 0.02"
+
+
+def test_blend_choice_counts_targets_already_in_their_history(monkeypatch) -> None:
+    """``targets_seen``: user 0 [1, 2, 1 | 3] repeats at validation (item 1 at position 2) but not at test;
+    user 1 [4, 5 | 5] repeats at test only."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import blend_choice
+    import numpy as np
+
+    from shopformer.data.sequences import Sequences
+    from shopformer.data.split import EvalExamples
+
+    items = np.array([1, 2, 1, 3, 4, 5, 5], dtype=np.int32)
+    seq = Sequences(users=np.arange(2, dtype=np.int32), offsets=np.array([0, 4, 7]), items=items,
+                    behaviours=np.ones(7, np.int8), times=np.arange(7), categories=np.zeros(7, np.int32),
+                    has_time=False)
+    valid = EvalExamples(np.array([0, 1]), np.array([2, 5]))
+    test = EvalExamples(np.array([0, 1]), np.array([3, 6]))
+    assert blend_choice.targets_seen(seq, valid) == {"share_in_history": 0.5, "mean_history": 1.5}
+    assert blend_choice.targets_seen(seq, test) == {"share_in_history": 0.5, "mean_history": 2.5}
+    only_test_repeat = EvalExamples(np.array([1]), np.array([6]))
+    assert blend_choice.targets_seen(seq, only_test_repeat)["share_in_history"] == 1.0

@@ -165,3 +165,5 @@ def test_blend_choice_bench_reproduces_the_run_choice(trained, tmp_path, monkeyp
     singles = {k.split(" @ ")[0] for k in table if " + " not in k and k != "model @ 0"}
     assert {"markov", "co-occurrence"} <= singles  # every blendable baseline at every weight, at least
     assert all(f"{name} @ {a:g}" in table for name in singles for a in blend_choice.ALPHAS[1:])
+    assert set(line["targets"]) == {"valid", "test"}
+    assert line["targets"]["test"]["mean_history"] > line["targets"]["valid"]["mean_history"]
