@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from pathlib import Path
 
 import polars as pl
@@ -187,6 +190,58 @@ def test_parquet_binary_ids_are_decoded_with_the_encoding(tmp_path: Path) -> Non
 def test_not_a_parquet_file(tmp_path: Path) -> None:
     path = write_bytes(tmp_path, "x.parquet", b"PAR1 this is not parquet")
     with pytest.raises(DataValidationError, match=r"x.parquet: not a readable Parquet file"):
+        ingest([path], OPTS)
+
+
+# -------------------------------------------------------------------------------- compressed files
+
+PLAIN = HEADER + b"u1,i1,pv,1600000000\nu2,i2,pv,1600000001\nu3,i3,pv,1600000002\n"
+PACK = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("kind", sorted(PACK))
+def test_compressed_csv_reads_as_the_plain_file(tmp_path: Path, kind: str) -> None:
+    plain = ingest([write_bytes(tmp_path, "e.csv", PLAIN)], OPTS)
+    packed = ingest([write_bytes(tmp_path, f"e.csv.{kind}", PACK[kind](PLAIN))], OPTS)
+    assert packed.events.equals(plain.events) and packed.counts == plain.counts
+
+
+def test_compression_is_known_by_its_bytes_and_lines_keep_their_numbers(tmp_path: Path) -> None:
+    """A gzip file named .csv still reads; a bad byte inside it costs its own row, by its decompressed line."""
+    data = PLAIN.replace(b"u2,", b"u\xff2,")
+    r = ingest([write_bytes(tmp_path, "misnamed.csv", gzip.compress(data))], OPTS)
+    assert r.events[S.USER].to_list() == ["u1", "u3"]
+    [(column, reason)] = rejects_at(r.rejects, 3)
+    offset = data.index(b"\xff")
+    assert column == "<record>" and f"byte offset {offset}" in reason
+
+
+def test_compressed_input_in_a_directory_and_in_another_encoding(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_bytes(folder, "a.jsonl.gz", gzip.compress(b'{"user_id": "u1", "item_id": "i1", "timestamp": 1600000000}\n'))
+    latin = "user_id,item_id,timestamp\nJosé,café,1600000001\n".encode("latin-1")
+    write_bytes(folder, "b.csv.bz2", bz2.compress(latin))
+    r = ingest([folder], IngestOptions(now=NOW, encoding="latin-1"))
+    assert r.events[S.USER].to_list() == ["u1", "José"] and r.events[S.ITEM].to_list() == ["i1", "café"]
+
+
+def test_truncated_or_corrupt_compressed_file_is_one_line_error(tmp_path: Path) -> None:
+    broken = {"cut.csv.gz": gzip.compress(PLAIN * 50)[:-40], "bad.csv.xz": lzma.compress(PLAIN)[:12] + b"junk" * 8}
+    for name, data in broken.items():
+        path = write_bytes(tmp_path, name, data)
+        with pytest.raises(DataValidationError) as err:
+            ingest([path], OPTS)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"{path}: cannot read it as ")
+
+
+def test_compressed_parquet_is_refused_with_a_reason(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1600000000]})
+    raw = tmp_path / "e.parquet"
+    frame.write_parquet(raw)
+    path = write_bytes(tmp_path, "e.parquet.gz", gzip.compress(raw.read_bytes()))
+    with pytest.raises(DataValidationError, match="compressed Parquet file is not read; decompress it first"):
         ingest([path], OPTS)
 
 

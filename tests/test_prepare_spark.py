@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from collections.abc import Iterator
@@ -85,6 +86,10 @@ def test_spark_demo_slice_and_errors(spark_local: None, tmp_path: Path) -> None:
     bad.write_text(ROWS)
     with pytest.raises(DataValidationError, match=r"bad.csv:5: timestamp: unparsable timestamp 'notatime' \(\+"):
         prepare_spark([bad], tmp_path / "strict", IngestOptions(now=NOW, strict=True))
-    with pytest.raises(DataValidationError, match="--engine spark reads UTF-8 CSV/TSV"):
+    with pytest.raises(DataValidationError, match="--engine spark reads uncompressed UTF-8 CSV/TSV"):
         prepare_spark([Path(__file__).resolve().parents[1] / "data" / "demo" / "beauty_head.txt"], tmp_path / "b",
                       IngestOptions(format="sequences"))
+    packed = tmp_path / "demo.csv.gz"
+    packed.write_bytes(gzip.compress(demo.read_bytes()))
+    with pytest.raises(DataValidationError, match="--engine spark reads uncompressed UTF-8 CSV/TSV"):
+        prepare_spark([packed], tmp_path / "gz", opts)

@@ -11,15 +11,23 @@ losing a line or changing a line number:
 
 Only encodings that write the ASCII punctuation the readers split on as ASCII bytes are accepted
 (UTF-8, GBK/GB18030, Big5, Shift-JIS, Latin-1, cp1252, ...); UTF-16/32 are refused with a hint.
+
+Compressed text inputs (gzip, bzip2, xz: public logs often ship as ``events.csv.gz``) are known by
+their first bytes, whatever their name, and always go through the UTF-8 copy, decompressed as a
+stream by the standard library; line numbers and byte offsets are those of the decompressed text.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
-from collections.abc import Iterator
+import gzip
+import io
+import lzma
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import polars as pl
 
@@ -29,6 +37,14 @@ from shopformer.data.options import DataValidationError
 UNDECODABLE = "_undecodable"  # the reason for a line that is not valid in the input's encoding
 _BLOCK = 1 << 22  # bytes read at a time (cut at the last newline)
 _ASCII_PROBE = "\n\r\t ,;|\"'{}[]:0123456789abcxyzABCXYZ_-."
+Opener = Callable[[str], io.BufferedIOBase]
+# (first bytes, name, the file class that reads it decompressed): what Python reads without another dependency
+_COMPRESSIONS: tuple[tuple[bytes, str, Opener], ...] = (
+    (b"\x1f\x8b", "gzip", gzip.GzipFile),
+    (b"BZh", "bzip2", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile),
+)
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")  # dropped before the extension names the format
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,14 @@ def check_encoding(name: str) -> str:
     return info.name
 
 
-def _blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def compression(path: str) -> tuple[str, Opener] | None:
+    """(name, opener) of a compressed file, known by its first bytes; None for a plain one."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next(((name, fn) for magic, name, fn in _COMPRESSIONS if head.startswith(magic)), None)
+
+
+def _blocks(f: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
     """(byte offset, block) pairs; each block ends with a newline (or the end of the file)."""
     offset, carry = 0, b""
     while data := f.read(_BLOCK):
@@ -105,12 +128,13 @@ def _reason(err: UnicodeDecodeError, offset: int, codec: str) -> str:
     return f"not valid {codec} text: byte(s) {bad} at byte offset {offset} ({hint})"
 
 
-def _transcode(path: str, codec: str, out: Path) -> pl.DataFrame:
-    """Write ``path`` as UTF-8 to ``out``; returns the undecodable lines (row, reason)."""
+def _transcode(path: str, codec: str, out: Path, opener: Opener | None = None) -> pl.DataFrame:
+    """Write ``path`` (read through ``opener``, a decompressor) as UTF-8 to ``out``; returns the undecodable
+    lines (row, reason)."""
     rows: list[int] = []
     reasons: list[str] = []
     line_no = 1
-    with open(path, "rb") as src, open(out, "wb") as dst:
+    with opener(path) if opener else open(path, "rb") as src, open(out, "wb") as dst:
         for offset, block in _blocks(src):
             try:
                 whole: str | None = block.decode(codec)
@@ -135,10 +159,17 @@ def _transcode(path: str, codec: str, out: Path) -> pl.DataFrame:
 
 
 def decode_text(path: str, encoding: str, workdir: Path, name: str) -> DecodedText:
-    """``path`` readable as UTF-8: in place when it already is valid UTF-8, else a copy in ``workdir``."""
+    """``path`` readable as UTF-8: in place when it already is valid, uncompressed UTF-8, else a
+    (decompressed) copy in ``workdir``."""
     codec = check_encoding(encoding)
     none = pl.DataFrame(schema={S.ROW: pl.Int64, UNDECODABLE: pl.String})
-    if codec == "utf-8" and _is_valid(path, codec):
+    packed = compression(path)
+    if packed is None and codec == "utf-8" and _is_valid(path, codec):
         return DecodedText(path, none)
     out = workdir / f"{name}.utf8"
-    return DecodedText(str(out), _transcode(path, codec, out))
+    if packed is None:
+        return DecodedText(str(out), _transcode(path, codec, out))
+    try:
+        return DecodedText(str(out), _transcode(path, codec, out, packed[1]))
+    except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, OSError) as err:  # truncated or corrupt
+        raise DataValidationError(f"{path}: cannot read it as {packed[0]}: {err}") from None

@@ -42,6 +42,7 @@ from shopformer.data.cleaning import (
     output_frame,
     window_bounds,
 )
+from shopformer.data.decoding import compression
 from shopformer.data.ingest import (
     FILE,
     ORDER,
@@ -153,9 +154,10 @@ def prepare_spark(
     out = Path(out_dir)
     _check_target(out, overwrite)
     files = expand_inputs(inputs, iopts.format)
-    if any(detect_format(f, iopts.format) not in ("csv", "tsv") for f in files) or iopts.encoding.lower() not in (
-            "utf-8", "utf8"):
-        raise DataValidationError("--engine spark reads UTF-8 CSV/TSV files; use --engine polars for other inputs")
+    if any(detect_format(f, iopts.format) not in ("csv", "tsv") or compression(f) for f in files) \
+            or iopts.encoding.lower() not in ("utf-8", "utf8"):
+        raise DataValidationError("--engine spark reads uncompressed UTF-8 CSV/TSV files; use --engine polars "
+                                  "for other inputs")
     window_bounds(copts, True, iopts.time_format)
     spark = _session(res)
     base = os.environ.get(SPARK_WORK_ENV) or str(out.parent)

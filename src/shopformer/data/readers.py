@@ -32,7 +32,14 @@ from pathlib import Path
 import polars as pl
 
 from shopformer.data import schema as S
-from shopformer.data.decoding import UNDECODABLE, DecodedText, check_encoding, decode_text
+from shopformer.data.decoding import (
+    COMPRESSED_SUFFIXES,
+    UNDECODABLE,
+    DecodedText,
+    check_encoding,
+    compression,
+    decode_text,
+)
 from shopformer.data.options import (
     DataValidationError,
     Format,
@@ -100,7 +107,7 @@ def expand_inputs(paths: Sequence[str | Path], fmt: Format = "auto") -> list[str
                 key=lambda f: f.name,
             )
             if fmt == "auto":
-                files = [f for f in files if f.suffix.lower() in _EXT_FORMAT]
+                files = [f for f in files if data_suffix(f) in _EXT_FORMAT]
             if not files:
                 exts = " ".join(sorted(set(_EXT_FORMAT)))
                 raise DataValidationError(
@@ -117,11 +124,19 @@ def expand_inputs(paths: Sequence[str | Path], fmt: Format = "auto") -> list[str
     return out
 
 
+def data_suffix(path: str | Path) -> str:
+    """The extension that names the format: ``events.csv.gz`` -> ``.csv`` (a compression's suffix dropped)."""
+    p = Path(path)
+    if p.suffix.lower() in COMPRESSED_SUFFIXES:
+        p = p.with_suffix("")
+    return p.suffix.lower()
+
+
 def detect_format(path: str | Path, fmt: Format) -> str:
-    """``fmt`` unless it is ``auto``; then the file extension decides."""
+    """``fmt`` unless it is ``auto``; then the file extension decides (``.csv.gz`` reads as CSV)."""
     if fmt != "auto":
         return fmt
-    ext = Path(path).suffix.lower()
+    ext = data_suffix(path)
     if ext not in _EXT_FORMAT:
         raise DataValidationError(f"{path}: cannot tell the format from {ext!r}; pass --format")
     return _EXT_FORMAT[ext]
@@ -144,7 +159,7 @@ def sniff_delimiter(first_line: str, fmt: str, path: str) -> str:
     """The extension's delimiter if it occurs on the first line, else the most frequent candidate."""
     if fmt == "tsv":
         return "\t"
-    if Path(path).suffix.lower() == ".csv" and "," in first_line:
+    if data_suffix(path) == ".csv" and "," in first_line:
         return ","
     counts = {d: first_line.count(d) for d in _SNIFF_DELIMITERS}
     best = max(counts, key=lambda d: counts[d])
@@ -356,6 +371,9 @@ def scan_events(paths: Sequence[str | Path], options: IngestOptions | None = Non
         for idx, path in enumerate(files):
             fmt = detect_format(path, opts.format)
             try:
+                if fmt == "parquet" and compression(path) is not None:
+                    raise DataValidationError(f"{path}: a compressed Parquet file is not read; decompress it "
+                                              "first (Parquet compresses its own columns)")
                 text = None if fmt == "parquet" else decode_text(path, opts.encoding, Path(work), str(idx))
                 lf, info = _read_one(_Input(idx, path, text), fmt, opts)
             except OSError as err:
