@@ -36,14 +36,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, provenance
+from common import RESULTS, provenance, saved_run
 
-from shopformer.artifacts import load_run
 from shopformer.data.batches import EventArrays
-from shopformer.data.corpus import load_dataset, make_split
+from shopformer.data.corpus import make_split
 from shopformer.data.sequences import Sequences
 from shopformer.data.split import EvalExamples
-from shopformer.evaluation.baselines import shop_baselines
+from shopformer.evaluation.baselines import repeat_targets, shop_baselines
 from shopformer.evaluation.blend import (
     ALPHAS,
     BLENDABLE,
@@ -56,12 +55,12 @@ from shopformer.evaluation.blend import (
 )
 from shopformer.evaluation.ranking import evaluate_each, model_scorer
 
-Key = tuple[str, str]
 METRICS = ("ndcg@10", "hr@10")
 
 
-def key(blend: Blend | None) -> Key:
-    return ("model", "0") if blend is None else (blend.baseline_name, blend.weights_text)
+def key(blend: Blend | None) -> str:
+    """A blend's name in the recorded table: "markov + co-occurrence @ 0.03 / 0.05", "model @ 0"."""
+    return "model @ 0" if blend is None else f"{blend.baseline_name} @ {blend.weights_text}"
 
 
 def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]]) -> Blend | None:
@@ -111,20 +110,14 @@ def smooth_choice(baselines: dict[str, ScoreFn], validate: Callable[[list[Blend 
 def targets_seen(seq: Sequences, examples: EvalExamples) -> dict[str, float]:
     """The share of ``examples`` whose target is already in the user's history, and the mean history length:
     a test history is one event longer than its validation one (it ends with the validation item)."""
-    row_of_event = seq.user_row_of_event()
-    target_pos = np.full(seq.n_users, -1)
-    target_pos[examples.rows] = examples.pos
-    p = target_pos[row_of_event]  # each event's user's target position (-1: the user has no example)
-    before = (p >= 0) & (np.arange(len(seq.items)) < p)
-    seen = before & (seq.items == seq.items[np.maximum(p, 0)])
-    return {"share_in_history": round(len(np.unique(row_of_event[seen])) / max(len(examples), 1), 4),
+    repeats = repeat_targets(seq, examples)
+    return {"share_in_history": round(float(repeats.mean()) if len(repeats) else 0.0, 4),
             "mean_history": round(float((examples.pos - seq.offsets[examples.rows]).mean()), 2)}
 
 
 def study(run_dir: Path, group: str) -> dict:
     """Every rule's choice on one saved run, and every blend ranked on the way."""
-    run = load_run(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
-    ds = load_dataset(run.manifest["dataset_dir"])
+    run, ds = saved_run(run_dir)
     cfg = run.config
     split = make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
@@ -133,7 +126,7 @@ def study(run_dir: Path, group: str) -> dict:
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
     chunk = blend_chunk(max(len(split.valid), len(split.test)), max(ecfg.ks))
     metrics = sorted({*METRICS, cfg.train.monitor})
-    table: dict[Key, dict[str, dict[str, float]]] = {}
+    table: dict[str, dict[str, dict[str, float]]] = {}
 
     def validate(blends: list[Blend | None]) -> list[float]:
         """The validation monitor of each blend, ranking the ones not seen yet on validation and test."""
@@ -150,12 +143,12 @@ def study(run_dir: Path, group: str) -> dict:
     argmax, _ = choose_blend(fitted, validate, chunk)
     chosen = {"argmax": key(argmax), "smooth": key(smooth_choice(fitted, validate)),
               "oracle": max(table, key=lambda k: table[k]["test"]["ndcg@10"])}
-    rounded = {" @ ".join(k): {side: {m: round(v, 5) for m, v in ms.items()} for side, ms in sides.items()}
+    rounded = {k: {side: {m: round(v, 5) for m, v in ms.items()} for side, ms in sides.items()}
                for k, sides in table.items()}
     for rule, k in chosen.items():
-        print(run_dir, rule, " @ ".join(k), rounded[" @ ".join(k)], flush=True)
+        print(run_dir, rule, k, rounded[k], flush=True)
     return {"run": str(run_dir), "group": group, "seed": cfg.train.seed, "monitor": cfg.train.monitor,
-            "rules": {rule: {"blend": " @ ".join(k), **rounded[" @ ".join(k)]} for rule, k in chosen.items()},
+            "rules": {rule: {"blend": k, **rounded[k]} for rule, k in chosen.items()},
             "model_alone": rounded["model @ 0"], "table": rounded,
             "targets": {side: targets_seen(ds.seq, ex) for side, ex in (("valid", split.valid), ("test", split.test))}}
 
@@ -169,10 +162,10 @@ def rechoose(table: dict[str, dict[str, dict[str, float]]], score: Callable[[dic
         raise AssertionError("a recorded table is never scored")
 
     def validate(blends: list[Blend | None]) -> list[float]:
-        return [score(table[" @ ".join(key(b))]["valid"]) for b in blends]
+        return [score(table[key(b)]["valid"]) for b in blends]
 
     blend, _ = choose_blend(dict.fromkeys(names, unused), validate)
-    return " @ ".join(key(blend))
+    return key(blend)
 
 
 def report(path: Path) -> None:

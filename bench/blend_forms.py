@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS, provenance
+from common import RESULTS, provenance, saved_run
 
-from shopformer.artifacts import load_run
 from shopformer.data.batches import Batch, EventArrays
-from shopformer.data.corpus import load_dataset, make_split
+from shopformer.data.corpus import make_split
 from shopformer.evaluation.baselines import Markov, shop_baselines
 from shopformer.evaluation.blend import ALPHAS, Blend
 from shopformer.evaluation.metrics import per_example
@@ -70,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "blend_forms.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    run = load_run(args.run / "model" if (args.run / "model").is_dir() else args.run)
-    ds = load_dataset(run.manifest["dataset_dir"])
+    run, ds = saved_run(args.run)
     cfg = run.config
     split = make_split(ds, cfg)
     arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from shopformer.artifacts import Run, load_run
 from shopformer.data.corpus import Dataset, load_dataset
 from shopformer.data.ingest import IngestOptions
 from shopformer.data.prepare import prepare
@@ -36,6 +37,12 @@ def load_or_prepare(raw: Path, options: IngestOptions, cache: Path = CACHE) -> D
     if not (out / "stats.json").exists():
         prepare([raw], out, options, overwrite=True)
     return load_dataset(out)
+
+
+def saved_run(run_dir: Path) -> tuple[Run, Dataset]:
+    """A run written by ``shopformer train`` (its folder or its ``model/`` folder) and the dataset it names."""
+    run = load_run(run_dir / "model" if (run_dir / "model").is_dir() else run_dir)
+    return run, load_dataset(run.manifest["dataset_dir"])
 
 
 def rel(path: Path | str) -> str:

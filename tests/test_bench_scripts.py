@@ -131,14 +131,14 @@ def test_blend_choice_rules_on_a_surface_with_a_spike(monkeypatch) -> None:
     def validate(blends):
         scores = [_surface(b) for b in blends]
         for b, s in zip(blends, scores, strict=True):
-            asked[" @ ".join(blend_choice.key(b))] = {"valid": {"ndcg@10": s, "hr@10": 0.0}}
+            asked[blend_choice.key(b)] = {"valid": {"ndcg@10": s, "hr@10": 0.0}}
         return scores
 
     both = {"markov": fn, "co-occurrence": fn, "category popularity": fn}
     argmax, _ = choose_blend(both, validate)
-    assert blend_choice.key(argmax) == ("co-occurrence", "0.02")
-    assert blend_choice.key(blend_choice.smooth_choice(both, validate)) == ("markov", "0.02")
-    assert blend_choice.key(blend_choice.smooth_choice({"markov": fn}, validate)) == ("markov", "0.03")
+    assert blend_choice.key(argmax) == "co-occurrence @ 0.02"
+    assert blend_choice.key(blend_choice.smooth_choice(both, validate)) == "markov @ 0.02"
+    assert blend_choice.key(blend_choice.smooth_choice({"markov": fn}, validate)) == "markov @ 0.03"
     assert blend_choice.smooth_choice({"category popularity": fn}, validate) is None
     assert blend_choice.rechoose(asked, lambda v: v["ndcg@10"]) == "co-occurrence @ 0.02"
 
