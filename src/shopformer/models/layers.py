@@ -23,7 +23,7 @@ class InputEmbedding(nn.Module):
     changes a representation, and nothing about later events leaks into earlier positions.
     ``model.positions = "end"`` counts back from the newest event instead (SASRec's left-padded
     windows): then a training position also knows how many events follow it in the window,
-    never which. Measured below "start" on Beauty (README, stop 27).
+    never which. Measured below "start" on Beauty (docs/measurements.md, stop 27).
     """
 
     def __init__(self, cfg: ModelConfig, spec: DataSpec) -> None:

@@ -126,8 +126,8 @@ def derive(stats: DataStats, cfg: Config, seq: Sequences, train_end: np.ndarray)
     next_item = cfg.task.kind == "next-item"
     neighbours = MAX_ATTRIBUTES if not sampled and next_item and not catalogue else 0
     # BSARec's filter: published on Amazon review logs (Beauty, Sports, Toys) among others; here it lifted Beauty
-    # (no repeats) and lowered Diginetica (23% repeats) on the test split (README, stop 35). Measured with
-    # next-item SASRec only, so set for that alone.
+    # (no repeats) and lowered Diginetica (23% repeats) on the test split (docs/measurements.md, stop 35).
+    # Measured with next-item SASRec only, so set for that alone.
     no_repeats = stats.repeat_share < REPEAT_SHARE
     freq_mix = FREQ_MIX if no_repeats and next_item and cfg.model.name == "sasrec" else 0.0
     return {
