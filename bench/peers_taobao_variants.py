@@ -1,12 +1,15 @@
 """Why does shopformer trail RecBole on the Taobao `pv` 300-user slice? The peers stage's config, one change at a time.
 
-    .venv/bin/python bench/peers_taobao_variants.py VARIANT  # base | stride | b16 | b16-nogap | b16-untied | b16-init02
+    .venv/bin/python bench/peers_taobao_variants.py VARIANT [SEED]
+
+VARIANT: base | stride | b16 | b16-nogap | b16-untied | b16-init02 | b16-init02-cos; SEED: 42 unless given.
 
 ``base``: bench/peers.py's shopformer stage at batch 256 (its 20-step warm-up, patience 10); ``b16``: batch 16;
 ``stride``: training windows every max_len / 5 events instead of every max_len, so most targets train with a long
 context as RecBole's every-prefix samples do; ``nogap``: no time-gap embedding (RecBole has none); ``untied``: its
 own output table; ``init02``: every embedding table initialised with std 0.02 (RecBole's ``initializer_range``)
-instead of 1 / sqrt(dim). Prints one JSON line (append it to bench/results/peers_taobao_variants.jsonl).
+instead of 1 / sqrt(dim); ``cos``: cosine scoring (``model.cosine``). Prints one JSON line (append it to
+bench/results/peers_taobao_variants.jsonl).
 """
 import functools
 import json
@@ -29,6 +32,7 @@ from shopformer.pipelines.next_item import train_next_item
 
 def main() -> None:
     variant = sys.argv[1]
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 42
     torch.set_num_threads(1)
     work = Path(__file__).resolve().parents[1] / "out" / "taobao_gap"
     work.mkdir(parents=True, exist_ok=True)
@@ -37,9 +41,10 @@ def main() -> None:
     m = peers.MODEL
     model = {"name": "sasrec", "dim": m["dim"], "layers": m["layers"], "heads": m["heads"], "dropout": m["dropout"],
              "emb_dropout": m["dropout"], "max_len": m["max_len"], "tie_output": "untied" not in variant,
-             "use_time_gap": "nogap" not in variant, "init_std": 0.02 if "init02" in variant else None}
+             "use_time_gap": "nogap" not in variant, "init_std": 0.02 if "init02" in variant else None,
+             "cosine": "cos" in variant}
     train = {"epochs": 60, "batch_size": 16 if "b16" in variant else 256, "learning_rate": 0.002,
-             "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": 42, "threads": 1}
+             "schedule": "cosine", "warmup_steps": 20, "patience": 10, "seed": seed, "threads": 1}
     if "stride" in variant:
         # windows ending every max_len // 5 events, so most targets train with a long context;
         # make_train_loader looks training_windows up at call time
@@ -51,9 +56,9 @@ def main() -> None:
     tr = train_next_item(ds, cfg, split, arrays, progress=False)
     test = evaluate(model_scorer(tr.model), ds.seq, arrays, split.test, ds.spec.n_items, cfg.model.max_len,
                     cfg.eval).metrics
-    command = f".venv/bin/python bench/peers_taobao_variants.py {variant}"
+    command = f".venv/bin/python bench/peers_taobao_variants.py {variant}" + (f" {seed}" if seed != 42 else "")
     print(json.dumps({"bench": "peers_taobao_variants", "command": command,
-                      "variant": variant, "valid": round(tr.valid["ndcg@10"], 5),
+                      "variant": variant, "seed": seed, "valid": round(tr.valid["ndcg@10"], 5),
                       "test": round(float(test["ndcg@10"]), 5),
                       "test_hr10": round(float(test["hr@10"]), 5), "best_epoch": tr.fit.best_epoch,
                       "epochs": tr.fit.epochs, "stopped_by": tr.fit.stopped_by,

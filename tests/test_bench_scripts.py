@@ -163,3 +163,23 @@ def test_blend_choice_counts_targets_already_in_their_history(monkeypatch) -> No
     assert blend_choice.targets_seen(seq, test) == {"share_in_history": 0.5, "mean_history": 2.5}
     only_test_repeat = EvalExamples(np.array([1]), np.array([6]))
     assert blend_choice.targets_seen(seq, only_test_repeat)["share_in_history"] == 1.0
+
+
+def test_blend_speed_checks_both_forms_agree_before_timing_them(monkeypatch, tmp_path: Path) -> None:
+    """bench/blend_speed.py times stop 41's kernels beside today's only after checking they give the same
+    floats; a line per catalogue size, with its command, lands in --out."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import blend_speed
+
+    out = tmp_path / "speed.jsonl"
+    monkeypatch.setattr(sys, "argv", ["blend_speed.py", "--items", "300", "1000", "--rows", "8", "--repeat", "1",
+                                      "--out", str(out)])
+    blend_speed.main()
+    lines = records(out)
+    assert [line["items"] for line in lines] == [300, 1000]
+    assert all(line["command"].startswith(".venv/bin/python bench/blend_speed.py") for line in lines)
+    assert all(line[k]["speedup"] > 0 for line in lines for k in ("standardise", "target_ranks"))
+    broken = blend_speed.standardise_s41
+    monkeypatch.setattr(blend_speed, "standardise_s41", lambda s: broken(s) * 1.0001)
+    with pytest.raises(AssertionError):
+        blend_speed.main()

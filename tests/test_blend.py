@@ -33,6 +33,29 @@ def test_standardise_rows_and_keeps_minus_inf() -> None:
     assert torch.equal(z[0, 1:].argsort(), s[0, 1:].argsort())  # order within a row unchanged
 
 
+def test_standardise_equals_the_plain_formula_bit_for_bit() -> None:
+    """The in-place version must give the very floats of the plain masked formula (the blends chosen on
+    saved runs depend on them), whatever is non-finite: -inf, +inf, nan, whole rows, constant rows."""
+    torch.manual_seed(0)
+    s = torch.randn(6, 50) * 3 + 1
+    s[:, 0] = float("-inf")
+    s[1, 5:20] = float("-inf")
+    s[2, 7], s[2, 9] = float("inf"), float("nan")
+    s[3] = float("-inf")
+    s[4, 1:] = 2.5
+    s[5] = s[5].double().float()
+    finite = torch.isfinite(s)
+    x = torch.where(finite, s, torch.zeros_like(s))
+    n = finite.sum(1, keepdim=True).clamp(min=1)
+    mean = x.sum(1, keepdim=True) / n
+    var = (torch.where(finite, x - mean, torch.zeros_like(x)) ** 2).sum(1, keepdim=True) / n
+    plain = torch.where(finite, (x - mean) / var.sqrt().clamp(min=1e-12), torch.tensor(float("-inf")))
+    z = standardise(s)
+    assert torch.equal(z, plain)
+    assert torch.isfinite(s[0, 1:]).all() and s[2, 7] == float("inf"), "the input is left as it was"
+    assert torch.equal(standardise(s.double()), plain), "float64 scores are standardised in float32"
+
+
 @pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items", "co-occurrence"])
 def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     seq, end = _seq(), np.array([4, 7, 10])

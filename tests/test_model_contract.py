@@ -37,13 +37,15 @@ def model_cfg(name: str) -> ModelConfig:
     name, _, variant = name.partition(":")
     extra = {"post-ln": {"norm": "post"}, "ligr": {"norm": "ligr"}, "untied": {"tie_output": False},
              "positions-end": {"positions": "end"}, "members": {"members": 2},
-             "freq": {"freq_mix": 0.7, "freq_keep": 3}, "": {}}[variant]
+             "freq": {"freq_mix": 0.7, "freq_keep": 3}, "cosine": {"cosine": True},
+             "members-cosine": {"members": 2, "cosine": True}, "": {}}[variant]
     return ModelConfig(name=name, dim=16, layers=2, heads=2, max_len=L, dropout=0.1, emb_dropout=0.1,
                        use_category=True, **extra)
 
 
 @pytest.fixture(params=[*sorted(REGISTRY), "sasrec:post-ln", "sasrec:ligr", "sasrec:untied", "bert4rec:untied",
-                        "sasrec:positions-end", "sasrec:members", "sasrec:freq", "bert4rec:freq"])
+                        "sasrec:positions-end", "sasrec:members", "sasrec:freq", "bert4rec:freq",
+                        "sasrec:cosine", "sasrec:members-cosine", "bert4rec:cosine"])
 def model(request: pytest.FixtureRequest):
     torch.manual_seed(0)
     return build_model(model_cfg(request.param), SPEC)
@@ -308,3 +310,28 @@ def test_an_ensemble_scores_as_the_sum_of_its_members_and_trains_each_on_its_own
         assert torch.allclose(2 * mine.grad, alone.grad, atol=1e-5)
     with pytest.raises(ValueError, match="members"):
         build_model(ModelConfig(name="gru4rec", dim=16, members=2, heads=1), SPEC)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_cosine_scoring_ranks_by_direction_alone(members: int) -> None:
+    """model.cosine: every output item vector is a unit vector in each member's columns (padding stays
+    0), so growing an item's stored vector leaves its scores unchanged; without it a longer vector wins."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, layers=1, heads=2, max_len=L, dropout=0.0, emb_dropout=0.0, members=members,
+                      cosine=True, tie_output=False)
+    model = build_model(cfg, SPEC).eval()
+    out = model.output_embeddings()
+    norms = out[1:].unflatten(-1, (members, -1)).norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert out[0].abs().sum() == 0
+    batch = make_batch()
+    before = model.score_all(batch)
+    plain = build_model(cfg.model_copy(update={"cosine": False}), SPEC).eval()
+    plain.load_state_dict(model.state_dict())
+    plain_before = plain.score_all(batch)
+    with torch.no_grad():
+        for m in (model, plain):
+            assert m.out_emb is not None
+            m.out_emb.weight[5] *= 10.0
+    assert torch.allclose(model.score_all(batch), before, atol=1e-5)
+    assert not torch.allclose(plain.score_all(batch)[:, 5], plain_before[:, 5])

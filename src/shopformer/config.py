@@ -45,13 +45,13 @@ class ModelConfig(_Section):
     # Where position 0 is. "start": the first event of the window. "end": the newest event, as in
     # SASRec's left-padded windows and RecTools' inverse positions, so "the last thing viewed" always
     # has the same position vector and recency need not be inferred from the window length.
-    # Measured below "start" on Beauty (valid 0.0579 vs 0.0606-0.0618; README, stop 27).
+    # Measured below "start" on Beauty (valid 0.0579 vs 0.0606-0.0618; docs/measurements.md, stop 27).
     positions: Literal["start", "end"] = "start"
     # Standard deviation of every embedding table's initial values (items, positions, behaviours, time
     # gaps, categories). None = 1 / sqrt(dim): unit-norm random item vectors. 0.02 (BERT's and RecBole's
     # value; configs/default.toml) starts every item near 0, so an item the log rarely shows is not left with
     # a random unit vector that it is scored and (tied) read with. On the Taobao pv sample, where items average
-    # 1.4 events, that was most of shopformer's gap to RecBole (README, stop 28).
+    # 1.4 events, that was most of shopformer's gap to RecBole (docs/measurements.md, stop 28).
     init_std: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     # Behaviour-aware inputs (issue 3). Each is ignored when the data has no such signal.
     use_behaviour: bool = True
@@ -66,7 +66,7 @@ class ModelConfig(_Section):
     # each on its own dim / members columns of the item table with its own loss. A state and an item
     # vector are the members' concatenated, so a score is the sum of the members' scores (a product of
     # experts) and everything downstream (serving, FAISS, explanations) sees one model of width dim.
-    # 3 x 64 on Beauty: test NDCG@10 +2.4% (validation +4.1%) at 3x the training time (README, stop 27).
+    # 3 x 64 on Beauty: test NDCG@10 +2.4% (validation +4.1%) at 3x the training time (docs/measurements.md, stop 27).
     members: int = Field(1, ge=1)
     # SASRec / BERT4Rec: BSARec's "beyond self-attention" mixer (Shin et al., AAAI 2024). Each block's
     # attention output becomes (1 - freq_mix) * attention + freq_mix * filter, where the filter keeps the
@@ -75,6 +75,11 @@ class ModelConfig(_Section):
     # ``models.layers.LowPassFilter``). BSARec's Beauty setting is freq_mix 0.7 with c = 5 (3 bins). 0 turns it off.
     freq_mix: float = Field(0.0, ge=0.0, le=1.0)
     freq_keep: int = Field(3, ge=1)
+    # Score items by direction only (cosine scoring, as in sampled-softmax studies, Wu et al. 2023):
+    # output item vectors are L2-normalised (each member's columns on their own), so an item's norm
+    # cannot carry its popularity; the state's norm, learnt through the final LayerNorm's gain, is the
+    # softmax's inverse temperature (about sqrt(dim) = 8 at the start, i.e. tau ~ 0.12).
+    cosine: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:
@@ -113,7 +118,7 @@ class LossConfig(_Section):
     # Full cross-entropy: leave the user's own items (a causal model: the window up to each position;
     # a masked one: the whole window), never the target itself, out of that position's softmax, as
     # the ranking does with eval.exclude_seen. The model then need not learn to push them down.
-    # Opt-in: level with the default SASRec on Beauty over seeds 42 / 1 (README, stop 31).
+    # Opt-in: level with the default SASRec on Beauty over seeds 42 / 1 (docs/measurements.md, stop 31).
     mask_seen: bool = False
 
     @model_validator(mode="after")

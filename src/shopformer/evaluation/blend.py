@@ -52,13 +52,15 @@ Counts = Literal["training", "validation"]
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
     """(B, V) -> each row minus its mean over finite entries, divided by their std (-inf kept)."""
-    finite = torch.isfinite(scores)
-    x = torch.where(finite, scores, torch.zeros_like(scores))
-    n = finite.sum(1, keepdim=True).clamp(min=1)
+    # one new (B, V) tensor, worked on in place: a blend search standardises the model's and every
+    # baseline's scores for each batch, and at 75k items the fresh tensors cost more than the arithmetic
+    bad = torch.isfinite(scores).logical_not_()
+    x = torch.nan_to_num(scores.float(), nan=0.0, posinf=0.0, neginf=0.0)  # non-finite entries count as 0
+    n = (scores.shape[1] - bad.sum(1, keepdim=True)).clamp(min=1)
     mean = x.sum(1, keepdim=True) / n
-    var = (torch.where(finite, x - mean, torch.zeros_like(x)) ** 2).sum(1, keepdim=True) / n
-    z = (x - mean) / var.sqrt().clamp(min=1e-12)
-    return torch.where(finite, z, torch.full_like(z, float("-inf")))
+    d = x.sub_(mean).masked_fill_(bad, 0.0)
+    var = (d * d).sum(1, keepdim=True) / n
+    return d.div_(var.sqrt().clamp(min=1e-12)).masked_fill_(bad, float("-inf"))
 
 
 @dataclass
@@ -217,7 +219,8 @@ def blend_chunk(n_examples: int, kmax: int) -> int:
 
 
 def choose_blend(
-    baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]], chunk: int = CHUNK
+    baselines: dict[str, ScoreFn], validate: Callable[[list[Blend | None]], list[float]], chunk: int = CHUNK,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[Blend | None, Grid]:
     """The blend with the best validation score among the blendable baselines (``validate`` maps
     blends, None for the model alone, to their scores, higher is better; it is asked ``chunk`` at a
@@ -230,7 +233,7 @@ def choose_blend(
     better on test: ``bench/blend_choice.py``, stop 41.)"""
     names = [n for n in baselines if n in BLENDABLE]
     singles = [Blend.of(n, baselines[n], a) for n in names for a in ALPHAS[1:]]
-    model_score, *scores = _validate(validate, [None, *singles], chunk)
+    model_score, *scores = _validate(validate, [None, *singles], chunk, report, "one baseline")
     grid: Grid = {n: {0.0: model_score} for n in names}
     best: tuple[float, float, Blend | None] = (model_score, 0.0, None)
     for blend, score in zip(singles, scores, strict=True):
@@ -245,11 +248,20 @@ def choose_blend(
              for other in names if other != name for a in ALPHAS[max(at - 1, 1) : at + 2] for b in PAIR_ALPHAS
              if a + b <= 1.0]
     pair: tuple[float, float, Blend | None] = (float("-inf"), 0.0, None)
-    for blend, score in zip(pairs, _validate(validate, pairs, chunk), strict=True):
+    for blend, score in zip(pairs, _validate(validate, pairs, chunk, report, "two baselines"), strict=True):
         grid.setdefault(blend.baseline_name, {0.0: model_score})[blend.weights_text] = score
         pair = max(pair, (score, -blend.alpha, blend), key=lambda t: t[:2])
     return (pair[2] if pair[0] > best[0] else first), grid
 
 
-def _validate(validate: Callable[[list[Blend | None]], list[float]], blends: list, chunk: int) -> list[float]:
-    return [s for i in range(0, len(blends), chunk) for s in validate(blends[i : i + chunk])]
+def _validate(validate: Callable[[list[Blend | None]], list[float]], blends: list, chunk: int,
+              report: Callable[[str], None] | None = None, stage: str = "") -> list[float]:
+    """Scores of ``blends``, ``chunk`` per call of ``validate``; ``report`` hears of each call first
+    (a pass over every validation example: minutes on a large catalogue, so the CLI says where it is)."""
+    scores: list[float] = []
+    for i in range(0, len(blends), chunk):
+        if report is not None:
+            report(f"choosing the served blend ({stage}): blends {i + 1}-{min(i + chunk, len(blends))} "
+                   f"of {len(blends)}")
+        scores += validate(blends[i : i + chunk])
+    return scores

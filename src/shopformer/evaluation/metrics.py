@@ -17,9 +17,8 @@ import torch
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B, V) scores, (B,) target ids -> (B,) 0-based pessimistic rank of each target."""
     t = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
-    higher = (scores > t).sum(1)
-    ties = (scores == t).sum(1) - 1  # other items with exactly the target's score
-    rank = higher + ties
+    # items scored higher + other items with exactly the target's score, in one pass over the row
+    rank = (scores >= t).sum(1) - 1
     # a target scored -inf (e.g. removed as already seen) is never a hit
     return torch.where(torch.isneginf(t.squeeze(1)), torch.full_like(rank, scores.shape[1]), rank)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from shopformer.config import LossConfig, ModelConfig
 from shopformer.data.batches import Batch
@@ -78,7 +79,11 @@ class SequenceModel(nn.Module):
     def output_embeddings(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors used for scoring (row 0 = padding, no [MASK])."""
         table = self.item_emb if self.out_emb is None else self.out_emb
-        return table.weight[: self.spec.n_items + 1]
+        emb = table.weight[: self.spec.n_items + 1]
+        if not self.cfg.cosine:
+            return emb
+        # unit vectors per member (the padding row stays 0): a score is the state's norm x a cosine
+        return F.normalize(emb.unflatten(-1, (self.cfg.members, -1)), dim=-1).flatten(-2)
 
     def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) state that predicts the event after the last one."""

@@ -8,6 +8,7 @@ popularity and Markov baselines on the same examples.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,12 +85,13 @@ def before_refit_name(cfg: Config) -> str:
 
 
 def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays: EventArrays,
-               baselines: dict[str, ScoreFn]) -> tuple[Blend | None, dict]:
+               baselines: dict[str, ScoreFn], progress: bool = False) -> tuple[Blend | None, dict]:
     """``train.blend``: the mixture of the selected model with a baseline (fitted on training events)
     that scores best on the validation examples (None when the model alone is best), and the grid.
     With ``train.blend_counts = "validation"`` the chosen baseline is then refit on training +
     validation events: counts have no epochs to choose, and the histories the blend scores at test
-    and serving time already end with those events. The model is not refit."""
+    and serving time already end with those events. The model is not refit.
+    ``progress``: one line on stderr per pass over the validation examples, with the time so far."""
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     model_fn = model_scorer(trained.model)
@@ -99,7 +101,14 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
                                 ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
         return [float(res.metrics[cfg.train.monitor]) for res in results]
 
-    blend, grid = choose_blend(baselines, validate, blend_chunk(len(split.valid), max(ecfg.ks)))
+    start = time.perf_counter()
+
+    def say(line: str) -> None:
+        print(f"{line} on {len(split.valid):,} validation examples ({time.perf_counter() - start:.0f}s)",
+              file=sys.stderr, flush=True)
+
+    blend, grid = choose_blend(baselines, validate, blend_chunk(len(split.valid), max(ecfg.ks)),
+                               say if progress else None)
     if blend is not None and cfg.train.blend_counts == "validation":
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
                                  only=set(blend.weights))
@@ -229,7 +238,11 @@ def run_experiment(
 
         fold_text(model)  # a plain item table again: the run loads and serves without the encoder
     fitted = _baselines(ds, split.train_end)  # fitted once: validation, blend and (without refit) test
-    blend, blend_report = tune_blend(trained, ds, split, cfg, arrays, fitted) if cfg.train.blend else (None, None)
+    blend, blend_report = (tune_blend(trained, ds, split, cfg, arrays, fitted, progress)
+                               if cfg.train.blend else (None, None))
+    if progress:
+        print(f"testing the model, the baselines{' and the blend' if blend else ''} on {len(split.test):,} "
+              "test examples", file=sys.stderr, flush=True)
     test = evaluate_systems(model, ds, split, cfg, arrays, blend, None if cfg.train.refit else fitted)
     if trained.selected is not None:  # the published protocol's row: the model selected on validation, no refit
         test[before_refit_name(cfg)] = evaluate(model_scorer(trained.selected), ds.seq, arrays, split.test,

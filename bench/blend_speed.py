@@ -1,0 +1,85 @@
+"""How fast does a blend search rank a batch? The per-batch kernels, stop 41's form against today's, side by side.
+
+    .venv/bin/python bench/blend_speed.py [--items 12102 75385] [--rows 256] [--repeat 5] [--out FILE]
+
+``train.blend`` ranks ~110 weightings of the model and five baselines on every validation example
+(``evaluation.blend.choose_blend``). Per batch it standardises the model's and each baseline's scores once
+(``standardise``) and ranks every blend's scores (``evaluation.metrics.target_ranks``); on the Taobao stream
+slice (75k items, 20k validation examples) stop 41's forms took over 15 minutes without a word. The reference
+forms below are stop 41's code, kept here only to be timed beside today's; each pair is checked bit-identical
+first, then timed alternately on one thread (the same moment, so load hits both). One JSON line per catalogue
+size, appended to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from common import RESULTS, machine, provenance
+
+from shopformer.evaluation.blend import standardise
+from shopformer.evaluation.metrics import target_ranks
+
+
+def standardise_s41(scores: torch.Tensor) -> torch.Tensor:
+    finite = torch.isfinite(scores)
+    x = torch.where(finite, scores, torch.zeros_like(scores))
+    n = finite.sum(1, keepdim=True).clamp(min=1)
+    mean = x.sum(1, keepdim=True) / n
+    var = (torch.where(finite, x - mean, torch.zeros_like(x)) ** 2).sum(1, keepdim=True) / n
+    z = (x - mean) / var.sqrt().clamp(min=1e-12)
+    return torch.where(finite, z, torch.full_like(z, float("-inf")))
+
+
+def target_ranks_s41(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    t = scores.gather(1, targets.unsqueeze(1))
+    rank = (scores > t).sum(1) + (scores == t).sum(1) - 1
+    return torch.where(torch.isneginf(t.squeeze(1)), torch.full_like(rank, scores.shape[1]), rank)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, nargs="+", default=[12102, 75385], help="catalogue sizes (+1 padding)")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=RESULTS / "blend_speed.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for items in args.items:
+        g = torch.Generator().manual_seed(0)
+        scores = torch.randn(args.rows, items, generator=g)
+        scores[:, 0] = float("-inf")  # padding, as every scorer leaves it
+        scores[::4, 1:200] = float("-inf")  # a seen-items mask
+        targets = torch.randint(200, items, (args.rows,), generator=g)
+        assert torch.equal(standardise(scores), standardise_s41(scores))
+        assert torch.equal(target_ranks(scores, targets), target_ranks_s41(scores, targets))
+        pairs = {"standardise": (partial(standardise_s41, scores), partial(standardise, scores)),
+                 "target_ranks": (partial(target_ranks_s41, scores, targets), partial(target_ranks, scores, targets))}
+        line: dict = {"bench": "blend_speed", **provenance(__file__), "items": items, "rows": args.rows,
+                      "threads": 1, "machine": machine()}
+        for name, (before, now) in pairs.items():
+            s41, today = [], []
+            for _ in range(args.repeat):  # alternate, so both see the same load
+                s41.append(timed(before))
+                today.append(timed(now))
+            a, b = sorted(s41)[len(s41) // 2], sorted(today)[len(today) // 2]
+            line[name] = {"stop41_ms": round(a * 1e3, 1), "now_ms": round(b * 1e3, 1), "speedup": round(a / b, 2)}
+        print(json.dumps(line), flush=True)
+        with args.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
