@@ -7,8 +7,9 @@
 (``standardise``) and ranks every blend's scores (``evaluation.metrics.target_ranks``); on the Taobao stream
 slice (75k items, 20k validation examples) stop 41's forms took over 15 minutes without a word. The reference
 forms below are stop 41's code, kept here only to be timed beside today's; each pair is checked bit-identical
-first, then timed alternately on one thread (the same moment, so load hits both). One JSON line per catalogue
-size, appended to ``--out``.
+first, then timed alternately on one thread (the same moment, so load hits both). ``--keep-freed-memory``
+does what the CLI does first (``training/allocator.py``); run it with and without to see the allocator's share.
+One JSON line per catalogue size, appended to ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from common import RESULTS, machine, provenance
 
 from shopformer.evaluation.blend import standardise
 from shopformer.evaluation.metrics import target_ranks
+from shopformer.training.allocator import keep_freed_memory
 
 
 def standardise_s41(scores: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS / "blend_speed.jsonl")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="what the CLI does first (training/allocator.py): freed blocks are reused, not unmapped")
+    ap.add_argument("--mix", action="store_true", help="also time one blend's mix and the copy evaluation makes")
     args = ap.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     torch.set_num_threads(1)
     for items in args.items:
         g = torch.Generator().manual_seed(0)
@@ -68,7 +74,12 @@ def main() -> None:
         pairs = {"standardise": (partial(standardise_s41, scores), partial(standardise, scores)),
                  "target_ranks": (partial(target_ranks_s41, scores, targets), partial(target_ranks, scores, targets))}
         line: dict = {"bench": "blend_speed", **provenance(__file__), "items": items, "rows": args.rows,
-                      "threads": 1, "machine": machine()}
+                      "threads": 1, "keep_freed_memory": kept, "machine": machine()}
+        if args.mix:  # no stop-41 form: the same code, timed for the allocator's sake
+            z = torch.randn(args.rows, items, generator=g)
+            line["mix_and_copy_ms"] = round(1e3 * sorted(
+                timed(partial(lambda a, b: (0.9 * a + 0.1 * b).clone(), scores, z)) for _ in range(args.repeat)
+            )[args.repeat // 2], 1)
         for name, (before, now) in pairs.items():
             s41, today = [], []
             for _ in range(args.repeat):  # alternate, so both see the same load

@@ -100,6 +100,9 @@ class UserErrorGroup(TyperGroup):
     """The app's command group: a user error escaping any command becomes one line, exit code 2."""
 
     def invoke(self, ctx: Any) -> Any:
+        from shopformer.training.allocator import keep_freed_memory
+
+        keep_freed_memory()  # large score tensors reuse freed memory instead of new pages (SHOPFORMER_MALLOC)
         try:
             return super().invoke(ctx)
         except Exception as err:

@@ -1,0 +1,40 @@
+"""Keep freed memory for the next tensor of the same size instead of handing it back to the kernel.
+
+glibc serves an allocation above its mmap threshold (128 KB at first, growing to at most 32 MB) with
+fresh pages from the kernel and unmaps them when the block is freed. Ranking a whole catalogue makes
+several (rows, items) float tensors per batch and per system, 150 MB each at 75k items, so every one
+of them is paid for again in page faults on first touch (the kernel time of issue 17). With the mmap
+threshold at 1 GiB and the trim threshold at 2 GiB (``mallopt``) those blocks come from the heap and
+are reused: on one thread at 75k items a blend's mix, copy and rank take 2-4x less time
+(``bench/blend_speed.py --keep-freed-memory``). The cost: up to 2 GiB of freed memory stays mapped
+to the process until it exits.
+
+The CLI calls ``keep_freed_memory`` once per command. ``SHOPFORMER_MALLOC=default`` leaves the C
+library's own policy; where the C library is not glibc (macOS, musl) nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+ENV = "SHOPFORMER_MALLOC"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+MMAP_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = 1 << 31
+
+
+def keep_freed_memory(env: str | None = None) -> bool:
+    """Raise glibc's mmap and trim thresholds; True when both were set (False: left as they were)."""
+    if (os.environ.get(ENV) if env is None else env) == "default":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # no C library by that name, or one without mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # an older glibc refuses an mmap threshold above 32 MB: large blocks are then mapped as before
+    trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and trim)
