@@ -134,12 +134,12 @@ def test_blend_choice_rules_on_a_surface_with_a_spike(monkeypatch) -> None:
             asked[blend_choice.key(b)] = {"valid": {"ndcg@10": s, "hr@10": 0.0}}
         return scores
 
-    both = {"markov": fn, "co-occurrence": fn, "category popularity": fn}
+    both = {"markov": fn, "co-occurrence": fn, "bestsellers": fn}  # the last is not blendable
     argmax, _ = choose_blend(both, validate)
     assert blend_choice.key(argmax) == "co-occurrence @ 0.02"
     assert blend_choice.key(blend_choice.smooth_choice(both, validate)) == "markov @ 0.02"
     assert blend_choice.key(blend_choice.smooth_choice({"markov": fn}, validate)) == "markov @ 0.03"
-    assert blend_choice.smooth_choice({"category popularity": fn}, validate) is None
+    assert blend_choice.smooth_choice({"bestsellers": fn}, validate) is None
     assert blend_choice.rechoose(asked, lambda v: v["ndcg@10"]) == "co-occurrence @ 0.02"
 
 
@@ -178,7 +178,7 @@ def test_blend_speed_checks_both_forms_agree_before_timing_them(monkeypatch, tmp
     lines = records(out)
     assert [line["items"] for line in lines] == [300, 1000]
     assert all(line["command"].startswith(".venv/bin/python bench/blend_speed.py") for line in lines)
-    assert all(line[k]["speedup"] > 0 for line in lines for k in ("standardise", "target_ranks"))
+    assert all(line[k]["speedup"] > 0 for line in lines for k in ("standardise", "target_ranks", "rank_one_blend"))
     broken = blend_speed.standardise_s41
     monkeypatch.setattr(blend_speed, "standardise_s41", lambda s: broken(s) * 1.0001)
     with pytest.raises(AssertionError):

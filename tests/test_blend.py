@@ -9,7 +9,14 @@ from conftest import blend_row
 
 from shopformer.data.batches import Batch
 from shopformer.data.sequences import Sequences
-from shopformer.evaluation.baselines import CoOccurrence, Markov, Popularity, RecentItems, WeightedRecentItems
+from shopformer.evaluation.baselines import (
+    CategoryPopularity,
+    CoOccurrence,
+    Markov,
+    Popularity,
+    RecentItems,
+    WeightedRecentItems,
+)
 from shopformer.evaluation.blend import ALPHAS, Blend, choose_blend, standardise
 
 
@@ -21,7 +28,7 @@ def _batch() -> Batch:
     items = torch.tensor([[0, 1, 2], [2, 3, 4]])
     beh = torch.tensor([[0, 1, 2], [1, 1, 2]])
     zeros = torch.zeros_like(items)
-    return Batch(items, beh, zeros, zeros)
+    return Batch(items, beh, zeros, torch.tensor([[0, 1, 2], [2, 2, 1]]))  # categories of items 1-4: 1, 2, 2, 1
 
 
 def test_standardise_rows_and_keeps_minus_inf() -> None:
@@ -56,18 +63,22 @@ def test_standardise_equals_the_plain_formula_bit_for_bit() -> None:
     assert torch.equal(standardise(s.double()), plain), "float64 scores are standardised in float32"
 
 
-@pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items", "co-occurrence"])
+@pytest.mark.parametrize("name", ["popularity", "markov", "recent items", "weighted recent items", "co-occurrence",
+                                  "category popularity"])
 def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     seq, end = _seq(), np.array([4, 7, 10])
     fitted = {"popularity": Popularity(np.array([0, 3, 2, 2, 1])), "markov": Markov(seq, end, 4),
               "recent items": RecentItems(np.array([False, True, True]), np.array([0, 3, 2, 2, 1])),
               "weighted recent items": WeightedRecentItems.fit(seq, end, 4, 2),
-              "co-occurrence": CoOccurrence(seq, end, 4, last=2, decay=0.5)}[name]
+              "co-occurrence": CoOccurrence(seq, end, 4, last=2, decay=0.5),
+              "category popularity": CategoryPopularity(np.array([0, 1, 2, 2, 1]), np.array([0, 3, 2, 2, 1]),
+                                                        decay=0.7)}[name]
     blend = Blend.of(name, fitted, 0.4)
     again = Blend.from_state([name], blend.state())
     model = torch.randn(2, 5)
     model[:, 0] = float("-inf")
     assert torch.equal(blend.combine(model, _batch()), again.combine(model, _batch()))
+    assert not torch.equal(blend.combine(model, _batch()), model), "the baseline takes part"
     assert again.alpha == 0.4 and again.counts == "training" and again.own_rows() == {}
     through = Blend.from_state([name], blend.state(), counts="validation")  # what the run's manifest says
     assert through.counts == "validation" and list(through.own_rows()) == [f"{name} (through validation)"]
@@ -95,7 +106,7 @@ def test_a_pair_saves_and_a_run_saved_with_one_baseline_before_pairs_still_loads
     assert old.weights == {"markov": 0.3}
     assert torch.equal(old.combine(model, _batch()), Blend.of("markov", markov, 0.3).combine(model, _batch()))
     with pytest.raises(ValueError, match="unknown blend baseline"):
-        Blend.from_state(["category popularity"], legacy)
+        Blend.from_state(["bestsellers"], legacy)
 
 
 def _model(batch: Batch) -> torch.Tensor:
@@ -117,7 +128,7 @@ def test_the_blend_is_chosen_on_validation_and_the_model_alone_wins_ties() -> No
     def prefers_baseline(z: torch.Tensor) -> float:  # validation score rises with the weight on popularity
         return float((z[:, 1] > z[:, 4]).float().mean() + (z[:, 1] > z[:, 3]).float().mean())
 
-    blend, grid = choose_blend({"popularity": base, "category popularity": base}, _validate(prefers_baseline))
+    blend, grid = choose_blend({"popularity": base, "bestsellers": base}, _validate(prefers_baseline))
     assert blend is not None and blend.baseline_name == "popularity" and blend.alpha > 0
     assert set(grid) == {"popularity"} and set(grid["popularity"]) == set(ALPHAS)  # only blendable baselines
     assert grid["popularity"][blend.alpha] == max(grid["popularity"].values())
@@ -320,7 +331,8 @@ def test_the_served_blend_refits_its_counts_through_validation_and_never_the_mod
 
 def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -> None:
     """``blend_scores`` + ``evaluate_each`` (the model and each baseline scored once per batch) give each
-    blend exactly the ranks ``evaluate`` gives it alone, seen items removed, the model alone included."""
+    blend exactly the ranks ``evaluate`` gives it alone, seen items removed or kept, the model alone
+    included; without top-K lists (the blend search) the same ranks and rank metrics, and no coverage."""
     from conftest import cyclic_dataset
 
     from shopformer.config import Config
@@ -345,11 +357,17 @@ def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -
     blends = [None, Blend.of("markov", fitted["markov"], 0.3), Blend.of("co-occurrence", fitted["co-occurrence"], 1.0),
               Blend({"markov": fitted["markov"], "co-occurrence": fitted["co-occurrence"]},
                     {"markov": 0.05, "co-occurrence": 0.1})]
-    together = evaluate_each(blend_scores(model, blends), len(blends), ds.seq, arrays, split.test, 30, 8, cfg)
-    for blend, res in zip(blends, together, strict=True):
-        alone = evaluate(model if blend is None else blend.scorer(model), ds.seq, arrays, split.test, 30, 8, cfg)
-        assert np.array_equal(res.ranks, alone.ranks) and np.array_equal(res.topk, alone.topk)
-        assert res.metrics["ndcg@10"] == alone.metrics["ndcg@10"]
+    for ecfg in (cfg, cfg.model_copy(update={"exclude_seen": not cfg.exclude_seen})):
+        together = evaluate_each(blend_scores(model, blends), len(blends), ds.seq, arrays, split.test, 30, 8, ecfg)
+        ranks_only = evaluate_each(blend_scores(model, blends), len(blends), ds.seq, arrays, split.test, 30, 8,
+                                   ecfg, lists=False)
+        for blend, res, lean in zip(blends, together, ranks_only, strict=True):
+            alone = evaluate(model if blend is None else blend.scorer(model), ds.seq, arrays, split.test, 30, 8, ecfg)
+            assert np.array_equal(res.ranks, alone.ranks) and np.array_equal(res.topk, alone.topk)
+            assert res.metrics["ndcg@10"] == alone.metrics["ndcg@10"]
+            assert np.array_equal(lean.ranks, res.ranks) and lean.topk.shape == (len(res.ranks), 0)
+            assert lean.top1 is None and "coverage@10" in res.metrics
+            assert lean.metrics == {k: v for k, v in res.metrics.items() if not k.startswith("coverage")}
     assert len({float(r.metrics["ndcg@10"]) for r in together}) > 1  # the blends do rank differently
     with pytest.raises(ValueError, match="more score blocks"):  # a scorer that yields more than it says
         evaluate_each(blend_scores(model, blends), 2, ds.seq, arrays, split.test, 30, 8, cfg)

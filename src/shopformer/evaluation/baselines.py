@@ -391,6 +391,19 @@ class CategoryPopularity:
     ) -> CategoryPopularity:
         return cls(item_categories(seq, train_end, n_items), item_counts(seq, train_end, n_items, behaviour), decay)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted state as tensors (saved with a run that blends this baseline)."""
+        return {"item_category": self.item_category, "within": self.within, "prior": self.prior,
+                "n_categories": torch.tensor(self.n_categories), "decay": torch.tensor(self.decay, dtype=torch.float64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> CategoryPopularity:
+        out = cls.__new__(cls)
+        out.item_category, out.within = state["item_category"].long(), state["within"].float()
+        out.prior, out.decay = state["prior"].float(), float(state["decay"])
+        out.n_categories = int(state["n_categories"])
+        return out
+
     def __call__(self, batch: Batch) -> torch.Tensor:
         b = len(batch)
         cats = batch.categories

@@ -28,7 +28,14 @@ from typing import Literal
 import torch
 
 from shopformer.data.batches import Batch
-from shopformer.evaluation.baselines import CoOccurrence, Markov, Popularity, RecentItems, WeightedRecentItems
+from shopformer.evaluation.baselines import (
+    CategoryPopularity,
+    CoOccurrence,
+    Markov,
+    Popularity,
+    RecentItems,
+    WeightedRecentItems,
+)
 from shopformer.evaluation.ranking import ManyScoreFn, keep_window
 
 ScoreFn = Callable[[Batch], torch.Tensor]
@@ -44,9 +51,10 @@ PAIR_ALPHAS = (0.02, 0.03, 0.05, 0.08, 0.1)
 CHUNK = 25  # most blends ranked per pass over the validation examples (each holds its top-k lists until the end)
 CHUNK_BYTES = 1 << 30  # and at most this much of those lists at once (``blend_chunk``)
 BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]
-                | type[CoOccurrence]] = {
+                | type[CoOccurrence] | type[CategoryPopularity]] = {
     "popularity": Popularity, "markov": Markov, "recent items": RecentItems,
-    "weighted recent items": WeightedRecentItems, "co-occurrence": CoOccurrence}
+    "weighted recent items": WeightedRecentItems, "co-occurrence": CoOccurrence,
+    "category popularity": CategoryPopularity}
 Counts = Literal["training", "validation"]
 
 

@@ -90,12 +90,12 @@ def bootstrap_ci(
 
 
 def summarise(
-    ranks: np.ndarray, topk: np.ndarray, n_items: int, ks: tuple[int, ...], n_boot: int = 0, seed: int = 0
+    ranks: np.ndarray, topk: np.ndarray | None, n_items: int, ks: tuple[int, ...], n_boot: int = 0, seed: int = 0
 ) -> dict[str, float | dict[str, list[float]]]:
-    """Mean metrics, coverage@K and (optionally) bootstrap 95% CIs."""
+    """Mean metrics, coverage@K (not without ``topk``) and (optionally) bootstrap 95% CIs."""
     values = per_example(ranks, ks)
     out: dict = {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()}
-    for k in ks:
+    for k in ks if topk is not None else ():
         out[f"{COVERAGE}@{k}"] = coverage(topk[:, :k], n_items)
     out["n"] = int(len(ranks))
     if n_boot:

@@ -93,15 +93,19 @@ def evaluate(
 
 
 def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, arrays: EventArrays, examples: EvalExamples,
-                  n_items: int, max_len: int, cfg: EvalConfig, bootstrap: bool = True) -> list[EvalResult]:
+                  n_items: int, max_len: int, cfg: EvalConfig, bootstrap: bool = True,
+                  lists: bool = True) -> list[EvalResult]:
     """``evaluate`` for ``n_systems`` scorers that share work: ``score_many`` yields each system's
     (B, V) scores for a batch in turn (e.g. a grid of blends standardising the model's and each
-    baseline's scores once per batch), and each is ranked before the next is asked for."""
+    baseline's scores once per batch), and each is ranked before the next is asked for.
+    ``lists=False``: no top-K lists (``topk`` is (E, 0), no ``top1``, no coverage@K), for a caller that
+    reads rank metrics only: a blend search ranks dozens of systems, and at 75k items finding each
+    one's top K costs as much as ranking its targets."""
     max_len = scorer_window(score_many, max_len)
     examples = examples.head(cfg.max_users)
     kmax = max(cfg.ks)
     ranks = np.empty((n_systems, len(examples)), dtype=np.int64)
-    topk = np.zeros((n_systems, len(examples), kmax), dtype=np.int64)
+    topk = np.zeros((n_systems, len(examples), kmax if lists else 0), dtype=np.int64)
     top1 = np.zeros((n_systems, len(examples)), dtype=np.float64)
     targets_all = torch.from_numpy(seq.items[examples.pos].astype(np.int64))
     # rows per batch capped so a (rows, n_items + 1) score block stays within SCORE_BLOCK floats: at 1M
@@ -114,14 +118,16 @@ def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, array
         for s, yielded in enumerate(score_many(batch)):
             if s >= n_systems:
                 raise ValueError(f"the scorer yielded more score blocks than its {n_systems} systems")
-            scores = yielded.clone()  # (B, V)
+            scores = yielded  # (B, V); masked in a copy: a scorer may yield one tensor for several systems
             if seen is not None:
+                scores = scores.clone()
                 scores[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = float("-inf")
             ranks[s, idx] = target_ranks(scores, targets).numpy()
-            k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0 (padding)
-            best = scores.topk(k_top, dim=1)
-            topk[s, idx, :k_top] = best.indices.numpy()
-            top1[s, idx] = best.values[:, 0].double().numpy()
+            if lists:
+                k_top = min(kmax, scores.shape[1])  # a catalogue smaller than the largest K: the rest stays 0
+                best = scores.topk(k_top, dim=1)
+                topk[s, idx, :k_top] = best.indices.numpy()
+                top1[s, idx] = best.values[:, 0].double().numpy()
             n += 1
         if n != n_systems:
             raise ValueError(f"the scorer yielded {n} score blocks for {n_systems} systems")
@@ -131,9 +137,9 @@ def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, array
     is_repeat = repeat_targets(seq, examples)
     out: list[EvalResult] = []
     for s in range(n_systems):
-        metrics = summarise(ranks[s], topk[s], n_items, cfg.ks, n_boot)
+        metrics = summarise(ranks[s], topk[s] if lists else None, n_items, cfg.ks, n_boot)
         metrics["exclude_seen"] = cfg.exclude_seen
         parts = split_repeat_explore(ranks[s], is_repeat, cfg.ks, n_boot)
         metrics["repeat"], metrics["explore"] = parts["repeat"], parts["explore"]
-        out.append(EvalResult(metrics, ranks[s], topk[s], is_repeat, top1[s]))
+        out.append(EvalResult(metrics, ranks[s], topk[s], is_repeat, top1[s] if lists else None))
     return out

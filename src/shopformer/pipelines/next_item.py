@@ -23,6 +23,7 @@ from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
 from shopformer.evaluation.blend import Blend, blend_chunk, blend_scores, choose_blend, served_row
+from shopformer.evaluation.metrics import COVERAGE
 from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each, model_scorer
 from shopformer.evaluation.report import baseline_warnings, test_warnings, write_report
 from shopformer.models import build_model
@@ -98,7 +99,8 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
 
     def validate(blends: list[Blend | None]) -> list[float]:
         results = evaluate_each(blend_scores(model_fn, blends), len(blends), ds.seq, arrays, split.valid,
-                                ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False)
+                                ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False,
+                                lists=cfg.train.monitor.startswith(COVERAGE))  # rank metrics need no top-K lists
         return [float(res.metrics[cfg.train.monitor]) for res in results]
 
     start = time.perf_counter()
