@@ -95,8 +95,9 @@ def summarise(
     """Mean metrics, coverage@K (not without ``topk``) and (optionally) bootstrap 95% CIs."""
     values = per_example(ranks, ks)
     out: dict = {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()}
-    for k in ks if topk is not None else ():
-        out[f"{COVERAGE}@{k}"] = coverage(topk[:, :k], n_items)
+    if topk is not None:
+        for k in ks:
+            out[f"{COVERAGE}@{k}"] = coverage(topk[:, :k], n_items)
     out["n"] = int(len(ranks))
     if n_boot:
         out["ci95"] = {name: list(bootstrap_ci(values[name], n_boot, seed)) for name in metric_keys(ks, ci=True)}
