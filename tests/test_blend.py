@@ -372,6 +372,34 @@ def test_one_pass_over_the_grid_ranks_every_blend_as_its_own_evaluation_does() -
     with pytest.raises(ValueError, match="more score blocks"):  # a scorer that yields more than it says
         evaluate_each(blend_scores(model, blends), 2, ds.seq, arrays, split.test, 30, 8, cfg)
     assert blend_chunk(22_363, 20) == CHUNK and blend_chunk(10**6, 20) == 6  # Beauty's validation; a million users
+    assert blend_chunk(22_363, 20, lists=False) > 5_000 and blend_chunk(10**6, 20, lists=False) == 134  # ranks only
     with pytest.raises(ValueError, match="differ"):  # weights are paired with baselines by position
         Blend({"markov": fitted["markov"], "co-occurrence": fitted["co-occurrence"]},
               {"co-occurrence": 0.1, "markov": 0.05})
+
+
+def test_a_coverage_monitor_still_chooses_the_blend_from_top_k_lists() -> None:
+    """The blend search ranks without top-K lists for rank metrics; a coverage@K monitor needs them, and gets them."""
+    from conftest import cyclic_dataset
+
+    from shopformer.config import Config, apply_overrides
+    from shopformer.data.batches import EventArrays
+    from shopformer.data.corpus import DataSpec
+    from shopformer.data.split import leave_one_out
+    from shopformer.evaluation.metrics import needs_lists
+    from shopformer.models import build_model
+    from shopformer.pipelines.next_item import Trained, _baselines, tune_blend
+    from shopformer.training.fit import FitResult
+
+    assert needs_lists("coverage@10") and not needs_lists("ndcg@10") and not needs_lists("mrr")
+    ds = cyclic_dataset(n_users=60, n_items=30)
+    cfg = apply_overrides(Config(), ["model.dim=16", "model.max_len=4", "eval.bootstrap=0", "train.blend=true",
+                                     "train.monitor=coverage@10"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, DataSpec(n_items=30, n_behaviours=2, has_time=True))
+    split = leave_one_out(ds.seq)
+    arrays = EventArrays.from_sequences(ds.seq, cfg.model.time_buckets)
+    _, report = tune_blend(Trained(model, FitResult(), np.zeros(31), {}), ds, split, cfg, arrays,
+                           _baselines(ds, split.train_end))
+    scores = [v for cells in report["grid"].values() for v in cells.values()]
+    assert all(0.0 < v <= 1.0 for v in scores) and len(set(scores)) > 1  # coverage of the catalogue, not ranks

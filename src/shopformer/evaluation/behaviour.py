@@ -51,7 +51,7 @@ from shopformer.evaluation.baselines import (
 )
 from shopformer.evaluation.blend import Blend, blend_chunk, blend_scores, choose_blend
 from shopformer.evaluation.classification import binary_summary, fit_platt, multiclass_summary, sigmoid
-from shopformer.evaluation.metrics import metric_keys
+from shopformer.evaluation.metrics import metric_keys, needs_lists
 from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each
 from shopformer.evaluation.report import plot_confusion, plot_reliability
 from shopformer.models.base import SequenceModel
@@ -223,10 +223,12 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
     questions = [(b, subsample(window_examples(seq, ctx.valid, None if b == PAD else b)[0], max_examples))
                  for b in (target, PAD)]
 
+    lists = needs_lists(cfg.train.monitor)  # a rank metric chooses: no top-K lists, one pass per round
+
     def validate(blends: list[Blend | None]) -> list[float]:
         per_question = [[float(res.metrics[cfg.train.monitor]) for res in evaluate_each(
             blend_scores(behaviour_scorer(model, b), blends), len(blends), seq, ctx.arrays, ex, n_items,
-            ctx.max_len, ecfg, bootstrap=False)] for b, ex in questions]
+            ctx.max_len, ecfg, bootstrap=False, lists=lists)] for b, ex in questions]
         return [sum(scores) / len(scores) for scores in zip(*per_question, strict=True)]
 
     baselines: dict[str, ScoreFn] = {
@@ -235,7 +237,8 @@ def tune_item_blend(ctx: EvalContext, model: SequenceModel, max_examples: int | 
         "recent items": RecentItems(np.arange(ctx.n_behaviours + 1) != PAD, ctx.counts(target)),
         "weighted recent items": ctx.weighted_recent(target),
     }
-    blend, grid = choose_blend(baselines, validate, blend_chunk(max(len(ex) for _, ex in questions), max(ecfg.ks)))
+    chunk = blend_chunk(max(len(ex) for _, ex in questions), max(ecfg.ks), lists)
+    blend, grid = choose_blend(baselines, validate, chunk)
     return blend, {"chosen": blend.summary() if blend else None,
                    "monitor": f"valid_{cfg.train.monitor} (mean of next '{ctx.names[target - 1]}' item and next item)",
                    "behaviour": ctx.names[target - 1],

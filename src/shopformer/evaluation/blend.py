@@ -48,7 +48,7 @@ ALPHAS = (0.0, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 # Diginetica a co-occurrence weight of 0.2 beside weighted recent items won validation by 0.7% and lost
 # 6% on test (stop 40)
 PAIR_ALPHAS = (0.02, 0.03, 0.05, 0.08, 0.1)
-CHUNK = 25  # most blends ranked per pass over the validation examples (each holds its top-k lists until the end)
+CHUNK = 25  # most blends ranked per pass with top-k lists (each holds its lists until the end of the pass)
 CHUNK_BYTES = 1 << 30  # and at most this much of those lists at once (``blend_chunk``)
 BLENDABLE: dict[str, type[Popularity] | type[Markov] | type[RecentItems] | type[WeightedRecentItems]
                 | type[CoOccurrence] | type[CategoryPopularity]] = {
@@ -220,9 +220,13 @@ def blend_scores(model_fn: ScoreFn, blends: list[Blend | None]) -> ManyScoreFn:
 Grid = dict[str, dict[float | str, float]]
 
 
-def blend_chunk(n_examples: int, kmax: int) -> int:
+def blend_chunk(n_examples: int, kmax: int, lists: bool = True) -> int:
     """How many blends one pass over ``n_examples`` may rank: ``CHUNK``, fewer where their ranks and
-    top-``kmax`` lists would pass ``CHUNK_BYTES`` (``evaluation.ranking.evaluate_each`` holds them all)."""
+    top-``kmax`` lists would pass ``CHUNK_BYTES`` (``evaluation.ranking.evaluate_each`` holds them all).
+    Without lists (``lists=False``, a rank metric chooses) only the ranks are held, so a round of the grid
+    is one pass: each pass scores the model and every baseline again, minutes on a large catalogue."""
+    if not lists:
+        return max(1, CHUNK_BYTES // max(1, n_examples * 8))
     return max(1, min(CHUNK, CHUNK_BYTES // max(1, n_examples * (kmax + 2) * 8)))
 
 

@@ -49,6 +49,11 @@ RANKING_METRICS: tuple[RankingMetric, ...] = (
 COVERAGE = "coverage"  # share of the catalogue in any top-K list (a property of all lists, not per example)
 
 
+def needs_lists(metric: str) -> bool:
+    """Whether ``metric`` is read from the top-K lists (coverage@K) rather than from the targets' ranks."""
+    return metric.startswith(COVERAGE)
+
+
 def metric_keys(ks: tuple[int, ...], *, table: bool = False, ci: bool = False) -> list[str]:
     """Metric names in report order (each @K metric over ``ks``, then those without K);
     ``table`` / ``ci`` keep only the metrics shown in tables / reported with a CI."""

@@ -23,7 +23,7 @@ from shopformer.data.corpus import Dataset, load_dataset, make_split
 from shopformer.data.split import EvalExamples, Split
 from shopformer.evaluation.baselines import item_counts, shop_baselines
 from shopformer.evaluation.blend import Blend, blend_chunk, blend_scores, choose_blend, served_row
-from shopformer.evaluation.metrics import COVERAGE
+from shopformer.evaluation.metrics import needs_lists
 from shopformer.evaluation.ranking import ScoreFn, evaluate, evaluate_each, model_scorer
 from shopformer.evaluation.report import baseline_warnings, test_warnings, write_report
 from shopformer.models import build_model
@@ -96,11 +96,12 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
     ecfg = cfg.eval.model_copy(update={"bootstrap": 0})
 
     model_fn = model_scorer(trained.model)
+    lists = needs_lists(cfg.train.monitor)  # a rank metric chooses: no top-K lists, one pass per round
 
     def validate(blends: list[Blend | None]) -> list[float]:
         results = evaluate_each(blend_scores(model_fn, blends), len(blends), ds.seq, arrays, split.valid,
                                 ds.spec.n_items, trained.model.max_len, ecfg, bootstrap=False,
-                                lists=cfg.train.monitor.startswith(COVERAGE))  # rank metrics need no top-K lists
+                                lists=lists)
         return [float(res.metrics[cfg.train.monitor]) for res in results]
 
     start = time.perf_counter()
@@ -109,7 +110,7 @@ def tune_blend(trained: Trained, ds: Dataset, split: Split, cfg: Config, arrays:
         print(f"{line} on {len(split.valid):,} validation examples ({time.perf_counter() - start:.0f}s)",
               file=sys.stderr, flush=True)
 
-    blend, grid = choose_blend(baselines, validate, blend_chunk(len(split.valid), max(ecfg.ks)),
+    blend, grid = choose_blend(baselines, validate, blend_chunk(len(split.valid), max(ecfg.ks), lists),
                                say if progress else None)
     if blend is not None and cfg.train.blend_counts == "validation":
         through = shop_baselines(ds.seq, split.training_end(refit=True), ds.spec.n_items, ds.spec.n_behaviours,
