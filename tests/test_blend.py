@@ -80,6 +80,10 @@ def test_a_saved_blend_scores_exactly_like_the_fitted_one(name: str) -> None:
     assert torch.equal(blend.combine(model, _batch()), again.combine(model, _batch()))
     assert not torch.equal(blend.combine(model, _batch()), model), "the baseline takes part"
     assert again.alpha == 0.4 and again.counts == "training" and again.own_rows() == {}
+    if name == "category popularity":  # a state that does not fit together is refused at load, not at serving
+        bad = {**blend.state(), "baseline.0.n_categories": torch.tensor(2)}
+        with pytest.raises(ValueError, match="does not fit together"):
+            Blend.from_state([name], bad)
     through = Blend.from_state([name], blend.state(), counts="validation")  # what the run's manifest says
     assert through.counts == "validation" and list(through.own_rows()) == [f"{name} (through validation)"]
     with pytest.raises(ValueError, match="unknown blend counts"):

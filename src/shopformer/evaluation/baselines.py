@@ -402,6 +402,11 @@ class CategoryPopularity:
         out.item_category, out.within = state["item_category"].long(), state["within"].float()
         out.prior, out.decay = state["prior"].float(), float(state["decay"])
         out.n_categories = int(state["n_categories"])
+        largest = int(out.item_category.max()) if len(out.item_category) else 0
+        if not len(out.item_category) == len(out.within) == len(out.prior) or largest >= out.n_categories:
+            raise ValueError(f"category popularity state does not fit together: {len(out.item_category)} item "
+                             f"categories (largest {largest}), {len(out.within)} within-category weights, "
+                             f"{len(out.prior)} priors, {out.n_categories} categories")
         return out
 
     def __call__(self, batch: Batch) -> torch.Tensor:

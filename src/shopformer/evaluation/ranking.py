@@ -106,7 +106,7 @@ def evaluate_each(score_many: ManyScoreFn, n_systems: int, seq: Sequences, array
     kmax = max(cfg.ks)
     ranks = np.empty((n_systems, len(examples)), dtype=np.int64)
     topk = np.zeros((n_systems, len(examples), kmax if lists else 0), dtype=np.int64)
-    top1 = np.zeros((n_systems, len(examples)), dtype=np.float64)
+    top1 = np.zeros((n_systems, len(examples) if lists else 0), dtype=np.float64)
     targets_all = torch.from_numpy(seq.items[examples.pos].astype(np.int64))
     # rows per batch capped so a (rows, n_items + 1) score block stays within SCORE_BLOCK floats: at 1M
     # items 32 users at a time (128 MB) instead of eval.batch_size (2 GB, twice with the clone)

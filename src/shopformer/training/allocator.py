@@ -21,8 +21,9 @@ import os
 
 ENV = "SHOPFORMER_MALLOC"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+INT_MAX = (1 << 31) - 1  # mallopt takes a C int: a larger value wraps to a negative one, read as "never trim"
 MMAP_THRESHOLD = 1 << 30
-TRIM_THRESHOLD = 1 << 31
+TRIM_THRESHOLD = INT_MAX  # 2 GiB
 
 
 def keep_freed_memory(env: str | None = None) -> bool:
@@ -35,6 +36,6 @@ def keep_freed_memory(env: str | None = None) -> bool:
     except (OSError, AttributeError):  # no C library by that name, or one without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # an older glibc refuses an mmap threshold above 32 MB: large blocks are then mapped as before
-    trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and trim)
+    # an older glibc refuses an mmap threshold above 32 MB: large blocks are then mapped as before, and the
+    # trim threshold is left alone too
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
