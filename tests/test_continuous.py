@@ -77,10 +77,11 @@ def test_prepare_window_drops_forgotten_users(logs: Path, base_run: Path, tmp_pa
 # --------------------------------------------------------------------------------------- models
 
 
-@pytest.mark.parametrize("name", [*sorted(REGISTRY), "sasrec:untied"])
+@pytest.mark.parametrize("name", [*sorted(REGISTRY), "sasrec:untied", "sasrec:cosine"])
 def test_grown_model_scores_old_items_as_before(name: str) -> None:
     name, _, variant = name.partition(":")
-    cfg = Config().model.model_copy(update={"name": name, "dim": 16, "max_len": 8, "tie_output": variant != "untied"})
+    cfg = Config().model.model_copy(update={"name": name, "dim": 16, "max_len": 8, "tie_output": variant != "untied",
+                                            "cosine": variant == "cosine"})
     model = build_model(cfg, DataSpec(10, 2, 3, True)).eval()
     batch = random_task_batch(10, 2)
     batch = type(batch)(batch.items, batch.behaviours, batch.gaps, batch.categories)
@@ -127,6 +128,10 @@ def test_new_item_vectors_prefer_text_then_cooccurrence_then_mean() -> None:
     torch.testing.assert_close(init.vectors[1], (2 * table[1] + table[3]) / 3)  # 1 twice, 3 once nearby
     torch.testing.assert_close(init.vectors[2], table[1:5].mean(0))
     assert init.counts() == {"text": 1, "cooccurrence": 1, "mean": 1}
+    # cosine scoring: still the table's own rows (unit vectors would give a tied input table rows of another scale)
+    cosine = build_model(cfg.model_copy(update={"cosine": True}), DataSpec(4, 1, 0, True))
+    raw = cosine.item_emb.weight.detach()
+    torch.testing.assert_close(new_item_vectors(cosine, 7, seq, text, k=1).vectors[2], raw[1:5].mean(0))
 
 
 # ------------------------------------------------------------------------------------- registry

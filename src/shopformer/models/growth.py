@@ -61,7 +61,10 @@ def new_item_vectors(
     if n_new < 0:
         raise ValueError(f"the grown vocabulary has {n_items} items, fewer than the model's {n_old}")
     with torch.no_grad():
-        old = model.output_embeddings()[1:].detach().float().clone()  # (n_old, D): ids 1..n_old
+        # the scoring table's own rows (ids 1..n_old), not output_embeddings(): with model.cosine those are unit
+        # vectors, and a tied table would then give new items inputs of another scale than the old ones
+        table = model.item_emb if model.out_emb is None else model.out_emb
+        old = table.weight[1 : n_old + 1].detach().float().clone()  # (n_old, D)
     dim = old.shape[1]
     vectors = torch.zeros(n_new, dim)
     methods = ["mean"] * n_new
@@ -142,7 +145,7 @@ def grow_model(model: SequenceModel, spec: DataSpec, task: TaskConfig | None = N
             continue
         state[key] = _grow_tensor(key, old_state[key], fresh, old, spec, model.cfg.dim)
     if d_items:
-        # new_items holds output-space vectors (new_item_vectors reads output_embeddings): they go to the
+        # new_items holds scoring-table vectors (new_item_vectors reads that table's rows): they go to the
         # scoring table; an untied input table gives its new rows the mean old row
         scoring = _OUT_TABLE if _OUT_TABLE in state else _ITEM_TABLE
         for key in (k for k in (_ITEM_TABLE, _OUT_TABLE) if k in state):
