@@ -25,15 +25,15 @@ def test_glibc_takes_both_thresholds() -> None:
 
 def test_both_thresholds_fit_the_c_int_mallopt_takes() -> None:
     """A value above INT_MAX wraps to a negative int, which glibc reads as "never trim" (stop 42's first form)."""
-    from shopformer.training.allocator import INT_MAX, MMAP_THRESHOLD, TRIM_THRESHOLD
+    from shopformer.training.allocator import INT_MAX, MMAP_THRESHOLD, TOP_PAD, TRIM_THRESHOLD
 
-    assert 0 < MMAP_THRESHOLD <= INT_MAX and 0 < TRIM_THRESHOLD <= INT_MAX
+    assert all(0 < v <= INT_MAX for v in (MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD))
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_memory_beyond_the_trim_threshold_goes_back_to_the_kernel() -> None:
     """Blocks under the mmap threshold stay for reuse, but not without bound: 2.4 GB freed at the top of the
-    heap is more than the 2 GiB trim threshold, so the heap is trimmed and the process's RSS falls again."""
+    heap is more than the trim threshold, so the heap is trimmed (to its top pad) and the process's RSS falls."""
     code = """
 import numpy as np
 from shopformer.training.allocator import keep_freed_memory

@@ -183,3 +183,18 @@ def test_blend_speed_checks_both_forms_agree_before_timing_them(monkeypatch, tmp
     monkeypatch.setattr(blend_speed, "standardise_s41", lambda s: broken(s) * 1.0001)
     with pytest.raises(AssertionError):
         blend_speed.main()
+
+
+def test_allocator_bench_runs_each_policy_in_its_own_process(monkeypatch, tmp_path: Path) -> None:
+    """bench/allocator.py: one line with every policy's time, peak RSS and page faults, and its command."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import allocator
+
+    out = tmp_path / "allocator.jsonl"
+    monkeypatch.setattr(sys, "argv", ["allocator.py", "--items", "300", "--rows", "4", "--batches", "1", "--blends",
+                                      "2", "--repeat", "1", "--out", str(out)])
+    allocator.main()
+    (line,) = records(out)
+    assert line["command"].startswith(".venv/bin/python bench/allocator.py") and line["bench"] == "allocator"
+    assert set(line["policies"]) == set(allocator.POLICIES)
+    assert all(p["peak_rss_mb"] > 0 and p["minflt"] > 0 for p in line["policies"].values())

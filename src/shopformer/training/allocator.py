@@ -2,12 +2,15 @@
 
 glibc serves an allocation above its mmap threshold (128 KB at first, growing to at most 32 MB) with
 fresh pages from the kernel and unmaps them when the block is freed. Ranking a whole catalogue makes
-several (rows, items) float tensors per batch and per system, 150 MB each at 75k items, so every one
-of them is paid for again in page faults on first touch (the kernel time of issue 17). With the mmap
-threshold at 1 GiB and the trim threshold at 2 GiB (``mallopt``) those blocks come from the heap and
-are reused: on one thread at 75k items a blend's mix, copy and rank take 2-4x less time
-(``bench/blend_speed.py --keep-freed-memory``). The cost: up to 2 GiB of freed memory stays mapped
-to the process until it exits.
+several (rows, items) float tensors per batch and per system, 77 MB each at 75k items and 256 rows, so
+every one of them is paid for again in page faults on first touch (the kernel time of issue 17). With the
+mmap threshold at 1 GiB (``mallopt``) those blocks come from the heap and are reused: on one thread at 75k
+items a blend's mix, copy and rank take 2-4x less time (``bench/blend_speed.py --keep-freed-memory``).
+
+How much freed memory the heap keeps is the trim threshold, and how much it keeps after a trim the top
+pad: both at 256 MiB, a batch's blocks are reused and the rest goes back to the kernel. A 2 GiB trim
+threshold without a pad (stop 42's first form) was no faster and held twice the memory
+(``bench/allocator.py``).
 
 The CLI calls ``keep_freed_memory`` once per command. ``SHOPFORMER_MALLOC=default`` leaves the C
 library's own policy; where the C library is not glibc (macOS, musl) nothing changes.
@@ -20,14 +23,16 @@ import ctypes.util
 import os
 
 ENV = "SHOPFORMER_MALLOC"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
 INT_MAX = (1 << 31) - 1  # mallopt takes a C int: a larger value wraps to a negative one, read as "never trim"
 MMAP_THRESHOLD = 1 << 30
-TRIM_THRESHOLD = INT_MAX  # 2 GiB
+TRIM_THRESHOLD = 256 << 20
+TOP_PAD = 256 << 20
 
 
-def keep_freed_memory(env: str | None = None) -> bool:
-    """Raise glibc's mmap and trim thresholds; True when both were set (False: left as they were)."""
+def keep_freed_memory(env: str | None = None, trim: int = TRIM_THRESHOLD, pad: int = TOP_PAD) -> bool:
+    """Raise glibc's mmap threshold, then set the trim threshold and the top pad (``pad`` 0: glibc's own);
+    True when all were set (False: the mmap threshold was refused, and nothing else was set)."""
     if (os.environ.get(ENV) if env is None else env) == "default":
         return False
     try:
@@ -37,5 +42,7 @@ def keep_freed_memory(env: str | None = None) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # an older glibc refuses an mmap threshold above 32 MB: large blocks are then mapped as before, and the
-    # trim threshold is left alone too
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # other settings are left alone too
+    if not mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        return False
+    return bool(mallopt(M_TRIM_THRESHOLD, trim)) and (pad == 0 or bool(mallopt(M_TOP_PAD, pad)))
