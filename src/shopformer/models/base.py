@@ -76,10 +76,13 @@ class SequenceModel(nn.Module):
         """(B, L) batch -> (B, L, D) hidden states; position t summarises events <= t."""
         raise NotImplementedError
 
+    def scoring_table(self) -> nn.Embedding:
+        """The table whose rows score items: the input table when tied, else the output table."""
+        return self.item_emb if self.out_emb is None else self.out_emb
+
     def output_embeddings(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors used for scoring (row 0 = padding, no [MASK])."""
-        table = self.item_emb if self.out_emb is None else self.out_emb
-        emb = table.weight[: self.spec.n_items + 1]
+        emb = self.scoring_table().weight[: self.spec.n_items + 1]
         if not self.cfg.cosine:
             return emb
         # unit vectors per member (the padding row stays 0): a score is the state's norm x a cosine

@@ -63,8 +63,7 @@ def new_item_vectors(
     with torch.no_grad():
         # the scoring table's own rows (ids 1..n_old), not output_embeddings(): with model.cosine those are unit
         # vectors, and a tied table would then give new items inputs of another scale than the old ones
-        table = model.item_emb if model.out_emb is None else model.out_emb
-        old = table.weight[1 : n_old + 1].detach().float().clone()  # (n_old, D)
+        old = model.scoring_table().weight[1 : n_old + 1].detach().float().clone()  # (n_old, D)
     dim = old.shape[1]
     vectors = torch.zeros(n_new, dim)
     methods = ["mean"] * n_new
